@@ -1,0 +1,14 @@
+"""Parameter-free building blocks that keep every range-changing op a module of its own."""
+
+from edgezoo.layers.add_block import AddBlock
+from edgezoo.layers.cat_block import CatBlock
+from edgezoo.layers.resize import TIDL_RESIZE_MODES, ResizeWith, resize_with, validate_resize
+
+__all__ = [
+    "TIDL_RESIZE_MODES",
+    "AddBlock",
+    "CatBlock",
+    "ResizeWith",
+    "resize_with",
+    "validate_resize",
+]

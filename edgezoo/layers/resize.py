@@ -1,0 +1,59 @@
+"""ResizeWith: upsampling restricted to what TIDL's Resize accepts."""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgezoo.errors import TIDLRuleError
+
+TIDL_RESIZE_MODES = ("nearest", "bilinear")
+
+
+def validate_resize(scale_factor: object, mode: str, align_corners: bool | None = False) -> int:
+    """Return the scale factor as an int, or raise if TIDL's Resize rules forbid the request."""
+    if mode not in TIDL_RESIZE_MODES:
+        raise TIDLRuleError(
+            f"resize mode {mode!r} is not supported: TIDL's Resize accepts only "
+            f"{' and '.join(TIDL_RESIZE_MODES)} (ONNX nearest / linear)"
+        )
+    if align_corners:
+        raise TIDLRuleError(
+            "align_corners=True is not supported: TIDL's Resize accepts only the half_pixel, "
+            "pytorch_half_pixel and asymmetric coordinate modes; use align_corners=False"
+        )
+    if isinstance(scale_factor, bool) or not isinstance(scale_factor, int | float):
+        raise TIDLRuleError(
+            f"scale_factor must be one number (equal for H and W, as TIDL requires), "
+            f"got {scale_factor!r}"
+        )
+    scale = int(scale_factor)
+    if scale != scale_factor or scale < 1 or scale & (scale - 1):
+        raise TIDLRuleError(
+            f"scale_factor {scale_factor!r} is not supported: TIDL's Resize needs an integer "
+            f"power-of-two scale >= 1 (1, 2, 4, 8, ...); resize with a size input is not "
+            f"supported either"
+        )
+    return scale
+
+
+def resize_with(x: Tensor, scale_factor: int, mode: str = "bilinear") -> Tensor:
+    """Upsample by a power-of-two factor with a mode and coordinate rule TIDL imports."""
+    scale = validate_resize(scale_factor, mode)
+    if scale == 1:
+        return x
+    align = False if mode == "bilinear" else None
+    return F.interpolate(x, scale_factor=float(scale), mode=mode, align_corners=align)
+
+
+class ResizeWith(nn.Module):
+    """Parameter-free upsampling module with a TIDL-legal power-of-two scale factor."""
+
+    def __init__(self, scale_factor: int = 2, mode: str = "bilinear") -> None:
+        super().__init__()
+        self.scale_factor = validate_resize(scale_factor, mode)
+        self.mode = mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return resize_with(x, self.scale_factor, self.mode)
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
