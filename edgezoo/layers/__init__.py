@@ -2,12 +2,14 @@
 
 from edgezoo.layers.add_block import AddBlock
 from edgezoo.layers.cat_block import CatBlock
+from edgezoo.layers.conv_norm_act import ConvNormAct
 from edgezoo.layers.resize import TIDL_RESIZE_MODES, ResizeWith, resize_with, validate_resize
 
 __all__ = [
     "TIDL_RESIZE_MODES",
     "AddBlock",
     "CatBlock",
+    "ConvNormAct",
     "ResizeWith",
     "resize_with",
     "validate_resize",

@@ -1,0 +1,351 @@
+"""Weights manifest, download with hash check, torch.hub cache and offline use.
+
+Files land in torch.hub's checkpoint cache ($TORCH_HOME/hub/checkpoints) under torchvision's file
+names, so a file torchvision already downloaded is reused and vice versa.
+"""
+
+import functools
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from edgezoo.errors import DownloadError, HashMismatchError, WeightsError
+
+logger = logging.getLogger(__name__)
+
+BASE_URL_ENV = "EDGEZOO_WEIGHTS_URL"
+DEFAULT_TIMEOUT_S = 30.0
+MANIFEST_FORMAT_VERSION = 1
+TASKS = ("classification", "segmentation")
+# The same pattern torch.hub.check_hash uses to read the sha256 prefix out of a file name.
+HASH_IN_FILE_NAME = re.compile(r"-([a-f0-9]*)\.")
+
+_CHUNK_BYTES = 1 << 20
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+_TAG_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+@functools.cache
+def load_manifest() -> dict[str, Any]:
+    """Read and validate the packaged weights_manifest.json (once per process; do not mutate)."""
+    text = resources.files("edgezoo").joinpath("weights_manifest.json").read_text("utf-8")
+    manifest = json.loads(text)
+    problems = validate_manifest(manifest)
+    if problems:
+        raise WeightsError(
+            "weights_manifest.json is invalid; regenerate it with tools/make_manifest.py:\n  "
+            + "\n  ".join(problems)
+        )
+    return manifest
+
+
+def validate_manifest(manifest: Any) -> list[str]:
+    """Check a manifest against its schema by hand; return one message per problem (none: valid)."""
+    problems: list[str] = []
+    if not isinstance(manifest, dict):
+        return ["the manifest is not a JSON object"]
+    _check_keys(problems, "manifest", manifest, {"format_version", "models"}, {"generated_by"})
+    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
+        problems.append(f"format_version must be {MANIFEST_FORMAT_VERSION}")
+    models = manifest.get("models")
+    if not isinstance(models, dict) or not models:
+        problems.append("models must be a non-empty object")
+        return problems
+    for name, entry in models.items():
+        _validate_model(problems, name, entry, models)
+    return problems
+
+
+def _validate_model(problems: list[str], name: str, entry: Any, models: dict) -> None:
+    where = f"models.{name}"
+    if not isinstance(entry, dict):
+        problems.append(f"{where} is not an object")
+        return
+    required = {"task", "num_classes", "num_params", "input_size", "head", "default_weights"}
+    optional = {"torchvision_name", "description", "pretrained_backbone", "preprocessing"}
+    _check_keys(problems, where, entry, required | {"weights"}, optional)
+    if entry.get("task") not in TASKS:
+        problems.append(f"{where}.task must be one of {TASKS}")
+    for key in ("num_classes", "num_params"):
+        if not _is_positive_int(entry.get(key)):
+            problems.append(f"{where}.{key} must be a positive integer")
+    size = entry.get("input_size")
+    if not (isinstance(size, list) and len(size) == 3 and all(map(_is_positive_int, size))):
+        problems.append(f"{where}.input_size must be [C, H, W] of positive integers")
+    for key in ("head", "torchvision_name", "description"):
+        if key in entry and not (isinstance(entry[key], str) and entry[key]):
+            problems.append(f"{where}.{key} must be a non-empty string")
+    weights = entry.get("weights")
+    if not isinstance(weights, dict):
+        problems.append(f"{where}.weights must be an object (tag -> weights record)")
+        weights = {}
+    for tag, record in weights.items():
+        if not _TAG_PATTERN.match(tag):
+            problems.append(f"{where}.weights.{tag}: tags are upper-case like IMAGENET1K_V1")
+        _validate_record(problems, f"{where}.weights.{tag}", record, entry)
+    default = entry.get("default_weights")
+    if weights and default not in weights:
+        problems.append(f"{where}.default_weights must name one of {sorted(weights)}")
+    if not weights and default is not None:
+        problems.append(f"{where}.default_weights must be null when there are no weights")
+    if not weights and "preprocessing" not in entry:
+        problems.append(f"{where} has no weights, so it needs its own preprocessing")
+    if "preprocessing" in entry:
+        _validate_preprocessing(problems, f"{where}.preprocessing", entry["preprocessing"])
+    if "pretrained_backbone" in entry:
+        _validate_backbone(problems, f"{where}.pretrained_backbone", entry, models)
+
+
+def _validate_record(problems: list[str], where: str, record: Any, entry: dict) -> None:
+    if not isinstance(record, dict):
+        problems.append(f"{where} is not an object")
+        return
+    required = {
+        "url",
+        "file_name",
+        "sha256_prefix",
+        "source",
+        "license",
+        "dataset",
+        "metrics",
+        "num_params",
+        "preprocessing",
+    }
+    _check_keys(problems, where, record, required, {"recipe", "file_size_mb"})
+    for key in ("url", "file_name", "source", "license", "dataset", "recipe"):
+        if key in record and not (isinstance(record[key], str) and record[key]):
+            problems.append(f"{where}.{key} must be a non-empty string")
+    url, file_name = record.get("url", ""), record.get("file_name", "")
+    if isinstance(url, str) and not url.startswith("https://"):
+        problems.append(f"{where}.url must be an https URL")
+    if isinstance(url, str) and isinstance(file_name, str) and url.rsplit("/", 1)[-1] != file_name:
+        problems.append(f"{where}.file_name must be the last part of its url")
+    prefix = record.get("sha256_prefix")
+    if not (isinstance(prefix, str) and re.fullmatch(r"[0-9a-f]{8,64}", prefix)):
+        problems.append(f"{where}.sha256_prefix must be 8 to 64 lower-case hex digits")
+    elif isinstance(file_name, str) and hash_prefix_of(file_name) != prefix:
+        problems.append(f"{where}.sha256_prefix must equal the hash in the file name")
+    metrics = record.get("metrics")
+    if not (
+        isinstance(metrics, dict)
+        and metrics
+        and all(isinstance(v, int | float) and 0 <= v <= 100 for v in metrics.values())
+    ):
+        problems.append(f"{where}.metrics must map metric names to percentages")
+    if record.get("num_params") != entry.get("num_params"):
+        problems.append(f"{where}.num_params must equal the model's num_params")
+    if "file_size_mb" in record and not (
+        isinstance(record["file_size_mb"], int | float) and record["file_size_mb"] > 0
+    ):
+        problems.append(f"{where}.file_size_mb must be a positive number")
+    _validate_preprocessing(problems, f"{where}.preprocessing", record.get("preprocessing"))
+
+
+def _validate_preprocessing(problems: list[str], where: str, prep: Any) -> None:
+    if not isinstance(prep, dict):
+        problems.append(f"{where} must be an object")
+        return
+    _check_keys(problems, where, prep, {"mean", "std", "resize", "crop", "interpolation"}, set())
+    for key, low in (("mean", 0.0), ("std", 1e-6)):
+        values = prep.get(key)
+        if not (
+            isinstance(values, list)
+            and len(values) == 3
+            and all(isinstance(v, float) and low <= v <= 1 for v in values)
+        ):
+            problems.append(f"{where}.{key} must be three floats in [{low:g}, 1]")
+    resize = prep.get("resize")
+    if not (
+        _is_positive_int(resize)
+        or (isinstance(resize, list) and len(resize) == 2 and all(map(_is_positive_int, resize)))
+    ):
+        problems.append(f"{where}.resize must be a shorter-side length or [H, W]")
+    crop = prep.get("crop")
+    if crop is not None and not _is_positive_int(crop):
+        problems.append(f"{where}.crop must be a positive integer or null")
+    if prep.get("interpolation") not in _INTERPOLATIONS:
+        problems.append(f"{where}.interpolation must be one of {_INTERPOLATIONS}")
+
+
+def _validate_backbone(problems: list[str], where: str, entry: dict, models: dict) -> None:
+    backbone = entry["pretrained_backbone"]
+    if not isinstance(backbone, dict):
+        problems.append(f"{where} must be an object")
+        return
+    _check_keys(problems, where, backbone, {"model", "weights"}, set())
+    model = models.get(backbone.get("model"))
+    if not isinstance(model, dict):
+        problems.append(f"{where}.model must name another model of the manifest")
+    elif backbone.get("weights") not in model.get("weights", {}):
+        problems.append(f"{where}.weights must be a weights tag of {backbone.get('model')}")
+
+
+def _check_keys(
+    problems: list[str], where: str, obj: dict, required: set[str], optional: set[str]
+) -> None:
+    for key in sorted(required - obj.keys()):
+        problems.append(f"{where} lacks {key!r}")
+    for key in sorted(obj.keys() - required - optional):
+        problems.append(f"{where} has an unknown key {key!r}")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def hash_prefix_of(file_name: str) -> str | None:
+    """The sha256 prefix torch.hub reads from a file name such as resnet18-f37072fd.pth."""
+    match = HASH_IN_FILE_NAME.search(file_name)
+    return match.group(1) if match else None
+
+
+def cache_dir() -> Path:
+    """torch.hub's checkpoint folder, where torchvision keeps its downloads too."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def is_local_source(source: str | os.PathLike) -> bool:
+    """Whether a weights source names a local file (a path or a file:// URL) rather than a tag."""
+    text = os.fspath(source)
+    return text.startswith("file://") or Path(text).expanduser().is_file()
+
+
+def local_path(source: str | os.PathLike) -> Path:
+    """The filesystem path of a local path or file:// URL."""
+    text = os.fspath(source)
+    if text.startswith("file://"):
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path))
+    return Path(text).expanduser()
+
+
+def weights_url(record: Mapping[str, Any], base_url: str | None = None) -> str:
+    """Where to download a manifest record: base_url, else $EDGEZOO_WEIGHTS_URL, else its url.
+
+    A base is a mirror folder: an http(s) or file:// URL, or a local directory; the record's file
+    name is appended to it.
+    """
+    base = base_url or os.environ.get(BASE_URL_ENV)
+    if not base:
+        return record["url"]
+    if "://" not in base:
+        base = Path(base).expanduser().resolve().as_uri()
+    return base.rstrip("/") + "/" + record["file_name"]
+
+
+def fetch_weights(
+    record: Mapping[str, Any],
+    *,
+    base_url: str | None = None,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> Path:
+    """Return the verified cached file of a manifest record, downloading it first if needed."""
+    path = cache_dir() / record["file_name"]
+    expected = record["sha256_prefix"]
+    if path.is_file():
+        actual = _sha256_of(path)
+        if actual.startswith(expected):
+            logger.debug("using cached %s", path)
+            return path
+        path.unlink()
+        raise HashMismatchError(
+            f"cached weights {path} have sha256 {actual}, expected a hash starting with "
+            f"{expected}; the bad file was removed, so the next call downloads it again"
+        )
+    download(weights_url(record, base_url), path, expected, progress=progress, timeout=timeout)
+    return path
+
+
+def download(
+    url: str,
+    path: Path,
+    sha256_prefix: str | None,
+    *,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Download url to path atomically: a temp file beside it, verified, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain open (not mkstemp) so the file gets the user's umask, as torch.hub's own files do.
+    temp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    logger.info("downloading %s to %s", url, path)
+    try:
+        with open(temp, "xb") as out:
+            digest = _copy_url(url, out, progress=progress, timeout=timeout, desc=path.name)
+        if sha256_prefix is not None and not digest.startswith(sha256_prefix):
+            raise HashMismatchError(
+                f"{url} has sha256 {digest}, expected a hash starting with {sha256_prefix}; "
+                f"the file was not kept at {path}. Check that the mirror serves the "
+                "right file, or place a good copy there by hand"
+            )
+        os.replace(temp, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        raise DownloadError(
+            f"could not download {url} ({err}). Download it by another route and place it at "
+            f"{path}, or set {BASE_URL_ENV} to a mirror (URL or folder) that serves "
+            f"{path.name}"
+        ) from err
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _copy_url(url: str, out, *, progress: bool, timeout: float, desc: str) -> str:
+    """Stream url into an open file with a progress bar; return the sha256 hex digest."""
+    digest = hashlib.sha256()
+    request = urllib.request.Request(url, headers={"User-Agent": "edgezoo"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length else None
+        received = 0
+        with tqdm(
+            total=total,
+            disable=not progress,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=desc,
+        ) as bar:
+            while chunk := response.read(_CHUNK_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received != total:
+        raise OSError(f"connection closed after {received} of {total} bytes")
+    return digest.hexdigest()
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(source: str | os.PathLike) -> Any:
+    """torch.load a local path or file:// URL safely (weights_only) onto the CPU."""
+    path = local_path(source)
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(
+            f"{path} is not a loadable weights file ({err}); it must be a torch.save'd "
+            "state_dict or checkpoint dict of tensors"
+        ) from err

@@ -1,0 +1,73 @@
+"""Module-only float models: torchvision-compatible classifiers and DeepLabV3+ lite."""
+
+from collections.abc import Callable
+
+from torch import nn
+
+from edgezoo.models.deeplabv3plus import (
+    DeepLabV3Plus,
+    MobileNetV2Backbone,
+    ResNetBackbone,
+    SeparableASPP,
+    deeplabv3plus_mobilenetv2,
+    deeplabv3plus_resnet50,
+)
+from edgezoo.models.mobilenetv2 import InvertedResidual, MobileNetV2, mobilenetv2
+from edgezoo.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnext50_32x4d,
+    resnext101_32x8d,
+    resnext101_64x4d,
+    wide_resnet50_2,
+    wide_resnet101_2,
+)
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+    "resnet152": resnet152,
+    "resnext50_32x4d": resnext50_32x4d,
+    "resnext101_32x8d": resnext101_32x8d,
+    "resnext101_64x4d": resnext101_64x4d,
+    "wide_resnet50_2": wide_resnet50_2,
+    "wide_resnet101_2": wide_resnet101_2,
+    "mobilenetv2": mobilenetv2,
+    "deeplabv3plus_mobilenetv2": deeplabv3plus_mobilenetv2,
+    "deeplabv3plus_resnet50": deeplabv3plus_resnet50,
+}
+"""Canonical model name -> builder(num_classes=..., **kwargs); the registry adds aliases."""
+
+__all__ = [
+    "BUILDERS",
+    "BasicBlock",
+    "Bottleneck",
+    "DeepLabV3Plus",
+    "InvertedResidual",
+    "MobileNetV2",
+    "MobileNetV2Backbone",
+    "ResNet",
+    "ResNetBackbone",
+    "SeparableASPP",
+    "deeplabv3plus_mobilenetv2",
+    "deeplabv3plus_resnet50",
+    "mobilenetv2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]

@@ -1,0 +1,265 @@
+"""Download, verification, cache and offline use of weights, against a local HTTP server."""
+
+import copy
+import hashlib
+import io
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from edgezoo import hub
+from edgezoo.errors import DownloadError, HashMismatchError, WeightsError
+from edgezoo.registry import get_model
+
+MIRROR = "/mirror/"
+
+
+def _checkpoint(model: torch.nn.Module, name: str) -> tuple[str, bytes]:
+    """torchvision-format bytes and the file name torch.hub expects (name-<sha256[:8]>.pth)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    data = buffer.getvalue()
+    return f"{name}-{hashlib.sha256(data).hexdigest()[:8]}.pth", data
+
+
+class _Server:
+    """A 127.0.0.1 HTTP server with a dict of files and a log of the paths requested."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.truncated: set[str] = set()
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                # A truncated reply promises the whole file and sends half: a dropped connection.
+                self.wfile.write(data[: len(data) // 2] if self.path in server.truncated else data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_port}{MIRROR}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def resnet18_tv() -> torchvision.models.ResNet:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().eval()
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(resnet18_tv) -> tuple[str, bytes]:
+    return _checkpoint(resnet18_tv, "resnet18")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2_tv() -> torchvision.models.MobileNetV2:
+    torch.manual_seed(1)
+    return torchvision.models.mobilenet_v2().eval()
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2_file(mobilenet_v2_tv) -> tuple[str, bytes]:
+    return _checkpoint(mobilenet_v2_tv, "mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = _Server()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, server, resnet18_file, mobilenet_v2_file) -> Path:
+    """A private torch.hub cache, a manifest naming the test checkpoints, a fresh server log."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(hub.BASE_URL_ENV, raising=False)
+    manifest = copy.deepcopy(hub.load_manifest())
+    for model, tag, (file_name, _) in (
+        ("resnet18", "IMAGENET1K_V1", resnet18_file),
+        ("mobilenetv2", "IMAGENET1K_V1", mobilenet_v2_file),
+    ):
+        record = manifest["models"][model]["weights"][tag]
+        record["url"] = f"https://download.pytorch.org/models/{file_name}"
+        record["file_name"] = file_name
+        record["sha256_prefix"] = hub.hash_prefix_of(file_name)
+    assert hub.validate_manifest(manifest) == []
+    monkeypatch.setattr(hub, "load_manifest", lambda: manifest)
+    server.files = {MIRROR + name: data for name, data in (resnet18_file, mobilenet_v2_file)}
+    server.truncated = set()
+    server.requests.clear()
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _assert_same_outputs(ours: torch.nn.Module, reference: torch.nn.Module) -> None:
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=0, atol=1e-5)
+
+
+def test_download_verifies_caches_and_reuses(
+    cache, server, monkeypatch, resnet18_tv, resnet18_file
+):
+    monkeypatch.setenv(hub.BASE_URL_ENV, server.base_url)
+    model = get_model("resnet18", pretrained=True, progress=False)
+    assert server.requests == [MIRROR + resnet18_file[0]]
+    assert _files(cache) == [resnet18_file[0]]
+    assert (cache / resnet18_file[0]).read_bytes() == resnet18_file[1]
+    _assert_same_outputs(model, resnet18_tv)
+
+    again = get_model("resnet18", pretrained="imagenet1k_v1", progress=False)
+    assert len(server.requests) == 1, "the cached file must be reused"
+    _assert_same_outputs(again, resnet18_tv)
+
+
+def test_base_url_argument_overrides_environment(cache, server, monkeypatch, resnet18_file):
+    monkeypatch.setenv(hub.BASE_URL_ENV, "http://127.0.0.1:9/never-used/")
+    get_model("resnet18", pretrained=True, weights_url=server.base_url.rstrip("/"), progress=False)
+    assert server.requests == [MIRROR + resnet18_file[0]]
+
+
+def test_corrupted_download_is_refused_and_removed(cache, server, resnet18_file):
+    name, data = resnet18_file
+    server.files[MIRROR + name] = data[:-1] + bytes([data[-1] ^ 0xFF])
+    with pytest.raises(HashMismatchError) as info:
+        get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    actual = hashlib.sha256(server.files[MIRROR + name]).hexdigest()
+    message = str(info.value)
+    assert hub.hash_prefix_of(name) in message and actual in message
+    assert str(cache / name) in message
+    assert _files(cache) == [], "no bad file and no temp file may stay behind"
+
+
+def test_wrong_expected_hash_is_refused(cache, server, resnet18_file):
+    name, _ = resnet18_file
+    record = {"url": f"https://example.invalid/{name}", "file_name": name}
+    with pytest.raises(HashMismatchError, match="0123abcd"):
+        hub.fetch_weights(
+            {**record, "sha256_prefix": "0123abcd"}, base_url=server.base_url, progress=False
+        )
+    assert _files(cache) == []
+
+
+def test_corrupted_cached_file_is_refused_and_removed(cache, resnet18_file):
+    name, data = resnet18_file
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(HashMismatchError, match="removed"):
+        get_model("resnet18", pretrained=True, progress=False)
+    assert _files(cache) == []
+
+
+def test_dropped_connection_leaves_no_partial_file(cache, server, resnet18_file):
+    server.truncated.add(MIRROR + resnet18_file[0])
+    with pytest.raises(DownloadError):
+        get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    assert _files(cache) == []
+
+
+def test_unreachable_server_names_url_cache_path_and_mirror_variable(cache, resnet18_file):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/weights"
+    with pytest.raises(DownloadError) as info:
+        get_model("resnet18", pretrained=True, weights_url=base, progress=False)
+    message = str(info.value)
+    assert f"{base}/{resnet18_file[0]}" in message
+    assert str(cache / resnet18_file[0]) in message
+    assert hub.BASE_URL_ENV in message
+    assert _files(cache) == []
+
+
+def test_missing_file_on_mirror_is_a_download_error(cache, server, resnet18_file):
+    server.files.clear()
+    with pytest.raises(DownloadError, match="404"):
+        get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+
+
+def test_local_path_and_file_url_work_offline(cache, server, tmp_path, resnet18_tv, resnet18_file):
+    path = tmp_path / "mine.pth"
+    path.write_bytes(resnet18_file[1])
+    for source in (str(path), path, path.as_uri()):
+        _assert_same_outputs(get_model("resnet18", pretrained=source), resnet18_tv)
+    assert server.requests == [] and _files(cache) == []
+
+
+def test_mirror_folder_fills_the_cache(cache, server, monkeypatch, tmp_path, resnet18_file):
+    folder = tmp_path / "air_gapped"
+    folder.mkdir()
+    (folder / resnet18_file[0]).write_bytes(resnet18_file[1])
+    monkeypatch.setenv(hub.BASE_URL_ENV, str(folder))
+    get_model("resnet18", pretrained=True, progress=False)
+    assert server.requests == [] and _files(cache) == [resnet18_file[0]]
+
+
+def test_file_placed_in_cache_by_hand_is_used(cache, server, resnet18_tv, resnet18_file):
+    cache.mkdir(parents=True)
+    (cache / resnet18_file[0]).write_bytes(resnet18_file[1])
+    _assert_same_outputs(get_model("resnet18", pretrained=True, progress=False), resnet18_tv)
+    assert server.requests == []
+
+
+def test_other_num_classes_loads_all_but_the_head(cache, server, caplog, resnet18_tv):
+    with caplog.at_level(logging.WARNING, logger="edgezoo.registry"):
+        model = get_model(
+            "resnet18", pretrained=True, num_classes=10, weights_url=server.base_url, progress=False
+        )
+    assert model.fc.out_features == 10
+    reference = resnet18_tv.state_dict()
+    for key, tensor in model.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(tensor, reference[key]), key
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "fc.weight" in warning and "fc.bias" in warning and "layer" not in warning
+
+
+def test_num_classes_follows_a_local_checkpoint(tmp_path):
+    torch.manual_seed(2)
+    reference = torchvision.models.mobilenet_v2(num_classes=7).eval()
+    path = tmp_path / "finetuned.pth"
+    ddp_keys = {f"module.{k}": v for k, v in reference.state_dict().items()}
+    torch.save({"epoch": 3, "model": ddp_keys}, path)
+    model = get_model("mobilenet_v2", pretrained=path)
+    assert model.classifier[1].out_features == 7
+    _assert_same_outputs(model, reference)
+
+
+def test_deeplab_backbone_gets_torchvision_imagenet_weights(cache, server, mobilenet_v2_tv):
+    model = get_model(
+        "deeplabv3plus_mnv2", pretrained_backbone=True, weights_url=server.base_url, progress=False
+    )
+    reference = mobilenet_v2_tv.state_dict()
+    backbone = model.backbone.state_dict()
+    assert backbone and all(torch.equal(t, reference[k]) for k, t in backbone.items())
+    assert len(server.requests) == 1
+
+    with pytest.raises(WeightsError, match="pretrained_backbone=True"):
+        get_model("deeplabv3plus_mobilenetv2", pretrained=True)

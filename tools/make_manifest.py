@@ -1,0 +1,192 @@
+"""Generate weights_manifest.json from torchvision's Weights enums: no URL or metric typed by hand.
+
+Run `python tools/make_manifest.py` after a torchvision upgrade; `--check` exits non-zero when the
+committed manifest differs from what the installed torchvision would produce.
+"""
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torchvision
+from torchvision.models import get_model_weights
+
+MANIFEST_PATH = Path(__file__).resolve().parents[1] / "weights_manifest.json"
+FORMAT_VERSION = 1
+WEIGHTS_LICENSE = "BSD-3-Clause"
+CLASSIFICATION_INPUT_SIZE = [3, 224, 224]
+# A local build suffix such as "+cu130" says nothing about the weights and would make --check
+# depend on which torch wheel is installed.
+TORCHVISION_VERSION = torchvision.__version__.split("+", 1)[0]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """An edgezoo classification model whose weights come from one torchvision builder."""
+
+    name: str
+    torchvision_name: str
+    head: str
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """An edgezoo segmentation model that only has published ImageNet weights for its backbone."""
+
+    name: str
+    backbone: str
+    backbone_weights: str
+    head: str
+    description: str
+
+
+CLASSIFIERS = [
+    ClassifierSpec("resnet18", "resnet18", "fc"),
+    ClassifierSpec("resnet34", "resnet34", "fc"),
+    ClassifierSpec("resnet50", "resnet50", "fc"),
+    ClassifierSpec("resnet101", "resnet101", "fc"),
+    ClassifierSpec("resnet152", "resnet152", "fc"),
+    ClassifierSpec("resnext50_32x4d", "resnext50_32x4d", "fc"),
+    ClassifierSpec("resnext101_32x8d", "resnext101_32x8d", "fc"),
+    ClassifierSpec("resnext101_64x4d", "resnext101_64x4d", "fc"),
+    ClassifierSpec("wide_resnet50_2", "wide_resnet50_2", "fc"),
+    ClassifierSpec("wide_resnet101_2", "wide_resnet101_2", "fc"),
+    ClassifierSpec("mobilenetv2", "mobilenet_v2", "classifier.1"),
+]
+
+# torchvision's own segmentation models start from the IMAGENET1K_V1 backbones; we follow them.
+SEGMENTERS = [
+    SegmenterSpec(
+        "deeplabv3plus_mobilenetv2",
+        "mobilenetv2",
+        "IMAGENET1K_V1",
+        "predictor.1",
+        "DeepLabV3+ lite (TI edgeai design) on MobileNetV2; no published full weights",
+    ),
+    SegmenterSpec(
+        "deeplabv3plus_resnet50",
+        "resnet50",
+        "IMAGENET1K_V1",
+        "predictor.1",
+        "DeepLabV3+ lite (TI edgeai design) on ResNet50; no published full weights",
+    ),
+]
+
+
+def _preprocessing(transforms) -> dict:
+    """The fields of a torchvision preset that a user needs to reproduce its preprocessing."""
+    return {
+        "mean": list(transforms.mean),
+        "std": list(transforms.std),
+        "resize": transforms.resize_size[0],
+        "crop": transforms.crop_size[0],
+        "interpolation": transforms.interpolation.value,
+    }
+
+
+def _weights_entry(weights) -> dict:
+    """One manifest weights record from one torchvision Weights enum member."""
+    file_name = weights.url.rsplit("/", 1)[-1]
+    dataset, metrics = next(iter(weights.meta["_metrics"].items()))
+    return {
+        "url": weights.url,
+        "file_name": file_name,
+        "sha256_prefix": file_name.rsplit("-", 1)[-1].split(".", 1)[0],
+        "source": f"torchvision {TORCHVISION_VERSION} {type(weights).__name__}.{weights.name}",
+        "recipe": weights.meta["recipe"],
+        "license": WEIGHTS_LICENSE,
+        "dataset": dataset,
+        "metrics": dict(metrics),
+        "num_params": weights.meta["num_params"],
+        "file_size_mb": weights.meta["_file_size"],
+        "preprocessing": _preprocessing(weights.transforms()),
+    }
+
+
+def _classifier_entry(spec: ClassifierSpec) -> dict:
+    enum = get_model_weights(spec.torchvision_name)
+    weights = {member.name: _weights_entry(member) for member in enum}
+    return {
+        "task": "classification",
+        "torchvision_name": spec.torchvision_name,
+        "num_classes": len(enum.DEFAULT.meta["categories"]),
+        "num_params": enum.DEFAULT.meta["num_params"],
+        "input_size": CLASSIFICATION_INPUT_SIZE,
+        "head": spec.head,
+        "default_weights": enum.DEFAULT.name,
+        "weights": weights,
+    }
+
+
+def _segmenter_entry(spec: SegmenterSpec) -> dict:
+    # Imported here so that regenerating the classifier entries never depends on edgezoo itself.
+    from edgezoo.models import BUILDERS
+    from edgezoo.models.deeplabv3plus import DEFAULT_INPUT_SIZE
+
+    input_size = [3, *DEFAULT_INPUT_SIZE]
+    model = BUILDERS[spec.name]()
+    head_weight = model.state_dict()[f"{spec.head}.weight"]
+    return {
+        "task": "segmentation",
+        "description": spec.description,
+        "num_classes": head_weight.shape[0],
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "input_size": input_size,
+        "head": spec.head,
+        "default_weights": None,
+        "weights": {},
+        "pretrained_backbone": {"model": spec.backbone, "weights": spec.backbone_weights},
+        "preprocessing": {
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "resize": input_size[1:],
+            "crop": None,
+            "interpolation": "bilinear",
+        },
+    }
+
+
+def build_manifest() -> dict:
+    """The whole manifest as a JSON-ready dict."""
+    models = {spec.name: _classifier_entry(spec) for spec in CLASSIFIERS}
+    models.update({spec.name: _segmenter_entry(spec) for spec in SEGMENTERS})
+    return {
+        "format_version": FORMAT_VERSION,
+        "generated_by": f"tools/make_manifest.py from torchvision {TORCHVISION_VERSION}",
+        "models": models,
+    }
+
+
+def to_json(manifest: dict) -> str:
+    """Indented JSON with each list of numbers on one line, so the file reads like a table."""
+    text = json.dumps(manifest, indent=2)
+    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", _join_list, text) + "\n"
+
+
+def _join_list(match: re.Match) -> str:
+    return "[" + re.sub(r",\s+", ", ", match.group(1)) + "]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the manifest is stale")
+    args = parser.parse_args()
+    text = to_json(build_manifest())
+    if args.check:
+        if MANIFEST_PATH.read_text() != text:
+            print(f"{MANIFEST_PATH} is stale: run python tools/make_manifest.py", file=sys.stderr)
+            return 1
+        print(f"{MANIFEST_PATH} is up to date")
+        return 0
+    MANIFEST_PATH.write_text(text)
+    print(f"wrote {MANIFEST_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
