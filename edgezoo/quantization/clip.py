@@ -1,0 +1,21 @@
+"""Clip: the deploy-time form of an activation range, exported as one ONNX Clip node."""
+
+import torch
+from torch import Tensor, nn
+
+
+class Clip(nn.Module):
+    """Clamp to constant float bounds; the TorchScript ONNX exporter writes it as Clip(min, max)."""
+
+    def __init__(self, min_val: float, max_val: float) -> None:
+        super().__init__()
+        if not min_val < max_val:
+            raise ValueError(f"Clip needs min_val < max_val, got ({min_val}, {max_val})")
+        self.min_val = float(min_val)
+        self.max_val = float(max_val)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(x, self.min_val, self.max_val)
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"

@@ -1,0 +1,121 @@
+"""Freezing BatchNorm statistics and activation ranges, TI's epoch schedule, clip-only mode.
+
+Freezing is an explicit state, set only by these functions: train() and eval() never freeze or
+unfreeze anything, so validating between epochs does not stop range learning.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from edgezoo.errors import QuantizationConfigError, QuantizationModeError
+from edgezoo.quantization.insertion import activation_ranges, quant_batch_norms
+from edgezoo.quantization.quant_norm import QuantBatchNormMixin
+from edgezoo.quantization.quant_weight import QuantWeightMixin
+
+
+def freeze_bn(model: nn.Module, frozen: bool = True) -> int:
+    """Freeze (or unfreeze) every BatchNorm of a quantized model; returns how many changed state.
+
+    A frozen BN normalises with its running statistics, which stop updating; its conv then runs
+    the folded quantized form conv(x, fq(W'), fq(b')) in training too.
+    """
+    plain = [
+        type(m).__name__
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, QuantBatchNormMixin)
+    ]
+    if plain:
+        raise QuantizationModeError(
+            f"freeze_bn needs a model wrapped for quantization (QuantTrainModule); this one "
+            f"holds plain {', '.join(sorted(set(plain)))} layers, whose only freeze is .eval(), "
+            f"which the next .train() undoes"
+        )
+    changed = 0
+    for bn in quant_batch_norms(model):
+        changed += bn.bn_frozen != frozen
+        bn.bn_frozen = frozen
+    return changed
+
+
+def unfreeze_bn(model: nn.Module) -> int:
+    """Let every BatchNorm of a quantized model use and update batch statistics again."""
+    return freeze_bn(model, frozen=False)
+
+
+def freeze_quant_range(model: nn.Module, frozen: bool = True) -> int:
+    """Stop (or resume) activation-range updates; clipping and quantization go on."""
+    changed = 0
+    for pact in activation_ranges(model):
+        changed += pact.range_frozen != frozen
+        pact.freeze_range(frozen)
+    return changed
+
+
+def unfreeze_quant_range(model: nn.Module) -> int:
+    """Let every activation range of a quantized model learn again."""
+    return freeze_quant_range(model, frozen=False)
+
+
+class QATSchedule:
+    """TI's freeze epochs: BN frozen from total_epochs//2 - 1, ranges from total_epochs//2 + 1.
+
+    Call `step(model, epoch)` (or `QuantTrainModule.start_epoch(epoch)`) at the start of every
+    epoch, epochs counted from 0. The schedule sets the freeze state from the epoch number in
+    both directions, so resuming at any epoch restores the right state.
+    """
+
+    def __init__(self, total_epochs: int) -> None:
+        if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:
+            raise QuantizationConfigError(
+                f"total_epochs must be a positive int (the length of QAT), got {total_epochs!r}"
+            )
+        self.total_epochs = total_epochs
+        self.bn_freeze_epoch = total_epochs // 2 - 1
+        self.range_freeze_epoch = total_epochs // 2 + 1
+
+    def step(self, model: nn.Module, epoch: int) -> None:
+        """Set BN and range freezing for the epoch that is about to start."""
+        freeze_bn(model, frozen=epoch >= self.bn_freeze_epoch)
+        freeze_quant_range(model, frozen=epoch >= self.range_freeze_epoch)
+
+    def __repr__(self) -> str:
+        return (
+            f"QATSchedule(total_epochs={self.total_epochs}, bn_freeze_epoch="
+            f"{self.bn_freeze_epoch}, range_freeze_epoch={self.range_freeze_epoch})"
+        )
+
+
+@contextmanager
+def clip_only(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, activation ranges clip without rounding (the exported graph's math)."""
+    ranges = activation_ranges(model)
+    previous = [pact.rounding for pact in ranges]
+    try:
+        for pact in ranges:
+            pact.rounding = False
+        yield model
+    finally:
+        for pact, rounding in zip(ranges, previous, strict=True):
+            pact.rounding = rounding
+
+
+@contextmanager
+def float_reference(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block: float folded weights, clip-only ranges that do not update."""
+    layers = [m for m in model.modules() if isinstance(m, QuantWeightMixin)]
+    ranges = activation_ranges(model)
+    previous = [layer.quantize_weights for layer in layers], [p.range_frozen for p in ranges]
+    try:
+        for layer in layers:
+            layer.quantize_weights = False
+        for pact in ranges:
+            pact.freeze_range(True)
+        with clip_only(model):
+            yield model
+    finally:
+        for layer, quantize in zip(layers, previous[0], strict=True):
+            layer.quantize_weights = quantize
+        for pact, frozen in zip(ranges, previous[1], strict=True):
+            pact.freeze_range(frozen)

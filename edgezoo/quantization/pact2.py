@@ -1,0 +1,222 @@
+"""PACT2: a power-of-two clipping activation whose range is learned from batch statistics.
+
+Each training batch yields a trimmed range (histogram tails below range_shrink_percentile % cut
+off), folded into a running range with factor max(1/n, 0.001): a cumulative mean over the first
+thousand batches, then an EMA. The clip is ceil2 of that range, so the deployed activation is a
+plain Clip(min, max) with power-of-two bounds that TIDL maps to fixed-point shifts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from edgezoo.errors import QuantizationConfigError
+from edgezoo.quantization.fake_quant import ceil2, check_bitwidth, fake_quantize_activation
+from edgezoo.quantization.range_sync import sync_extrema_, sync_histogram_
+
+__all__ = ["HISTOGRAM_BINS", "INITIAL_CLIP", "MIN_RUNNING_FACTOR", "PACT2", "trimmed_range"]
+
+logger = logging.getLogger(__name__)
+
+HISTOGRAM_BINS = 256
+INITIAL_CLIP = 8.0
+MIN_RUNNING_FACTOR = 0.001
+"""The running range becomes an EMA with this momentum after 1/MIN_RUNNING_FACTOR batches."""
+
+_SUBSAMPLE_STRIDE = 2
+_SUBSAMPLE_MIN_SIZE = 4
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _subsample(x: Tensor, step: int) -> Tensor:
+    """Flat float copy (or view) of x, stride-2 subsampled in H and W when both exceed 4.
+
+    The phase cycles through the four (row, column) offsets with step, so every pixel is
+    measured over four batches, and ranks that agree on step pick the same pixels.
+    """
+    if x.dim() == 4 and x.shape[2] > _SUBSAMPLE_MIN_SIZE and x.shape[3] > _SUBSAMPLE_MIN_SIZE:
+        row, col = step % _SUBSAMPLE_STRIDE, (step // _SUBSAMPLE_STRIDE) % _SUBSAMPLE_STRIDE
+        x = x[:, :, row::_SUBSAMPLE_STRIDE, col::_SUBSAMPLE_STRIDE]
+    if x.dtype in _LOW_PRECISION or not x.is_contiguous():
+        # One pass gathers the strided pixels and converts dtype; histogramming needs float32.
+        dtype = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+        flat = torch.empty(x.numel(), dtype=dtype, device=x.device)
+        flat.view(x.shape).copy_(x)
+        return flat
+    return x.reshape(-1)
+
+
+def _bin_counts(
+    sample: Tensor, low: float, high: float, bins: int, use_bincount: bool | None = None
+) -> Tensor:
+    """int64 counts of sample in `bins` equal bins over [low, high] (high in the last bin)."""
+    scaled = torch.sub(sample, low).mul_(bins / (high - low) if high > low else 0.0)
+    scaled.clamp_(max=bins - 1)
+    if use_bincount is None:
+        use_bincount = sample.device.type == "cpu"
+    if use_bincount:
+        # bincount on int32 indices is ~3x faster than histc on CPU and counts exactly.
+        return torch.bincount(scaled.to(torch.int32), minlength=bins)
+    # On accelerators bincount syncs to size its output; histc over [0, bins] does not.
+    return torch.histc(scaled, bins=bins, min=0, max=bins).to(torch.int64)
+
+
+def trimmed_range(
+    counts: Tensor, low: float, high: float, percentile: float
+) -> tuple[Tensor, Tensor]:
+    """Range left after trimming whole histogram bins from each tail.
+
+    Bins are dropped from an end while the dropped share stays below `percentile` % of all
+    counts, so the result brackets the percentile quantile to within one bin width.
+    Returns 0-d float tensors on counts' device (no host sync).
+    """
+    bins = counts.numel()
+    width = (high - low) / bins
+    # float64 keeps integer counts exact far beyond float32's 2^24.
+    threshold = counts.sum().to(torch.float64) * (percentile / 100.0)
+    dropped_low = (torch.cumsum(counts, 0) < threshold).sum()
+    dropped_high = (torch.cumsum(counts.flip(0), 0) < threshold).sum()
+    new_low = low + dropped_low * width
+    new_high = torch.maximum(high - dropped_high * width, new_low)
+    return new_low, new_high
+
+
+class PACT2(nn.Module):
+    """Clip and fake-quantize activations to a power-of-two range learned from statistics.
+
+    Replaces ReLU/ReLU6 (unsigned) or follows layers without an activation (signed, or signed
+    decided by the data when `signed` is None). In training mode, unless the range is frozen,
+    each batch updates the running range; in eval mode the current clip is applied unchanged.
+    Under torch.distributed the batch statistics are reduced across ranks, so all ranks keep
+    identical clips, equal to one process seeing the whole batch.
+    """
+
+    clips_act: Tensor
+    running_min: Tensor
+    running_max: Tensor
+    num_batches_tracked: Tensor
+
+    def __init__(
+        self,
+        signed: bool | None = None,
+        bitwidth: int = 8,
+        range_shrink_percentile: float = 0.01,
+        power2: bool = True,
+    ) -> None:
+        super().__init__()
+        if not power2:
+            raise QuantizationConfigError(
+                "PACT2 supports power-of-two clips only (power2=True): TIDL requantizes with "
+                "shifts; use power2=True"
+            )
+        if not 0.0 <= range_shrink_percentile < 50.0:
+            raise QuantizationConfigError(
+                f"range_shrink_percentile is a per-tail percentage in [0, 50), got "
+                f"{range_shrink_percentile}; the default 0.01 trims 0.01 % from each tail"
+            )
+        self.signed = signed
+        self.bitwidth = check_bitwidth(bitwidth)
+        self.range_shrink_percentile = float(range_shrink_percentile)
+        self.power2 = power2
+        self.range_frozen = False
+        self.rounding = True
+        # Reduce statistics across ranks when distributed; turn off for single-rank passes
+        # (e.g. calibrating on rank 0 only), where a collective would wait for the others.
+        self.sync_ranks = True
+        # Host copy of num_batches_tracked: picks the subsampling phase without a device sync.
+        self._batches_tracked = 0
+        self._warned_non_finite = False
+        initial_min = 0.0 if signed is False else -INITIAL_CLIP
+        self.register_buffer("clips_act", torch.tensor([initial_min, INITIAL_CLIP]))
+        self.register_buffer("running_min", torch.tensor(0.0))
+        self.register_buffer("running_max", torch.tensor(0.0))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Update the range (training, not frozen), then clip and fake-quantize x."""
+        if self.training and not self.range_frozen:
+            self._update_range(x.detach())
+        return fake_quantize_activation(
+            x, self.clips_act[0], self.clips_act[1], self.bitwidth, rounding=self.rounding
+        )
+
+    def freeze_range(self, frozen: bool = True) -> None:
+        """Stop (or, with frozen=False, resume) range updates; clipping and rounding go on."""
+        self.range_frozen = frozen
+
+    def clip_range(self) -> tuple[float, float]:
+        """Current (clip min, clip max) as Python floats."""
+        low, high = self.clips_act.tolist()
+        return low, high
+
+    @torch.no_grad()
+    def _update_range(self, x: Tensor) -> None:
+        sample = _subsample(x, self._batches_tracked)
+        # Packed for one MAX all-reduce: [-min, max, non-finite flag]; -inf is MAX's identity.
+        stats = torch.full((3,), float("-inf"), dtype=sample.dtype, device=sample.device)
+        stats[2] = 0.0
+        if sample.numel() > 0:
+            low, high = torch.aminmax(sample)
+            finite = torch.isfinite(low) & torch.isfinite(high)
+            stats[0] = torch.where(finite, -low, float("-inf"))
+            stats[1] = torch.where(finite, high, float("-inf"))
+            stats[2] = (~finite).to(stats.dtype)
+        if self.sync_ranks:
+            sync_extrema_(stats)
+        neg_low, high, non_finite = stats.tolist()
+        if non_finite:
+            self._warn_non_finite()
+            return
+        low = -neg_low
+        if not low <= high:  # no elements on any rank
+            return
+        counts = _bin_counts(sample, low, high, HISTOGRAM_BINS)
+        if self.sync_ranks:
+            sync_histogram_(counts)
+        new_low, new_high = trimmed_range(counts, low, high, self.range_shrink_percentile)
+        self._batches_tracked += 1
+        factor = max(1.0 / self._batches_tracked, MIN_RUNNING_FACTOR)
+        self.running_min.lerp_(new_low.to(self.running_min.dtype), factor)
+        self.running_max.lerp_(new_high.to(self.running_max.dtype), factor)
+        self.num_batches_tracked.add_(1)
+        self._update_clips()
+
+    def _update_clips(self) -> None:
+        """clips_act = ceil2 of the running range, signed (-c, c) or unsigned (0, c)."""
+        abs_max = torch.abs(self.running_max)
+        signed_clip = ceil2(torch.maximum(torch.abs(self.running_min), abs_max))
+        if self.signed is None:
+            is_signed = self.running_min < 0
+            clip = torch.where(is_signed, signed_clip, ceil2(abs_max))
+            self.clips_act[0] = torch.where(is_signed, -clip, 0.0)
+            self.clips_act[1] = clip
+        elif self.signed:
+            self.clips_act[0] = -signed_clip
+            self.clips_act[1] = signed_clip
+        else:
+            self.clips_act[0] = 0.0
+            self.clips_act[1] = ceil2(abs_max)
+
+    def _warn_non_finite(self) -> None:
+        if not self._warned_non_finite:
+            logger.warning(
+                "PACT2: a batch with NaN/Inf activations was skipped for range statistics "
+                "(range kept at %s); check the learning rate and the input data. "
+                "Logged once per module.",
+                self.clip_range(),
+            )
+            self._warned_non_finite = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._batches_tracked = int(self.num_batches_tracked)
+
+    def extra_repr(self) -> str:
+        low, high = self.clip_range()
+        return (
+            f"signed={self.signed}, bitwidth={self.bitwidth}, clip=({low:g}, {high:g}), "
+            f"range_frozen={self.range_frozen}, rounding={self.rounding}"
+        )
