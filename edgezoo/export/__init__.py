@@ -1,0 +1,22 @@
+"""Export for TI TIDL: verified ONNX Clip graphs, TIDL's import rules, and its config files."""
+
+from edgezoo.export.onnx_export import export_onnx, onnxruntime_session
+from edgezoo.export.report import ExportReport, GraphViolation, VerifyReport
+from edgezoo.export.tidl_config import TIDLInputSpec, write_tidl_configs
+from edgezoo.export.tidl_rules import TIDL_SUPPORTED_OPS
+from edgezoo.export.verify import verify_onnx
+from edgezoo.export.weight_grid import align_to_tidl_grid, tidl_requantize
+
+__all__ = [
+    "TIDL_SUPPORTED_OPS",
+    "ExportReport",
+    "GraphViolation",
+    "TIDLInputSpec",
+    "VerifyReport",
+    "align_to_tidl_grid",
+    "export_onnx",
+    "onnxruntime_session",
+    "tidl_requantize",
+    "verify_onnx",
+    "write_tidl_configs",
+]

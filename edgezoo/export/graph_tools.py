@@ -1,0 +1,82 @@
+"""Shape inference and onnx.checker on a weightless view of a graph, so big models stay fast.
+
+Both onnx calls serialize the whole model, weights included (half a gigabyte for
+wide_resnet101_2). Neither needs the values of large tensors: a view whose large initializers
+are declared as graph inputs of the same type and shape checks and infers the same graph.
+Small initializers (Resize scales, Reshape shapes, Clip bounds) keep their values, which shape
+inference may read.
+"""
+
+import math
+
+import onnx
+from onnx import helper
+
+__all__ = ["check_model", "infer_shapes", "weightless_view"]
+
+_KEEP_BYTES = 4096
+
+
+def weightless_view(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` whose initializers above 4 KiB are typed graph inputs instead."""
+    view = onnx.ModelProto()
+    _copy_fields(proto, view, skip="graph")
+    _copy_fields(proto.graph, view.graph, skip="initializer")
+    for init in proto.graph.initializer:
+        if init.ByteSize() <= _KEEP_BYTES:
+            view.graph.initializer.append(init)
+        else:
+            view.graph.input.append(
+                helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
+    return view
+
+
+def check_model(proto: onnx.ModelProto) -> str | None:
+    """onnx.checker's first complaint about the graph, or None when it passes.
+
+    The large tensors left out of the checked view are checked here for a payload that fits
+    their shape and type.
+    """
+    try:
+        onnx.checker.check_model(weightless_view(proto))
+    except onnx.checker.ValidationError as err:
+        return str(err).strip().splitlines()[0]
+    for init in proto.graph.initializer:
+        if init.raw_data and init.ByteSize() > _KEEP_BYTES:
+            itemsize = helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            expected = math.prod(init.dims) * itemsize
+            if len(init.raw_data) != expected:
+                return (
+                    f"initializer {init.name!r} holds {len(init.raw_data)} bytes, but its shape "
+                    f"{list(init.dims)} needs {expected}"
+                )
+    return None
+
+
+def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The weightless view with inferred shapes, and the strict inference error if any.
+
+    On a strict failure the view is inferred again non-strictly, so the shapes that could be
+    inferred are still there.
+    """
+    view = weightless_view(proto)
+    try:
+        return onnx.shape_inference.infer_shapes(view, strict_mode=True, data_prop=True), None
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
+        message = str(err).strip().splitlines()[0]
+        return onnx.shape_inference.infer_shapes(view, strict_mode=False), message
+
+
+def _copy_fields(source: object, target: object, skip: str) -> None:
+    """Copy every set protobuf field of `source` into `target` except `skip`."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        destination = getattr(target, field.name)
+        if hasattr(destination, "extend"):
+            destination.extend(value)
+        elif hasattr(destination, "CopyFrom"):
+            destination.CopyFrom(value)
+        else:
+            setattr(target, field.name, value)

@@ -1,0 +1,445 @@
+"""export_onnx: a float or QAT edgezoo model -> one verified, TIDL-ready ONNX file plus configs.
+
+The QAT path exports `convert_to_deploy(q)`: a plain float network whose Convs carry the folded
+weights the QAT forward used (on the power-of-two grid), with every activation range as a Clip
+leaf module. torch's TorchScript exporter (dynamo=False) writes it with BN folded and each Clip
+as one ONNX Clip. onnxsim (its range optimisation off: it deletes Clips it proves dead on the
+float graph) and small passes clean it: Constant nodes become initializers, Identity nodes go,
+and QAT weights are kept fixed under TIDL's re-quantization (weight_grid.py). ONNX shape
+inference records every shape; the graph is verified (verify.py) and run in onnxruntime against
+the PyTorch model before it is written.
+"""
+
+import dataclasses
+import io
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+import edgezoo
+from edgezoo.errors import ExportVerificationError, TIDLRuleError
+from edgezoo.export import tidl_rules as rules
+from edgezoo.export.graph_tools import infer_shapes
+from edgezoo.export.report import ExportReport, VerifyReport
+from edgezoo.export.tidl_config import TIDLInputSpec, write_tidl_configs
+from edgezoo.export.verify import verify_onnx
+from edgezoo.export.weight_grid import align_to_tidl_grid
+from edgezoo.quantization import (
+    Clip,
+    QuantCalibrateModule,
+    QuantTestModule,
+    QuantTrainModule,
+    clip_only,
+    convert_to_deploy,
+    is_quantized,
+)
+from edgezoo.registry import model_info
+
+__all__ = ["export_onnx", "onnxruntime_session"]
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+_LOGITS_NAME = "logits"
+_QAT_WRAPPERS = (QuantTrainModule, QuantCalibrateModule, QuantTestModule)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_input: Tensor | None = None,
+    opset: int = 11,
+    simplify: bool = True,
+    argmax: bool = False,
+    input_size: Sequence[int] | None = None,
+    strict: bool = True,
+    *,
+    model_name: str | None = None,
+    task: str | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    write_configs: bool = True,
+    parity_tolerance: float = 1e-4,
+) -> ExportReport:
+    """Export a float edgezoo model or a QAT wrapper to one self-contained, verified ONNX file.
+
+    model: a float model, or a QuantTrainModule / QuantCalibrateModule / QuantTestModule or its
+    `.module` (its deploy form is exported; the QAT model is not changed). example_input, or
+    input_size as (H, W) or (C, H, W), or model_name's default size fixes the static input shape.
+    opset: 11 (TI's QAT recipe) to 17, through the TorchScript exporter; other values raise
+    TIDLRuleError. argmax: append ArgMax(axis=1, keepdims=1) for segmentation deployment.
+    strict: raise ExportVerificationError (with `.report`) and write nothing when the graph
+    breaks a TIDL rule or onnxruntime differs from PyTorch; False writes the file anyway and
+    returns the failing report. model_name / task / preprocessing feed the TIDL files (written
+    beside the ONNX unless write_configs=False); without them the task is guessed from the
+    output rank and ImageNet normalisation is assumed. The caller's train/eval modes are
+    restored afterwards.
+    """
+    _check_opset(opset)
+    path = Path(path)
+    wrapped = isinstance(model, _QAT_WRAPPERS) or is_quantized(model)
+    quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
+    info = _model_info(model_name)
+    example = _example_input(model, example_input, input_size, info)
+    reference, proto = _reference_and_graph(model, example, opset, wrapped)
+    proto, aligned = _clean_graph(proto, simplify, quantized)
+    abs_diff, rel_diff = _parity(proto, example, reference)
+    if argmax:
+        proto = _append_argmax(proto)
+    proto = _infer_shapes(proto)
+    _stamp(proto, model_name or type(model).__name__, quantized)
+    verification = verify_onnx(
+        proto, quantized=quantized, input_clipped=wrapped and _quantizes_input(model)
+    )
+    report = ExportReport(
+        path=path,
+        opset=opset,
+        quantized=quantized,
+        input_shape=tuple(example.shape),
+        verification=_named(verification, path),
+        parity_max_abs_diff=abs_diff,
+        parity_max_rel_diff=rel_diff,
+        parity_tolerance=parity_tolerance,
+        clip_count=sum(node.op_type == "Clip" for node in proto.graph.node),
+        aligned_weights=tuple(aligned),
+    )
+    if strict and not report.ok:
+        raise ExportVerificationError(_failure_message(report), report.verification)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, path, save_as_external_data=False)
+    if write_configs:
+        spec = _input_spec(example, reference, info, task, preprocessing, argmax)
+        report = dataclasses.replace(report, config_files=write_tidl_configs(path, spec, quantized))
+    logger.info("exported %s", report)
+    return report
+
+
+def onnxruntime_session(
+    model: str | os.PathLike | onnx.ModelProto, optimize: bool = True, threads: int = 0
+) -> ort.InferenceSession:
+    """A CPU onnxruntime session for an ONNX file or ModelProto, with warnings silenced.
+
+    optimize=False runs the graph exactly as written (no ORT fusions); threads=0 lets ORT pick.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _reference_and_graph(
+    model: nn.Module, example: Tensor, opset: int, wrapped: bool
+) -> tuple[Tensor, onnx.ModelProto]:
+    """PyTorch's output (clip-only for QAT) and the exported graph, in eval; modes restored."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            if wrapped:
+                with clip_only(model):
+                    reference = model(example)
+                deploy = convert_to_deploy(model)
+            else:
+                reference = model(example)
+                deploy = model
+        proto = _torchscript_export(deploy, example, opset)
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    return _single_output(reference), proto
+
+
+def _check_opset(opset: int) -> None:
+    """Refuse opsets the TorchScript exporter path cannot deliver as a TIDL-clean graph."""
+    if opset in rules.EXPORT_OPSETS:
+        return
+    supported = f"{rules.EXPORT_OPSETS[0]} to {rules.EXPORT_OPSETS[-1]}"
+    if isinstance(opset, int) and opset > rules.EXPORT_OPSETS[-1]:
+        raise TIDLRuleError(
+            f"opset {opset} is not exported: from opset 18 torch.onnx needs its dynamo exporter, "
+            "which writes adaptive average pooling as ReduceMean + Reshape (TIDL does not import "
+            f"ReduceMean alone) and needs onnxscript; use opset {supported} "
+            f"(11 is TI's QAT recipe, 17 its newer one). TIDL imports opsets up to 18."
+        )
+    raise TIDLRuleError(
+        f"opset {opset!r} is not exported: Clip takes its min/max as inputs and Resize exists "
+        f"only from opset 11; use opset {supported}"
+    )
+
+
+def _model_info(model_name: str | None) -> dict[str, Any] | None:
+    return None if model_name is None else model_info(model_name)
+
+
+def _example_input(
+    model: nn.Module,
+    example_input: Tensor | None,
+    input_size: Sequence[int] | None,
+    info: Mapping[str, Any] | None,
+) -> Tensor:
+    """The static-shape input the graph is traced with (seeded, so exports are reproducible)."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    if example_input is not None:
+        if example_input.dim() != 4:
+            raise ValueError(
+                f"example_input must be one NCHW batch, got shape {tuple(example_input.shape)}"
+            )
+        return example_input.detach().to(device=device, dtype=torch.float32)
+    if input_size is not None:
+        size = tuple(int(v) for v in input_size)
+        if len(size) == 2:
+            size = (3, *size)
+        if len(size) != 3:
+            raise ValueError(f"input_size must be (H, W) or (C, H, W), got {tuple(input_size)}")
+    elif info is not None:
+        size = tuple(info["input_size"])
+    else:
+        raise ValueError(
+            "export_onnx needs the input shape: pass example_input, input_size=(H, W) or "
+            "model_name (for the model's default input size)"
+        )
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, *size, generator=generator).to(device)
+
+
+def _torchscript_export(model: nn.Module, example: Tensor, opset: int) -> onnx.ModelProto:
+    """Trace with the TorchScript exporter (BN folded by constant folding) into a ModelProto."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The exporter's deprecation notice, and tracer notes on shape checks that only raise.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            export_params=True,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            training=torch.onnx.TrainingMode.EVAL,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _clean_graph(
+    proto: onnx.ModelProto, simplify: bool, quantized: bool
+) -> tuple[onnx.ModelProto, list[str]]:
+    """onnxsim, constants to initializers, no Identity, weights fixed under TIDL's grid."""
+    clips = _count(proto, "Clip")
+    if simplify:
+        import onnxsim  # imported here: it takes most of a second and only this step needs it
+
+        simplified, ok = onnxsim.simplify(proto, check_n=0, range_opt=False, certify=False)
+        if not ok:
+            raise ExportVerificationError(
+                "onnxsim could not simplify the exported graph; export with simplify=False "
+                "(--no-simplify) to keep the exporter's graph"
+            )
+        if _count(simplified, "Clip") != clips:
+            raise ExportVerificationError(
+                f"onnxsim changed the number of Clip nodes ({clips} -> "
+                f"{_count(simplified, 'Clip')}), which would drop QAT ranges; export with "
+                "simplify=False (--no-simplify)"
+            )
+        proto = simplified
+    _constants_to_initializers(proto.graph)
+    _remove_identities(proto.graph)
+    _remove_unused_initializers(proto.graph)
+    aligned = _align_weights(proto.graph) if quantized else []
+    return proto, aligned
+
+
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Record inferred shapes in the graph (TIDL's importer reads them); verify reports errors."""
+    inferred, _ = infer_shapes(proto)
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(inferred.graph.value_info)
+    for output, inferred_output in zip(proto.graph.output, inferred.graph.output, strict=True):
+        output.CopyFrom(inferred_output)
+    return proto
+
+
+def _count(proto: onnx.ModelProto, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in proto.graph.node)
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """Move tensor Constant nodes into initializers: TIDL reads those as plain constants."""
+    for node in [n for n in graph.node if n.op_type == "Constant"]:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if value is not None:
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.node.remove(node)
+
+
+def _remove_identities(graph: onnx.GraphProto) -> None:
+    """Bypass Identity nodes (TIDL has no Identity layer), keeping graph output names."""
+    outputs = {o.name for o in graph.output}
+    produced = {name for node in graph.node for name in node.output}
+    for node in [n for n in graph.node if n.op_type == "Identity"]:
+        source, target = node.input[0], node.output[0]
+        if target in outputs and source not in produced:
+            continue  # an output that passes a graph input or constant through: keep it
+        old, new = (source, target) if target in outputs else (target, source)
+        for other in graph.node:
+            other.input[:] = [new if name == old else name for name in other.input]
+            other.output[:] = [new if name == old else name for name in other.output]
+        graph.node.remove(node)
+
+
+def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _align_weights(graph: onnx.GraphProto) -> list[str]:
+    """Keep every QAT weight fixed under TIDL's re-quantization; return the nodes adjusted."""
+    initializers = {init.name: init for init in graph.initializer}
+    adjusted = []
+    for node in graph.node:
+        if node.op_type not in rules.QUANTIZED_WEIGHT_OPS or len(node.input) < 2:
+            continue
+        init = initializers.get(node.input[1])
+        if init is None:
+            continue
+        aligned, moved = align_to_tidl_grid(numpy_helper.to_array(init))
+        if moved:
+            init.CopyFrom(numpy_helper.from_array(aligned, init.name))
+            adjusted.append(node.name or node.input[1])
+    return adjusted
+
+
+def _parity(proto: onnx.ModelProto, example: Tensor, reference: Tensor) -> tuple[float, float]:
+    """Max absolute and relative (to max|reference|) difference of onnxruntime vs PyTorch."""
+    session = onnxruntime_session(proto, optimize=False)
+    (output,) = session.run(None, {INPUT_NAME: example.cpu().numpy()})
+    expected = reference.detach().cpu().numpy().astype(np.float64)
+    if output.shape != expected.shape:
+        raise ExportVerificationError(
+            f"onnxruntime output shape {output.shape} differs from PyTorch's {expected.shape}"
+        )
+    abs_diff = float(np.abs(output.astype(np.float64) - expected).max(initial=0.0))
+    scale = float(np.abs(expected).max(initial=0.0))
+    return abs_diff, abs_diff / scale if scale > 0 else abs_diff
+
+
+def _append_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Append ArgMax(axis=1, keepdims=1, select_last_index=0) after the model's output."""
+    graph = proto.graph
+    (output,) = graph.output
+    for node in graph.node:
+        node.output[:] = [_LOGITS_NAME if name == output.name else name for name in node.output]
+    attributes = {"axis": 1, "keepdims": 1}
+    if proto.opset_import[0].version >= 12:
+        attributes["select_last_index"] = 0
+    graph.node.append(
+        onnx.helper.make_node(
+            "ArgMax", [_LOGITS_NAME], [OUTPUT_NAME], name="/argmax/ArgMax", **attributes
+        )
+    )
+    del graph.output[:]
+    graph.output.append(
+        onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.INT64, None)
+    )
+    return proto
+
+
+def _stamp(proto: onnx.ModelProto, name: str, quantized: bool) -> None:
+    """Record what wrote the graph and how it is meant to be imported."""
+    proto.producer_name = "edgezoo"
+    proto.producer_version = edgezoo.__version__
+    proto.graph.name = name
+    kind = "qat-clip-ranges" if quantized else "float-ptq"
+    onnx.helper.set_model_props(proto, {"edgezoo.quantization": kind})
+
+
+def _named(report: VerifyReport, path: Path) -> VerifyReport:
+    return dataclasses.replace(report, source=str(path))
+
+
+def _quantizes_input(model: nn.Module) -> bool:
+    """Whether quantization gave the model's input its own range (quantize_input=True)."""
+    return any(getattr(m, "input_quant", None) is not None for m in model.modules())
+
+
+def _single_output(output: Any) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise ExportVerificationError(
+            f"the model returns {type(output).__name__}; export_onnx handles models with one "
+            "tensor output"
+        )
+    return output
+
+
+def _failure_message(report: ExportReport) -> str:
+    parts = []
+    if not report.verification.ok:
+        parts.append(str(report.verification))
+    if not report.parity_ok:
+        parts.append(
+            f"onnxruntime differs from PyTorch by {report.parity_max_rel_diff:.3g} relative "
+            f"(tolerance {report.parity_tolerance:g})"
+        )
+    return (
+        f"the export to {report.path} is not TIDL-ready (nothing written; pass strict=False "
+        "to write it anyway):\n" + "\n".join(parts)
+    )
+
+
+def _input_spec(
+    example: Tensor,
+    reference: Tensor,
+    info: Mapping[str, Any] | None,
+    task: str | None,
+    preprocessing: Mapping[str, Any] | None,
+    argmax: bool,
+) -> TIDLInputSpec:
+    """The TIDL input description from explicit values, the manifest, or defaults."""
+    channels, height, width = (int(v) for v in example.shape[1:])
+    if preprocessing is None and info is not None:
+        preprocessing = info.get("preprocessing") or _default_weights_preprocessing(info)
+    preprocessing = dict(preprocessing or {})
+    if task is None:
+        task = (
+            info["task"] if info else ("segmentation" if reference.dim() == 4 else "classification")
+        )
+    resize, crop = preprocessing.get("resize"), preprocessing.get("crop")
+    final = crop if crop is not None else resize
+    if final is None or _as_hw(final) != (height, width):
+        # Preprocessing meant for another input size: resize straight to the exported size.
+        resize, crop = None, None
+    extra = {k: preprocessing[k] for k in ("mean", "std") if k in preprocessing}
+    return TIDLInputSpec(
+        channels, height, width, task, resize=resize, crop=crop, argmax=argmax, **extra
+    )
+
+
+def _default_weights_preprocessing(info: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    weights = info.get("weights") or {}
+    tag = info.get("default_weights")
+    return weights.get(tag, {}).get("preprocessing") if tag else None
+
+
+def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

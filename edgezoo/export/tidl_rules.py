@@ -1,0 +1,91 @@
+"""TIDL's import rules for ONNX graphs, in one place (edgeai-tidl-tools, release 11.0).
+
+Sources: edgeai-tidl-tools docs/supported_ops_rts_versions.md and the facts gathered in the
+project's REFERENCE.md (section 3). verify.py checks graphs against these tables and
+onnx_export.py refuses requests outside them.
+
+The depthwise (kernel, stride) table is edgezoo.check's TIDL_DEPTHWISE_KERNEL_STRIDE, shared so
+the module lint and the graph check agree.
+"""
+
+from edgezoo.check import TIDL_DEPTHWISE_KERNEL_STRIDE
+
+__all__ = [
+    "CONSTANT_OPS",
+    "EXPORT_OPSETS",
+    "MAX_STRIDE2_KERNEL",
+    "QUANTIZED_WEIGHT_OPS",
+    "RANGE_CONSUMERS",
+    "RANGE_PRODUCERS",
+    "RESIZE_COORDINATE_MODES",
+    "RESIZE_MODES",
+    "TIDL_DEPTHWISE_KERNEL_STRIDE",
+    "TIDL_OPSETS",
+    "TIDL_SUPPORTED_OPS",
+]
+
+TIDL_SUPPORTED_OPS: frozenset[str] = frozenset(
+    {
+        # Layers TIDL maps onto its own kernels.
+        "Conv",
+        "ConvTranspose",
+        "BatchNormalization",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Add",
+        "Mul",
+        "Gemm",
+        "MatMul",
+        "Softmax",
+        "Concat",
+        "Split",
+        "Flatten",
+        "ArgMax",
+        "Reshape",
+        "Transpose",
+        "Resize",
+        "DepthToSpace",
+        "Pad",
+        "Sigmoid",
+        # Activations TIDL merges into the preceding layer; Clip carries a PACT2 range.
+        "Relu",
+        "PRelu",
+        "LeakyRelu",
+        "Clip",
+        "Tanh",
+        "HardSigmoid",
+        "Elu",
+        # Dropout is an inference no-op that TIDL's importer drops.
+        "Dropout",
+    }
+)
+"""ONNX operator types TIDL imports (TIDL-RT operator mapping plus its "compatible layers")."""
+
+CONSTANT_OPS: frozenset[str] = frozenset({"Constant"})
+"""Nodes that only hold data; the importer reads them as constants, not as layers."""
+
+EXPORT_OPSETS: tuple[int, ...] = tuple(range(11, 18))
+"""Opsets export_onnx writes, through torch's TorchScript exporter (dynamo=False)."""
+
+TIDL_OPSETS: tuple[int, ...] = tuple(range(11, 19))
+"""Opsets verify_onnx accepts: TIDL validates up to ONNX opset 18; 11 has Clip min/max inputs."""
+
+MAX_STRIDE2_KERNEL = 7
+"""TIDL does not run stride-2 convolutions with kernels larger than 7."""
+
+RESIZE_MODES: frozenset[str] = frozenset({"nearest", "linear"})
+RESIZE_COORDINATE_MODES: frozenset[str] = frozenset(
+    {"half_pixel", "pytorch_half_pixel", "asymmetric"}
+)
+
+RANGE_PRODUCERS: frozenset[str] = frozenset(
+    {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "BatchNormalization"}
+)
+"""Ops whose output range TIDL must know: a QAT graph clips each output before the next one."""
+
+RANGE_CONSUMERS: frozenset[str] = RANGE_PRODUCERS
+"""Ops at which an unclipped range has been used: reaching one before a Clip is a violation."""
+
+QUANTIZED_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm"})
+"""Ops whose weights TIDL re-quantizes per tensor with a power-of-two scale."""

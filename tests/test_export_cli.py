@@ -1,0 +1,88 @@
+"""`edgezoo export` and `edgezoo verify`: round trips, checkpoints and exit codes."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgezoo.cli import main
+from edgezoo.models import BUILDERS
+from edgezoo.quantization import QuantTrainModule, activation_ranges
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on two shared cores more threads only add contention."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def clip_bounds(path):
+    """Sorted (min, max) of every Clip node of an exported graph."""
+    proto = onnx.load(path)
+    values = {
+        i.name: float(numpy_helper.to_array(i)) for i in proto.graph.initializer if not i.dims
+    }
+    return sorted(
+        (values[n.input[1]], values[n.input[2]]) for n in proto.graph.node if n.op_type == "Clip"
+    )
+
+
+def test_qat_export_then_verify_round_trip(tmp_path, capsys):
+    assert (
+        main(["export", "resnet18", "--qat", "--input-size", "32", "32", "-o", str(tmp_path)]) == 0
+    )
+    path = tmp_path / "resnet18_qat.onnx"
+    assert path.is_file()
+    assert "verification: OK" in capsys.readouterr().out
+    compile_options = json.loads((tmp_path / "resnet18_qat_tidl_compile_options.json").read_text())
+    assert compile_options["provider_options"]["accuracy_level"] == 0
+    assert main(["verify", str(path)]) == 0
+    assert "OK, no TIDL rule violations" in capsys.readouterr().out
+
+
+def test_float_export_fails_the_qat_rules_but_passes_the_float_rules(tmp_path, capsys):
+    assert main(["export", "mobilenetv2", "--input-size", "32", "32", "-o", str(tmp_path)]) == 0
+    path = tmp_path / "mobilenetv2.onnx"
+    capsys.readouterr()
+    assert main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "[weight-grid]" in out and "[input-clip] input" in out
+    assert main(["verify", str(path), "--float"]) == 0
+
+
+@pytest.mark.parametrize("engine_style", [False, True])
+def test_qat_checkpoint_ranges_reach_the_graph(tmp_path, engine_style):
+    torch.manual_seed(0)
+    q = QuantTrainModule(BUILDERS["resnet18"](num_classes=7), torch.rand(1, 3, 32, 32))
+    q.train()
+    with torch.no_grad():
+        q(torch.randn(4, 3, 32, 32) * 3)
+    state = q.module.state_dict()
+    checkpoint = tmp_path / "qat.pth"
+    torch.save({"model": state, "epoch": 3} if engine_style else state, checkpoint)
+    args = ["export", "resnet18", "--qat", "--checkpoint", str(checkpoint)]
+    assert main([*args, "--input-size", "32", "32", "-o", str(tmp_path / "out")]) == 0
+    expected = sorted(pact.clip_range() for pact in activation_ranges(q))
+    assert np.allclose(clip_bounds(tmp_path / "out" / "resnet18_qat.onnx"), expected)
+
+
+def test_failing_export_exits_1_and_verify_reports_missing_files(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "missing.onnx")]) == 2
+    assert "no ONNX file" in capsys.readouterr().err
+    args = ["export", "resnet18", "--checkpoint", str(tmp_path / "missing.pth")]
+    assert main([*args, "-o", str(tmp_path)]) == 2
+    assert main(["export", "resnet1800", "-o", str(tmp_path)]) == 2
+    assert "did you mean" in capsys.readouterr().err
+
+
+def test_opset_choices_are_the_exported_range(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "resnet18", "--opset", "18", "-o", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "choose from 11, 12, 13, 14, 15, 16, 17" in capsys.readouterr().err
