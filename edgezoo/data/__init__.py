@@ -1,0 +1,55 @@
+"""Datasets: Fashion-MNIST (full and embedded subset), composite segmentation scenes, folders."""
+
+from edgezoo.data.composite import (
+    COMPOSITE_CLASSES,
+    COMPOSITE_NUM_CLASSES,
+    CompositeFashionSegmentation,
+)
+from edgezoo.data.fashion_mnist import (
+    DEBIAN_FASHION_MNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    ItemArrays,
+    ItemClassification,
+    embedded_dir,
+    fashion_mnist_dir,
+    is_fashion_mnist_dir,
+    load_embedded_fashion_mnist,
+    load_fashion_mnist,
+)
+from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder, image_folder
+from edgezoo.data.idx import read_idx, write_idx
+from edgezoo.data.sources import DATA_NAMES, TASKS, TaskData, build_task_data
+from edgezoo.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationTransform,
+    SegmentationTransform,
+)
+
+__all__ = [
+    "COMPOSITE_CLASSES",
+    "COMPOSITE_NUM_CLASSES",
+    "DATA_NAMES",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TASKS",
+    "ClassificationTransform",
+    "CompositeFashionSegmentation",
+    "ItemArrays",
+    "ItemClassification",
+    "SegmentationFolder",
+    "SegmentationTransform",
+    "TaskData",
+    "build_task_data",
+    "embedded_dir",
+    "fashion_mnist_dir",
+    "image_folder",
+    "is_fashion_mnist_dir",
+    "load_embedded_fashion_mnist",
+    "load_fashion_mnist",
+    "read_idx",
+    "write_idx",
+]

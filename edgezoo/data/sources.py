@@ -1,0 +1,202 @@
+"""Resolve a --data argument ("embedded", "fashion-mnist", "composite" or a directory) into
+train / validation datasets for a task."""
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from edgezoo.data.composite import (
+    COMPOSITE_CLASSES,
+    COMPOSITE_NUM_CLASSES,
+    CompositeFashionSegmentation,
+)
+from edgezoo.data.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    ItemArrays,
+    ItemClassification,
+    is_fashion_mnist_dir,
+    load_embedded_fashion_mnist,
+    load_fashion_mnist,
+)
+from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder, image_folder
+from edgezoo.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationTransform,
+    SegmentationTransform,
+    Size,
+)
+from edgezoo.errors import DataError
+
+TASKS = ("classification", "segmentation")
+DATA_NAMES = ("embedded", "fashion-mnist", "composite")
+COMPOSITE_CANVAS = 64
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Train and validation datasets of one task, with what a model and a report need to know."""
+
+    train: Dataset
+    val: Dataset
+    task: str
+    num_classes: int
+    classes: tuple[str, ...]
+    description: str
+    ignore_index: int | None = None
+
+
+def build_task_data(
+    data: str | os.PathLike,
+    task: str,
+    input_size: Size,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    num_classes: int | None = None,
+    augment: bool = True,
+    composite_seed: int = 0,
+    composite_scenes: tuple[int | None, int | None] = (None, None),
+) -> TaskData:
+    """Datasets for `task` from a data name or directory.
+
+    Names: "embedded" (the Fashion-MNIST subset in the package), "fashion-mnist" (the full set
+    at the Debian location), "composite" (segmentation scenes composed from the embedded items).
+    For segmentation, "embedded" and "fashion-mnist" also mean composite scenes from those items.
+    A directory holds Fashion-MNIST idx files, or train/ and val/ sub-folders: class folders
+    (classification) or images/ + masks/ (segmentation, with num_classes given).
+    composite_scenes: (train, val) scene counts of a composite set (default: one per item).
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; use one of {TASKS}")
+    name = os.fspath(data)
+    if name == "composite" and task != "segmentation":
+        raise DataError("'composite' is a segmentation set; use it with a segmentation model")
+    if name in ("embedded", "composite"):
+        train_items = load_embedded_fashion_mnist("train")
+        val_items = load_embedded_fashion_mnist("test")
+    elif name == "fashion-mnist":
+        train_items, val_items = load_fashion_mnist(None, "train"), load_fashion_mnist(None, "test")
+    elif is_fashion_mnist_dir(name):
+        train_items, val_items = load_fashion_mnist(name, "train"), load_fashion_mnist(name, "test")
+    else:
+        return _folder_data(Path(name), task, input_size, mean, std, num_classes, augment)
+
+    if task == "classification":
+        _check_num_classes(num_classes, len(FASHION_MNIST_CLASSES), "Fashion-MNIST")
+        return TaskData(
+            train=ItemClassification(
+                train_items, ClassificationTransform(input_size, mean, std, augment)
+            ),
+            val=ItemClassification(val_items, ClassificationTransform(input_size, mean, std)),
+            task=task,
+            num_classes=len(FASHION_MNIST_CLASSES),
+            classes=FASHION_MNIST_CLASSES,
+            description=f"{train_items.source}: {len(train_items)} train / {len(val_items)} test",
+        )
+    _check_num_classes(num_classes, COMPOSITE_NUM_CLASSES, "the composite set")
+    train_scenes, val_scenes = composite_scenes
+    train = _composite(train_items, train_scenes, input_size, mean, std, augment, composite_seed)
+    val = _composite(val_items, val_scenes, input_size, mean, std, False, composite_seed + 1)
+    return TaskData(
+        train=train,
+        val=val,
+        task=task,
+        num_classes=COMPOSITE_NUM_CLASSES,
+        classes=COMPOSITE_CLASSES,
+        description=(
+            f"COMPOSITE segmentation scenes ({COMPOSITE_CANVAS}x{COMPOSITE_CANVAS}, 1-3 items) "
+            f"built from {train_items.source} items: {len(train)} train / {len(val)} val scenes"
+        ),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def _composite(
+    items: ItemArrays,
+    length: int | None,
+    input_size: Size,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: bool,
+    seed: int,
+) -> CompositeFashionSegmentation:
+    return CompositeFashionSegmentation(
+        items,
+        length=length,
+        transform=SegmentationTransform(input_size, mean, std, augment),
+        canvas_size=COMPOSITE_CANVAS,
+        seed=seed,
+    )
+
+
+def _check_num_classes(requested: int | None, actual: int, what: str) -> None:
+    if requested is not None and requested != actual:
+        raise DataError(f"{what} has {actual} classes, but num_classes={requested} was asked for")
+
+
+def _folder_data(
+    root: Path,
+    task: str,
+    input_size: Size,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int | None,
+    augment: bool,
+) -> TaskData:
+    """Users' folders: root/train and root/val, each an ImageFolder or an images/masks pair."""
+    if not root.is_dir():
+        raise DataError(
+            f"data directory {root} does not exist; pass one of {', '.join(DATA_NAMES)} or a "
+            "directory holding Fashion-MNIST idx files, or train/ and val/ sub-folders"
+        )
+    splits = {split: root / split for split in ("train", "val")}
+    missing = [f"{split}/" for split, path in splits.items() if not path.is_dir()]
+    if missing:
+        raise DataError(
+            f"{root} lacks {' and '.join(missing)}: a data directory holds the Fashion-MNIST idx "
+            "files, or train/ and val/ sub-folders (classification: one folder per class; "
+            "segmentation: images/ and masks/)"
+        )
+    if task == "classification":
+        train = image_folder(
+            splits["train"], ClassificationTransform(input_size, mean, std, augment)
+        )
+        val = image_folder(splits["val"], ClassificationTransform(input_size, mean, std))
+        if train.classes != val.classes:
+            raise DataError(
+                f"{splits['train']} and {splits['val']} have different class folders: "
+                f"{train.classes} vs {val.classes}"
+            )
+        _check_num_classes(num_classes, len(train.classes), str(root))
+        return TaskData(
+            train=train,
+            val=val,
+            task=task,
+            num_classes=len(train.classes),
+            classes=tuple(train.classes),
+            description=f"image folders {root}: {len(train)} train / {len(val)} val",
+        )
+    if num_classes is None:
+        raise DataError(
+            f"segmentation folders {root} need the number of classes (--num-classes): masks "
+            "hold class ids and nothing else tells how many there are"
+        )
+    train = SegmentationFolder(
+        splits["train"], num_classes, SegmentationTransform(input_size, mean, std, augment)
+    )
+    val = SegmentationFolder(
+        splits["val"], num_classes, SegmentationTransform(input_size, mean, std)
+    )
+    return TaskData(
+        train=train,
+        val=val,
+        task=task,
+        num_classes=num_classes,
+        classes=train.classes,
+        description=f"segmentation folders {root}: {len(train)} train / {len(val)} val",
+        ignore_index=IGNORE_INDEX,
+    )

@@ -1,0 +1,51 @@
+"""Training engine: float training, PTQ calibration and QAT through one loop, on one process
+or many (torchrun), with atomic checkpoints, exact resume and per-epoch metrics."""
+
+from edgezoo.engine.checkpoint import (
+    BEST,
+    LAST,
+    METRICS_CSV,
+    METRICS_JSON,
+    load_checkpoint,
+    prepare_run_dir,
+    save_checkpoint,
+)
+from edgezoo.engine.distributed import DistContext, cleanup_distributed, setup_distributed
+from edgezoo.engine.metrics import ClassificationMeter, SegmentationMeter, primary_metric
+from edgezoo.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from edgezoo.engine.trainer import (
+    MODES,
+    FitResult,
+    TrainConfig,
+    evaluate,
+    fit,
+    load_run_config,
+    weights_module,
+)
+
+__all__ = [
+    "BEST",
+    "LAST",
+    "METRICS_CSV",
+    "METRICS_JSON",
+    "MODES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "ClassificationMeter",
+    "DistContext",
+    "FitResult",
+    "SegmentationMeter",
+    "TrainConfig",
+    "build_optimizer",
+    "build_scheduler",
+    "cleanup_distributed",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_run_config",
+    "prepare_run_dir",
+    "primary_metric",
+    "save_checkpoint",
+    "setup_distributed",
+    "weights_module",
+]

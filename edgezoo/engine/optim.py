@@ -1,0 +1,67 @@
+"""Optimizers (SGD, AdamW) and per-epoch learning-rate schedules (cosine, step)."""
+
+import math
+
+from torch import nn
+from torch.optim import SGD, AdamW, Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str = "sgd",
+    lr: float = 0.05,
+    weight_decay: float = 4e-5,
+    momentum: float = 0.9,
+) -> Optimizer:
+    """SGD (Nesterov momentum) or AdamW over the trainable parameters.
+
+    Weight decay skips biases and normalisation weights (1-d tensors): decaying them only
+    shrinks scales the network needs.
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if name == "sgd":
+        return SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "adamw":
+        return AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
+def build_scheduler(
+    optimizer: Optimizer,
+    name: str = "cosine",
+    epochs: int = 1,
+    warmup_epochs: int = 0,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+) -> LRScheduler:
+    """A schedule stepped once per epoch.
+
+    cosine: linear warm-up over warmup_epochs, then a half cosine to zero at the end of the run.
+    step: multiply by gamma every step_size epochs (default: a third of the run).
+    constant: the base learning rate throughout (QAT fine-tuning often wants this).
+    """
+    if name == "cosine":
+
+        def factor(epoch: int) -> float:
+            if epoch < warmup_epochs:
+                return (epoch + 1) / (warmup_epochs + 1)
+            span = max(1, epochs - warmup_epochs)
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+        return LambdaLR(optimizer, factor)
+    if name == "step":
+        return StepLR(optimizer, step_size=step_size or max(1, epochs // 3), gamma=gamma)
+    if name == "constant":
+        return LambdaLR(optimizer, lambda epoch: 1.0)
+    raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")

@@ -1,0 +1,114 @@
+"""Build the model a run needs: float or wrapped for QAT / calibration / test, from pretrained
+weights or a run's checkpoint, with the normalisation its weights expect."""
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from edgezoo import hub
+from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from edgezoo.errors import CheckpointMismatchError
+from edgezoo.registry import get_model, model_info
+from edgezoo.weights import LoadReport, load_weights, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+# Engine modes -> the edgezoo.quantization wrapper modes of get_model(qat=...).
+WRAPPER_MODES = {"qat": "train", "calibrate": "calibrate", "test": "test"}
+
+
+def model_task(name: str) -> str:
+    """The task of a model: "classification" or "segmentation"."""
+    return model_info(name)["task"]
+
+
+def preprocessing(name: str) -> tuple[Sequence[float], Sequence[float]]:
+    """The (mean, std) normalisation of a model's default weights (of its backbone's for models
+    without weights of their own); ImageNet's when the manifest names none."""
+    info = model_info(name)
+    if not info["weights"] and info.get("pretrained_backbone"):
+        info = model_info(info["pretrained_backbone"]["model"])
+    if info["weights"]:
+        prep = info["weights"][info["default_weights"]].get("preprocessing", {})
+        return tuple(prep.get("mean", IMAGENET_MEAN)), tuple(prep.get("std", IMAGENET_STD))
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def cached_pretrained(name: str) -> str | None:
+    """What pretrained weights are already in the torch.hub cache, without downloading:
+    "full" (the model's default weights), "backbone" (ImageNet weights of its backbone) or None."""
+    info = model_info(name)
+    if info["weights"]:
+        record = info["weights"][info["default_weights"]]
+        return "full" if (hub.cache_dir() / record["file_name"]).is_file() else None
+    spec = info.get("pretrained_backbone")
+    if spec:
+        record = model_info(spec["model"])["weights"][spec["weights"]]
+        return "backbone" if (hub.cache_dir() / record["file_name"]).is_file() else None
+    return None
+
+
+def is_quantized_state(name: str, state_dict: dict[str, torch.Tensor], num_classes: int) -> bool:
+    """Whether a state_dict carries QAT / calibration range buffers beyond the float model's."""
+    float_keys = get_model(name, num_classes=num_classes).state_dict().keys()
+    return any(key.removeprefix("module.") not in float_keys for key in state_dict)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    input_size: int,
+    *,
+    mode: str = "float",
+    pretrained: bool | str = False,
+    pretrained_backbone: bool | str = False,
+    checkpoint: str | os.PathLike | None = None,
+) -> nn.Module:
+    """The model of a run.
+
+    mode: "float", or "qat" / "calibrate" / "test" for the edgezoo.quantization wrapper.
+    pretrained / pretrained_backbone: manifest weights (a head of another size is re-initialised).
+    checkpoint: a run's last.pth / best.pth or any state_dict of this model; it must fit exactly
+    (CheckpointMismatchError names the keys that do not). A checkpoint holding range buffers
+    (a QAT or calibrated run) needs a quantized mode and restores those ranges too.
+    """
+    model = get_model(
+        name,
+        pretrained=pretrained,
+        pretrained_backbone=pretrained_backbone,
+        num_classes=num_classes,
+    )
+    quant_state: dict[str, torch.Tensor] = {}
+    if checkpoint is not None:
+        state_dict = read_state_dict(checkpoint)
+        report = load_weights(model, state_dict, strict=False)
+        if report.missing or report.mismatched:
+            raise CheckpointMismatchError(
+                f"checkpoint {checkpoint} does not fit {name} with {num_classes} classes: "
+                f"{report}. Use a checkpoint of this model and number of classes"
+            )
+        if report.unexpected:
+            if mode == "float":
+                raise CheckpointMismatchError(
+                    f"checkpoint {checkpoint} holds keys {name} lacks "
+                    f"({LoadReport((), (), report.unexpected, ())}): a QAT or calibrated "
+                    "checkpoint needs a quantized mode (--qat), or it is from another model"
+                )
+            quant_state = {key: state_dict[key] for key in report.unexpected}
+        logger.info("loaded %s", checkpoint)
+    if mode == "float":
+        return model
+    from edgezoo.quantization import wrap_model
+
+    wrapped = wrap_model(model, WRAPPER_MODES[mode], torch.rand(1, 3, input_size, input_size))
+    if quant_state:
+        report = load_weights(wrapped.module, quant_state, strict=False)
+        if report.unexpected or report.mismatched:
+            raise CheckpointMismatchError(
+                f"checkpoint {checkpoint} holds keys neither {name} nor its quantization "
+                f"wrapper has: {LoadReport((), (), report.unexpected, report.mismatched)}"
+            )
+    return wrapped
