@@ -17,9 +17,7 @@ ratio ours / torchvision is the figure of merit (goal: at most 1.05).
 import argparse
 import io
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import warnings
@@ -32,6 +30,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
+from edgezoo.benchmarking import machine_description
 from edgezoo.export import export_onnx, onnxruntime_session
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantTrainModule
@@ -137,27 +136,17 @@ def latency_table(folder: Path, runs: int, warmup: int) -> list[str]:
     return rows
 
 
-def cpu_model_name() -> str:
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in output.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def markdown(export_rows: list[str], latency_rows: list[str], runs: int, command: str) -> str:
     """The Export section of docs/benchmarks.md."""
     import onnxruntime
 
+    host = machine_description()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [
         SECTION,
         "",
-        f"Machine: {cpu_model_name()}, {os.cpu_count()} cores, load average {load} (shared, "
-        f"noisy); torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. "
+        f"Machine: {host['cpu']}, {host['cores']} cores, load average {load} (shared, "
+        f"noisy); torch {host['torch']}, onnxruntime {onnxruntime.__version__}. "
         f"Command: `{command}`.",
         "",
     ]

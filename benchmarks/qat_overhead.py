@@ -13,9 +13,7 @@ prepare_qat and the default QAT qconfig of the chosen backend.
 
 import argparse
 import copy
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -25,6 +23,7 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
+from edgezoo.benchmarking import machine_description
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantTrainModule
 
@@ -79,17 +78,6 @@ def time_alternating(
     }
 
 
-def cpu_model_name() -> str:
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in output.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenetv2"])
@@ -103,9 +91,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    host = machine_description()
     print(
-        f"machine: {cpu_model_name()}, {torch.get_num_threads()} threads; torch "
-        f"{torch.__version__}, torchvision {torchvision.__version__}; batch {args.batch}, "
+        f"machine: {host['cpu']}, {host['torch_threads']} threads; torch "
+        f"{host['torch']}, torchvision {torchvision.__version__}; batch {args.batch}, "
         f"{args.size}x{args.size}, {args.steps} timed steps after {args.warmup} warm-up, "
         f"alternating"
     )

@@ -14,7 +14,6 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from edgezoo.errors import DownloadError, HashMismatchError, WeightsError
+from edgezoo.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -280,27 +280,23 @@ def download(
 ) -> None:
     """Download url to path atomically: a temp file beside it, verified, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open (not mkstemp) so the file gets the user's umask, as torch.hub's own files do.
-    temp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     logger.info("downloading %s to %s", url, path)
     try:
-        with open(temp, "xb") as out:
-            digest = _copy_url(url, out, progress=progress, timeout=timeout, desc=path.name)
-        if sha256_prefix is not None and not digest.startswith(sha256_prefix):
-            raise HashMismatchError(
-                f"{url} has sha256 {digest}, expected a hash starting with {sha256_prefix}; "
-                f"the file was not kept at {path}. Check that the mirror serves the "
-                "right file, or place a good copy there by hand"
-            )
-        os.replace(temp, path)
+        with atomic_path(path) as temp:
+            with open(temp, "xb") as out:
+                digest = _copy_url(url, out, progress=progress, timeout=timeout, desc=path.name)
+            if sha256_prefix is not None and not digest.startswith(sha256_prefix):
+                raise HashMismatchError(
+                    f"{url} has sha256 {digest}, expected a hash starting with {sha256_prefix}; "
+                    f"the file was not kept at {path}. Check that the mirror serves the "
+                    "right file, or place a good copy there by hand"
+                )
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         raise DownloadError(
             f"could not download {url} ({err}). Download it by another route and place it at "
             f"{path}, or set {BASE_URL_ENV} to a mirror (URL or folder) that serves "
             f"{path.name}"
         ) from err
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _copy_url(url: str, out, *, progress: bool, timeout: float, desc: str) -> str:

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from edgezoo.cli import main
 from edgezoo.engine.demo import DemoOptions, run_demo
@@ -13,13 +12,7 @@ from edgezoo.export import verify_onnx
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny batches gain nothing from OpenMP on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_classification_demo_from_the_cli(tmp_path, capsys, monkeypatch):

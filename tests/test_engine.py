@@ -29,15 +29,7 @@ from edgezoo.errors import CheckpointMismatchError, RunExistsError
 from edgezoo.quantization import PACT2
 from edgezoo.registry import get_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on tiny batches OpenMP's barriers cost more than they save, and on
-    a shared machine they can slow a step down tenfold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

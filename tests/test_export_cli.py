@@ -12,14 +12,7 @@ from edgezoo.cli import main
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantTrainModule, activation_ranges
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on two shared cores more threads only add contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clip_bounds(path):

@@ -21,13 +21,7 @@ from edgezoo.quantization import (
 SMALL_MODELS = ("resnet18", "mobilenetv2", "deeplabv3plus_mobilenetv2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tests run many small ops, where thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str) -> torch.nn.Module:

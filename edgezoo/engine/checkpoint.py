@@ -5,7 +5,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from edgezoo.errors import RunExistsError, WeightsError
+from edgezoo.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -24,22 +24,11 @@ RUN_FILES = (LAST, BEST, METRICS_CSV, METRICS_JSON)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call write(file) on a temp file beside path, fsync it, then os.replace it onto path.
-
-    An interruption at any moment leaves either the previous file or the new one, never a
-    partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Call write(file) on a temp file beside path, fsync it, then os.replace it onto path."""
+    with atomic_path(path) as temp, open(temp, "xb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -22,6 +22,7 @@ from edgezoo.engine.recipes import default_weight_decay
 from edgezoo.engine.setup import build_model, cached_pretrained, preprocessing
 from edgezoo.engine.trainer import FitResult, TrainConfig, fit
 from edgezoo.errors import RunExistsError
+from edgezoo.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +434,5 @@ def write_plot(
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    figure.savefig(temp, format="png")
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        figure.savefig(temp, format="png")

@@ -17,7 +17,12 @@ from edgezoo.quantization.clip import Clip
 from edgezoo.quantization.insertion import is_quantized
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.quant_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
-from edgezoo.quantization.quant_weight import QuantConv2d, QuantLinear, QuantWeightMixin
+from edgezoo.quantization.quant_weight import (
+    QuantConv2d,
+    QuantLinear,
+    QuantWeightMixin,
+    conv2d_like,
+)
 from edgezoo.quantization.quantized_layer import QuantizedLayer
 from edgezoo.quantization.range_io import RangeIOMixin
 
@@ -41,18 +46,7 @@ def _with_clips(layer: RangeIOMixin, core: nn.Module) -> nn.Module:
 def _deploy_weight_layer(layer: QuantWeightMixin) -> nn.Module:
     weight, bias = layer.quantized_weight_bias()
     if isinstance(layer, QuantConv2d):
-        plain: nn.Module = nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=bias is not None,
-            padding_mode=layer.padding_mode,
-            device="meta",
-        )
+        plain: nn.Module = conv2d_like(layer, bias=bias is not None, device="meta")
     elif isinstance(layer, QuantLinear):
         plain = nn.Linear(
             layer.in_features, layer.out_features, bias=bias is not None, device="meta"

@@ -75,7 +75,10 @@ def ceil2(x: Tensor) -> Tensor:
 
 def round_half_away(x: Tensor) -> Tensor:
     """Round to nearest, ties away from zero (weights and biases, as TI's reference does)."""
-    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+    # sign(x) * floor(|x| + 0.5), in place on the fresh |x|: on a 2.4M-element ResNet layer
+    # the temporaries cost more than the arithmetic.
+    sign = torch.sign(x)
+    return torch.abs(x).add_(0.5).floor_().mul_(sign)
 
 
 def round_half_up(x: Tensor) -> Tensor:

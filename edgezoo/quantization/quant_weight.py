@@ -32,6 +32,7 @@ from edgezoo.quantization.fake_quant import (
     check_bitwidth,
     fake_quantize_bias,
     quant_limits,
+    round_half_away,
     weight_scale,
 )
 from edgezoo.quantization.range_io import RangeIOMixin
@@ -60,17 +61,6 @@ def activation_scale(clips: Tensor, bitwidth: int) -> Tensor:
     clip = torch.clamp(torch.maximum(-clip_min, clip_max), min=MIN_CLIP)
     levels = torch.where(clip_min < 0, 2.0 ** (bitwidth - 1), 2.0**bitwidth)
     return levels / clip
-
-
-def _round_half_away_(x: Tensor) -> Tensor:
-    """fake_quant.round_half_away(x) computed in x's own buffer (x is overwritten).
-
-    Same formula, sign(x) * floor(|x| + 0.5), with one temporary instead of five:
-    on a 2.4M-element ResNet layer the allocations cost more than the arithmetic. A test pins
-    it to round_half_away bit for bit.
-    """
-    sign = torch.sign(x)
-    return x.abs_().add_(0.5).floor_().mul_(sign)
 
 
 def _grid_scale(weight: Tensor, bitwidth: int, per_channel: bool) -> Tensor:
@@ -111,7 +101,7 @@ class _FakeQuantWeight(torch.autograd.Function):
             scale = _grid_scale(scaled, bitwidth, per_channel)
             scaled.mul_(scale)
         qmin, qmax = quant_limits(bitwidth, signed=True)
-        quantized = _round_half_away_(scaled).clamp_(qmin, qmax)
+        quantized = round_half_away(scaled).clamp_(qmin, qmax)
         if channel_scale is None:
             inverse = 1.0 / scale
         else:
@@ -296,6 +286,22 @@ class QuantWeightMixin(RangeIOMixin):
         return f"{super().extra_repr()}, bitwidth={self.bitwidth}{per_channel}{folded}"
 
 
+def conv2d_like(layer: nn.Conv2d, cls: type[nn.Conv2d] = nn.Conv2d, **kwargs) -> nn.Conv2d:
+    """An empty cls with layer's geometry; kwargs (bias, device, ...) override or add options.
+
+    One list of Conv2d's constructor arguments, for wrapping a conv and for deploying one.
+    """
+    options = {
+        "stride": layer.stride,
+        "padding": layer.padding,
+        "dilation": layer.dilation,
+        "groups": layer.groups,
+        "bias": layer.bias is not None,
+        "padding_mode": layer.padding_mode,
+    }
+    return cls(layer.in_channels, layer.out_channels, layer.kernel_size, **{**options, **kwargs})
+
+
 class QuantConv2d(QuantWeightMixin, nn.Conv2d):
     """Conv2d with on-the-fly BN folding and power-of-two fake-quantized weights and bias."""
 
@@ -304,18 +310,7 @@ class QuantConv2d(QuantWeightMixin, nn.Conv2d):
 
     @classmethod
     def _build_like(cls, layer: nn.Conv2d, **kwargs):
-        return cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-            **kwargs,
-        )
+        return conv2d_like(layer, cls, **kwargs)
 
     def _layer_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return self._conv_forward(x, weight, bias)
