@@ -84,7 +84,8 @@ def test_mobilenetv2_gets_ti_ranges():
     relu6_ranges = [p for p in ranges if p.signed is False]
     assert len(relu6_ranges) == 35  # every ReLU6 became a learned power-of-two clip
     assert len(ranges) == 35 + 17 + 10 + 1  # + linear projections, residual adds, the input
-    assert isinstance(m.features[1].conv[2].output_quant, PACT2)  # projection BN, no activation
+    # projection conv + BN, no activation: the unit in the conv's slot holds the range
+    assert isinstance(m.features[1].conv[1].output_quant, PACT2)
     assert isinstance(m.features[3].add.output_quant, PACT2)  # add not followed by activation
     assert m.classifier[1].output_quant is None  # logits stay float (quantize_output=False)
 

@@ -92,27 +92,32 @@ def range_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_ranges_are_inserted_where_ti_puts_them_and_keys_are_kept():
     model = tiny_net()
     float_keys = list(model.state_dict())
+    bn1 = model.bn1
     q = QuantTrainModule(model, images())
     m = q.module
     assert m is model
     assert isinstance(m.relu1, PACT2) and m.relu1.signed is False  # ReLU6 -> learned clip
     assert isinstance(m.relu2, PACT2) and isinstance(m.relu3, PACT2)
-    assert isinstance(m.conv1, QuantConv2d) and m.conv1.paired_bn is m.bn1
+    # The conv unit holds its BN (same tensors) and the BN's slot passes through.
+    assert isinstance(m.conv1, QuantConv2d) and m.conv1.bn.running_mean is bn1.running_mean
+    assert isinstance(m.bn1, nn.Identity)
     assert isinstance(m.conv1.input_quant, PACT2)  # the model input
-    assert m.bn1.output_quant is None  # a ReLU follows
-    assert m.bn2.output_quant is not None and m.bn2.output_quant.signed is True  # add follows
+    assert m.conv1.output_quant is None  # a ReLU follows
+    assert m.conv2.output_quant is not None and m.conv2.output_quant.signed is True  # add follows
     assert isinstance(m.add, AddBlock)  # an activation follows the add
     assert isinstance(m.pool, QuantizedLayer) and m.pool.output_quant is not None
-    assert m.conv3.paired_bn is None and m.conv3.output_quant is None  # ReLU follows
-    assert m.conv3.input_range is m.pool.output_quant
-    assert m.fc.input_range is m.relu3  # through global pool and flatten
+    assert m.conv3.bn is None and m.conv3.output_quant is None  # ReLU follows
+    assert m.conv3.input_grid is m.pool.output_quant
+    assert m.fc.input_grid is m.relu3  # through global pool and flatten
     assert m.fc.output_quant is None  # quantize_output=False
     assert isinstance(m.avgpool, nn.AdaptiveAvgPool2d) and isinstance(m.flatten, nn.Flatten)
     keys = list(m.state_dict())
     assert [k for k in keys if k in float_keys] == float_keys
     new = [k for k in keys if k not in float_keys]
     suffixes = ("clips_act", "running_min", "running_max", "num_batches_tracked")
-    assert new and all(k.endswith(suffixes) and ("quant." in k or "relu" in k) for k in new)
+    flags = [k for k in new if k.endswith("_extra_state")]  # freeze/rounding flags, saved too
+    ranges = [k for k in new if k not in flags]
+    assert ranges and all(k.endswith(suffixes) and ("quant." in k or "relu" in k) for k in ranges)
     assert len(activation_ranges(m)) == 6
 
 
@@ -166,13 +171,14 @@ def test_forward_after_freeze_bn_is_exactly_the_folded_quantized_conv():
 def test_unfrozen_training_normalises_with_batch_statistics():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     reference = copy.deepcopy(model)
+    bn = model[1]
     q = QuantTrainModule(model, images(), quantize_input=False)
     x = images(6)
-    out = model[1](q.module[0](x))  # conv then batch-norm with this batch's statistics
+    out = q.module[0](x)  # the unit: conv then batch-norm with this batch's statistics
     mean = out.mean(dim=(0, 2, 3))
-    torch.testing.assert_close(mean, model[1].bias.detach().expand(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mean, bn.bias.detach().expand(4), atol=1e-5, rtol=0)
     reference(x)
-    torch.testing.assert_close(model[1].running_mean, reference[1].running_mean, atol=2e-3, rtol=0)
+    torch.testing.assert_close(bn.running_mean, reference[1].running_mean, atol=2e-3, rtol=0)
 
 
 def test_eval_then_train_resumes_range_learning():
@@ -196,17 +202,17 @@ def test_freeze_functions_freeze_and_train_eval_do_not():
     q.eval()
     q.train()
     assert all(p.range_frozen for p in activation_ranges(q))
-    ranges, bn_mean = range_state(q.module), q.module.bn1.running_mean.clone()
+    ranges, bn_mean = range_state(q.module), q.module.conv1.bn.running_mean.clone()
     out = q(images(2) * 5)
     assert all(torch.equal(ranges[k], v) for k, v in range_state(q.module).items())
-    assert torch.equal(q.module.bn1.running_mean, bn_mean)
+    assert torch.equal(q.module.conv1.bn.running_mean, bn_mean)
     relu1 = q.module.relu1
     on_grid = relu1(torch.randn(100) * 3) * (256 / relu1.clips_act[1])
     assert out.requires_grad and torch.equal(on_grid, torch.round(on_grid))  # still quantizing
     unfreeze_quant_range(q)
     unfreeze_bn(q)
     q(images(3) * 5)
-    assert not torch.equal(q.module.bn1.running_mean, bn_mean)
+    assert not torch.equal(q.module.conv1.bn.running_mean, bn_mean)
     assert any(not torch.equal(ranges[k], v) for k, v in range_state(q.module).items())
     with pytest.raises(QuantizationModeError, match="QuantTrainModule"):
         freeze_bn(tiny_net())
@@ -219,10 +225,10 @@ def test_schedule_freezes_at_ti_epochs():
     states = []
     for epoch in range(10):
         q.start_epoch(epoch)
-        states.append((q.module.bn1.bn_frozen, q.module.relu1.range_frozen))
+        states.append((q.module.conv1.bn.bn_frozen, q.module.relu1.range_frozen))
     assert states == [(False, False)] * 4 + [(True, False)] * 2 + [(True, True)] * 4
     q.start_epoch(0)  # resuming earlier: the schedule sets the state from the epoch
-    assert not q.module.bn1.bn_frozen
+    assert not q.module.conv1.bn.bn_frozen
     with pytest.raises(QuantizationConfigError, match="total_epochs"):
         QuantTrainModule(tiny_net(), images()).start_epoch(0)
 
@@ -251,7 +257,7 @@ def test_calibrate_runs_without_grad_collects_ranges_and_moves_biases():
     q = QuantCalibrateModule(model, images())
     biases = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("bias")}
     weights = model.conv1.weight.detach().clone()
-    bn_stats = model.bn1.running_var.clone()
+    bn_stats = model.conv1.bn.running_var.clone()
     for step in range(3):
         q.start_epoch(step)
         out = q(images(step) * 2)
@@ -260,8 +266,10 @@ def test_calibrate_runs_without_grad_collects_ranges_and_moves_biases():
     moved = [
         n for n, p in model.named_parameters() if n in biases and not torch.equal(p, biases[n])
     ]
-    assert {"bn1.bias", "bn2.bias", "conv3.bias", "fc.bias"} <= set(moved)
-    assert torch.equal(model.conv1.weight, weights) and torch.equal(model.bn1.running_var, bn_stats)
+    # Folded BNs' parameters are named under their conv unit (their state_dict keys are not).
+    assert {"conv1.bn.bias", "conv2.bn.bias", "conv3.bias", "fc.bias"} <= set(moved)
+    assert torch.equal(model.conv1.weight, weights)
+    assert torch.equal(model.conv1.bn.running_var, bn_stats)
     q.eval()
     q(images())
     assert all(p.num_batches_tracked == 3 for p in activation_ranges(model))
@@ -397,14 +405,17 @@ def test_batch_statistics_path_passes_weight_gradients_straight_through():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     model[1].running_var.uniform_(0.5, 2.0)
+    reference_bn = copy.deepcopy(model[1])
     q = QuantTrainModule(model, images(), quantize_input=False)
-    conv, bn, x = q.module[0], q.module[1], images(6)
-    out = conv(x)
-    out.square().sum().backward()
+    conv, bn, x = q.module[0], q.module[0].bn, images(6)
     s = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).reshape(-1, 1, 1, 1)
     rescaled = (fake_quantize_weight(conv.weight * s) / s).detach().requires_grad_()
-    expected = F.conv2d(x, rescaled, conv.bias)
-    expected.square().sum().backward()
+    # A random upstream gradient: sum(out^2) is nearly constant after batch normalisation.
+    upstream = torch.randn(4, 4, 14, 14, generator=torch.Generator().manual_seed(7))
+    out = conv(x)  # the unit: conv(x, fq(W*s)/s, b), then its BN with batch statistics
+    out.backward(upstream)
+    expected = reference_bn(F.conv2d(x, rescaled, conv.bias))
+    expected.backward(upstream)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(conv.weight.grad, rescaled.grad, rtol=1e-5, atol=1e-4)
 
@@ -413,8 +424,8 @@ def test_copies_keep_the_conv_bn_pairing_and_layer_report_runs():
     q = QuantTrainModule(tiny_net(), images())
     q(images())
     twin = copy.deepcopy(q)
-    assert twin.module.conv1.paired_bn is twin.module.bn1
-    assert twin.module.fc.input_range is twin.module.relu3
+    assert twin.module.conv1.bn is not q.module.conv1.bn
+    assert twin.module.fc.input_grid is twin.module.relu3
     q.eval()
     twin.eval()
     assert torch.equal(twin(images(2)), q(images(2)))
@@ -441,7 +452,7 @@ def test_layer_weight_quantizer_matches_fake_quantize_weight_bit_for_bit(groups)
 
 
 def test_in_place_rounding_equals_round_half_away_formula():
-    from edgezoo.quantization.fake_quant import round_half_away
+    from edgezoo.quantization.grid import round_half_away
 
     x = torch.cat([torch.randn(1000) * 100, torch.arange(-130, 130) + 0.5, torch.tensor([-0.0])])
     assert torch.equal(round_half_away(x), torch.sign(x) * torch.floor(torch.abs(x) + 0.5))

@@ -35,10 +35,8 @@ from edgezoo.export.tidl_config import TIDLInputSpec, write_tidl_configs
 from edgezoo.export.verify import verify_onnx
 from edgezoo.export.weight_grid import align_to_tidl_grid
 from edgezoo.quantization import (
+    QUANT_WRAPPERS,
     Clip,
-    QuantCalibrateModule,
-    QuantTestModule,
-    QuantTrainModule,
     clip_only,
     convert_to_deploy,
     is_quantized,
@@ -52,7 +50,6 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _LOGITS_NAME = "logits"
-_QAT_WRAPPERS = (QuantTrainModule, QuantCalibrateModule, QuantTestModule)
 
 
 def export_onnx(
@@ -87,7 +84,7 @@ def export_onnx(
     """
     _check_opset(opset)
     path = Path(path)
-    wrapped = isinstance(model, _QAT_WRAPPERS) or is_quantized(model)
+    wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
     quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
     info = _model_info(model_name)
     example = _example_input(model, example_input, input_size, info)

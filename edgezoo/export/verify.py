@@ -17,7 +17,8 @@ from onnx import numpy_helper
 from edgezoo.export import tidl_rules as rules
 from edgezoo.export.graph_tools import check_model, infer_shapes
 from edgezoo.export.report import GraphViolation, VerifyReport
-from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, ceil2, grid_error_steps
+from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
+from edgezoo.quantization.grid import ceil2
 
 __all__ = ["verify_onnx"]
 

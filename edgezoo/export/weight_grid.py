@@ -14,9 +14,10 @@ doubles the scale, and clamps 2 * 64 = 128 to 127. Nudging those +64 entries up 
 the float graph moves by far less than the export's parity tolerance.
 """
 
-import math
-
 import numpy as np
+import torch
+
+from edgezoo.quantization.grid import ceil2, weight_integers, weight_scale
 
 __all__ = [
     "GRID_TOLERANCE_STEPS",
@@ -27,34 +28,21 @@ __all__ = [
     "tidl_weight_scale",
 ]
 
-_MIN_RANGE = 2.0**-16
 _NUDGE = 2.0**-16
 GRID_TOLERANCE_STEPS = 2.0**-8
 """Largest distance from TIDL's grid, in quantization steps, that still counts as on the grid."""
 
 
-def ceil2(value: float) -> float:
-    """The smallest power of two >= value (floored at 2^-16), computed exactly with frexp."""
-    value = max(float(value), _MIN_RANGE)
-    mantissa, exponent = math.frexp(value)
-    return value if mantissa == 0.5 else math.ldexp(1.0, exponent)
-
-
 def tidl_weight_scale(weight: np.ndarray, bitwidth: int = 8) -> float:
-    """TIDL's per-tensor weight scale: 2^(b-1) / ceil2(max|w|)."""
-    return 2.0 ** (bitwidth - 1) / ceil2(float(np.abs(weight).max(initial=0.0)))
+    """TIDL's per-tensor weight scale: 2^(b-1) / ceil2(max|w|) (edgezoo's grid rule)."""
+    return float(weight_scale(torch.tensor(weight), bitwidth))
 
 
 def tidl_requantize(weight: np.ndarray, bitwidth: int = 8) -> np.ndarray:
     """The weights TIDL runs: round half away from zero at its scale, clamp, rescale."""
-    scale = tidl_weight_scale(weight, bitwidth)
-    # A power-of-two scale and the split into integer and fraction parts are exact in the
-    # weights' own precision, so ties (fraction exactly 0.5) are found exactly.
-    scaled = weight * weight.dtype.type(scale)
-    integers = np.trunc(scaled)
-    integers += np.where(np.abs(scaled - integers) >= 0.5, np.sign(scaled), 0).astype(weight.dtype)
-    np.clip(integers, -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1, out=integers)
-    return integers / weight.dtype.type(scale)
+    tensor = torch.tensor(weight)
+    scale = weight_scale(tensor, bitwidth).to(tensor.dtype)
+    return (weight_integers(tensor, scale, bitwidth) / scale).numpy()
 
 
 def grid_error_steps(weight: np.ndarray, bitwidth: int = 8) -> float:

@@ -7,17 +7,17 @@ for epoch in range(10):
     q.eval(); ...             # validation; the next q.train() resumes range learning
 torch.save(q.module.state_dict(), "qat.pth")   # original keys + range buffers
 deploy = convert_to_deploy(q)                  # float model with Clip ranges, for ONNX
+
+The layout follows the architecture: grid.py defines the power-of-two grid; pact2.py,
+weight_layers.py, batch_norm.py and parameter_free.py are the quantized units, each owning what
+it computes; planner.py decides where they go; wrappers.py, freeze.py, bias_calibration.py,
+deploy.py and report.py are what a user calls.
 """
 
+from edgezoo.quantization.batch_norm import QuantBatchNorm1d, QuantBatchNorm2d, QuantBatchNorm3d
 from edgezoo.quantization.clip import Clip
+from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.deploy import convert_to_deploy
-from edgezoo.quantization.fake_quant import (
-    ceil2,
-    fake_quantize_activation,
-    fake_quantize_bias,
-    fake_quantize_weight,
-    weight_scale,
-)
 from edgezoo.quantization.freeze import (
     QATSchedule,
     clip_only,
@@ -26,13 +26,25 @@ from edgezoo.quantization.freeze import (
     unfreeze_bn,
     unfreeze_quant_range,
 )
-from edgezoo.quantization.insertion import QuantizationConfig, activation_ranges, is_quantized
+from edgezoo.quantization.grid import (
+    ceil2,
+    fake_quantize_activation,
+    fake_quantize_bias,
+    fake_quantize_weight,
+    weight_scale,
+)
+from edgezoo.quantization.modes import WRAPPER_MODES
 from edgezoo.quantization.pact2 import PACT2
-from edgezoo.quantization.quant_norm import QuantBatchNorm1d, QuantBatchNorm2d, QuantBatchNorm3d
-from edgezoo.quantization.quant_weight import QuantConv2d, QuantLinear
-from edgezoo.quantization.quantized_layer import QuantizedLayer
+from edgezoo.quantization.parameter_free import QuantizedLayer
+from edgezoo.quantization.planner import (
+    activation_ranges,
+    is_quantized,
+    named_activation_ranges,
+)
 from edgezoo.quantization.report import LayerReport, LayerStats, layer_report
+from edgezoo.quantization.weight_layers import QuantConv2d, QuantLinear
 from edgezoo.quantization.wrappers import (
+    QUANT_WRAPPERS,
     QuantCalibrateModule,
     QuantTestModule,
     QuantTrainModule,
@@ -41,6 +53,8 @@ from edgezoo.quantization.wrappers import (
 
 __all__ = [
     "PACT2",
+    "QUANT_WRAPPERS",
+    "WRAPPER_MODES",
     "Clip",
     "LayerReport",
     "LayerStats",
@@ -66,6 +80,7 @@ __all__ = [
     "freeze_quant_range",
     "is_quantized",
     "layer_report",
+    "named_activation_ranges",
     "unfreeze_bn",
     "unfreeze_quant_range",
     "weight_scale",

@@ -1,10 +1,11 @@
 """convert_to_deploy: the plain float network a QAT model stands for, ready for ONNX export.
 
 Every conv/linear carries the folded weights and bias the quantized forward used (weights on
-their power-of-two grid, after the outlier constraint; bias on its joint-scale grid), folded
-BatchNorms become nn.Identity and every activation range becomes a Clip with its constant
-bounds. The result has no fake-quant op: its forward equals the wrapper's eval forward in
-clip_only mode, and TIDL re-derives the quantization from the weights and the Clip ranges.
+their power-of-two grid, after the outlier constraint; bias on its joint-scale grid), and every
+activation range becomes a Clip with its constant bounds (a unit's input and output ranges
+around its plain layer). The slots of folded BatchNorms are already nn.Identity. The result has
+no fake-quant op: its forward equals the wrapper's eval forward in clip_only mode, and TIDL
+re-derives the quantization from the weights and the Clip ranges.
 """
 
 import copy
@@ -13,18 +14,17 @@ import torch
 from torch import nn
 
 from edgezoo.errors import QuantizationConfigError
+from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
 from edgezoo.quantization.clip import Clip
-from edgezoo.quantization.insertion import is_quantized
 from edgezoo.quantization.pact2 import PACT2
-from edgezoo.quantization.quant_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
-from edgezoo.quantization.quant_weight import (
+from edgezoo.quantization.parameter_free import QuantizedLayer
+from edgezoo.quantization.planner import is_quantized
+from edgezoo.quantization.weight_layers import (
     QuantConv2d,
     QuantLinear,
     QuantWeightMixin,
     conv2d_like,
 )
-from edgezoo.quantization.quantized_layer import QuantizedLayer
-from edgezoo.quantization.range_io import RangeIOMixin
 
 
 def range_to_clip(pact: PACT2) -> Clip:
@@ -33,13 +33,14 @@ def range_to_clip(pact: PACT2) -> Clip:
     return Clip(clip_min, clip_max)
 
 
-def _with_clips(layer: RangeIOMixin, core: nn.Module) -> nn.Module:
+def _with_clips(unit: nn.Module, core: nn.Module) -> nn.Module:
+    """core between Clips of the unit's input and output ranges (where it has them)."""
     parts = []
-    if layer.input_quant is not None:
-        parts.append(range_to_clip(layer.input_quant))
+    if unit.input_quant is not None:
+        parts.append(range_to_clip(unit.input_quant))
     parts.append(core)
-    if layer.output_quant is not None:
-        parts.append(range_to_clip(layer.output_quant))
+    if unit.output_quant is not None:
+        parts.append(range_to_clip(unit.output_quant))
     return core if len(parts) == 1 else nn.Sequential(*parts)
 
 
@@ -60,8 +61,6 @@ def _deploy_weight_layer(layer: QuantWeightMixin) -> nn.Module:
 
 
 def _deploy_batch_norm(bn: QuantBatchNormMixin) -> nn.Module:
-    if bn.folded_into_conv:
-        return _with_clips(bn, nn.Identity())
     float_type = next(f for f, q in QUANT_BATCH_NORMS.items() if q is type(bn))
     plain = float_type(
         bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta"
@@ -69,7 +68,7 @@ def _deploy_batch_norm(bn: QuantBatchNormMixin) -> nn.Module:
     own_state = {
         key: value
         for key, value in bn.state_dict().items()
-        if not key.startswith(("input_quant.", "output_quant."))
+        if not key.startswith(("input_quant.", "output_quant.", "_extra_state"))
     }
     plain.load_state_dict(own_state, assign=True)
     return _with_clips(bn, plain)

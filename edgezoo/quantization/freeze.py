@@ -10,16 +10,16 @@ from contextlib import contextmanager
 from torch import nn
 
 from edgezoo.errors import QuantizationConfigError, QuantizationModeError
-from edgezoo.quantization.insertion import activation_ranges, quant_batch_norms
-from edgezoo.quantization.quant_norm import QuantBatchNormMixin
-from edgezoo.quantization.quant_weight import QuantWeightMixin
+from edgezoo.quantization.batch_norm import QuantBatchNormMixin
+from edgezoo.quantization.planner import activation_ranges, quant_batch_norms
+from edgezoo.quantization.weight_layers import QuantWeightMixin
 
 
 def freeze_bn(model: nn.Module, frozen: bool = True) -> int:
     """Freeze (or unfreeze) every BatchNorm of a quantized model; returns how many changed state.
 
-    A frozen BN normalises with its running statistics, which stop updating; its conv then runs
-    the folded quantized form conv(x, fq(W'), fq(b')) in training too.
+    A frozen BN normalises with its running statistics, which stop updating; the conv unit that
+    folds it then runs the folded quantized form conv(x, fq(W'), fq(b')) in training too.
     """
     plain = [
         type(m).__name__

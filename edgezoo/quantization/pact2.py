@@ -14,10 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.fake_quant import ceil2, check_bitwidth, fake_quantize_activation
+from edgezoo.quantization.grid import ceil2, check_bitwidth, fake_quantize_activation
 from edgezoo.quantization.range_sync import sync_extrema_, sync_histogram_
+from edgezoo.quantization.saved_flags import SavedFlagsMixin
 
-__all__ = ["HISTOGRAM_BINS", "INITIAL_CLIP", "MIN_RUNNING_FACTOR", "PACT2", "trimmed_range"]
+__all__ = [
+    "HISTOGRAM_BINS",
+    "INITIAL_CLIP",
+    "MIN_RUNNING_FACTOR",
+    "PACT2",
+    "RANGE_BUFFERS",
+    "trimmed_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +33,9 @@ HISTOGRAM_BINS = 256
 INITIAL_CLIP = 8.0
 MIN_RUNNING_FACTOR = 0.001
 """The running range becomes an EMA with this momentum after 1/MIN_RUNNING_FACTOR batches."""
+
+RANGE_BUFFERS = ("clips_act", "running_min", "running_max", "num_batches_tracked")
+"""The state_dict entries that make up a learned range."""
 
 _SUBSAMPLE_STRIDE = 2
 _SUBSAMPLE_MIN_SIZE = 4
@@ -84,7 +95,7 @@ def trimmed_range(
     return new_low, new_high
 
 
-class PACT2(nn.Module):
+class PACT2(SavedFlagsMixin, nn.Module):
     """Clip and fake-quantize activations to a power-of-two range learned from statistics.
 
     Replaces ReLU/ReLU6 (unsigned) or follows layers without an activation (signed, or signed
@@ -92,7 +103,13 @@ class PACT2(nn.Module):
     each batch updates the running range; in eval mode the current clip is applied unchanged.
     Under torch.distributed the batch statistics are reduced across ranks, so all ranks keep
     identical clips, equal to one process seeing the whole batch.
+
+    keep_when_missing: a state_dict without any of this range's entries (a float or torchvision
+    checkpoint) leaves the range as it is instead of failing a strict load; False makes such a
+    load fail, as evaluating needs trained ranges. `range_frozen` and `rounding` are saved.
     """
+
+    FLAGS = ("range_frozen", "rounding")
 
     clips_act: Tensor
     running_min: Tensor
@@ -105,6 +122,7 @@ class PACT2(nn.Module):
         bitwidth: int = 8,
         range_shrink_percentile: float = 0.01,
         power2: bool = True,
+        keep_when_missing: bool = True,
     ) -> None:
         super().__init__()
         if not power2:
@@ -134,6 +152,9 @@ class PACT2(nn.Module):
         self.register_buffer("running_min", torch.tensor(0.0))
         self.register_buffer("running_max", torch.tensor(0.0))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self._init_saved_flags()
+        if keep_when_missing:
+            self.register_load_state_dict_pre_hook(_keep_range_when_missing)
 
     def forward(self, x: Tensor) -> Tensor:
         """Update the range (training, not frozen), then clip and fake-quantize x."""
@@ -151,6 +172,11 @@ class PACT2(nn.Module):
         """Current (clip min, clip max) as Python floats."""
         low, high = self.clips_act.tolist()
         return low, high
+
+    @property
+    def trained(self) -> bool:
+        """Whether the range has seen data (in training or calibration), or holds the initial clip."""
+        return self._batches_tracked > 0
 
     @torch.no_grad()
     def _update_range(self, x: Tensor) -> None:
@@ -220,3 +246,15 @@ class PACT2(nn.Module):
             f"signed={self.signed}, bitwidth={self.bitwidth}, clip=({low:g}, {high:g}), "
             f"range_frozen={self.range_frozen}, rounding={self.rounding}"
         )
+
+
+def _keep_range_when_missing(
+    module: PACT2, state_dict: dict[str, Tensor], prefix: str, *_: object
+) -> None:
+    """Load pre-hook: a checkpoint without any of the range's entries keeps the current range;
+    one with some of them loads (and is checked) as usual."""
+    if any(prefix + key in state_dict for key in RANGE_BUFFERS):
+        return
+    for key in RANGE_BUFFERS:
+        state_dict[prefix + key] = getattr(module, key)
+    logger.debug("%s: no range in the checkpoint, keeping the current one", prefix or "range")

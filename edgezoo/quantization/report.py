@@ -11,7 +11,6 @@ where it drops sharply is the one to look at.
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -19,11 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.fake_quant import weight_scale
 from edgezoo.quantization.freeze import float_reference
 from edgezoo.quantization.graph import iter_tensors
-from edgezoo.quantization.insertion import is_quantized
-from edgezoo.quantization.quant_weight import QuantWeightMixin
+from edgezoo.quantization.grid import weight_scale
+from edgezoo.quantization.observe import observing_pre_range_outputs, weight_units
+from edgezoo.quantization.pact2 import PACT2
+from edgezoo.quantization.planner import activation_ranges, is_quantized
+from edgezoo.quantization.weight_layers import QuantWeightMixin
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,79 @@ def _sqnr_db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def _store(outputs: dict[int, Tensor], index: int, output: Tensor) -> None:
-    outputs[index] = output
+def _following_ranges(
+    model: nn.Module, units: list[tuple[str, QuantWeightMixin]], inputs: Any
+) -> dict[int, PACT2]:
+    """For each unit (by index), the range that clips its output: its own output range, or the
+    activation that reads its output (found by watching one forward with hooks)."""
+    following = {i: u.output_quant for i, (_, u) in enumerate(units) if u.output_quant is not None}
+    produced: dict[int, int] = {}
+    outputs: list[Tensor] = []  # keeps the watched outputs alive so their ids stay unique
+    handles = []
+
+    def after_unit(index: int):
+        def hook(_module: nn.Module, _args: tuple, output: Tensor) -> None:
+            produced[id(output)] = index
+            outputs.append(output)
+
+        return hook
+
+    def before_range(pact: PACT2, args: tuple) -> None:
+        index = produced.get(id(args[0]))
+        if index is not None:
+            following.setdefault(index, pact)
+
+    try:
+        for index, (_, unit) in enumerate(units):
+            if unit.output_quant is None:
+                handles.append(unit.register_forward_hook(after_unit(index)))
+        for pact in activation_ranges(model):
+            handles.append(pact.register_forward_pre_hook(before_range))
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return following
+
+
+def _accumulate(
+    model: nn.Module, units: list[QuantWeightMixin], inputs: Any, sums: dict[str, list[float]]
+) -> None:
+    """Add one batch's signal and noise energies (per layer and at the output) to sums."""
+    float_outputs: dict[int, Tensor] = {}
+    quant_outputs: dict[int, Tensor] = {}
+    with torch.no_grad():
+        with observing_pre_range_outputs(units, lambda i, _u, y: float_outputs.__setitem__(i, y)):
+            with float_reference(model):
+                reference = list(iter_tensors(model(inputs)))
+        with observing_pre_range_outputs(units, lambda i, _u, y: quant_outputs.__setitem__(i, y)):
+            quantized = list(iter_tensors(model(inputs)))
+    for index, float_output in float_outputs.items():
+        error = float_output - quant_outputs[index]
+        sums["signal"][index] += float(float_output.double().square().sum())
+        sums["noise"][index] += float(error.double().square().sum())
+    for float_output, quant_output in zip(reference, quantized, strict=True):
+        sums["output"][0] += float(float_output.double().square().sum())
+        sums["output"][1] += float((float_output - quant_output).double().square().sum())
+
+
+def _layer_stats(name: str, layer: QuantWeightMixin, clip_range: PACT2 | None, sqnr: float):
+    with torch.no_grad():
+        folded, _ = layer.folded_weight_bias()
+        scale = weight_scale(folded, layer.bitwidth, layer.per_channel)
+    return LayerStats(
+        name=name,
+        layer_type=type(layer).__name__,
+        weight_clip=float(2 ** (layer.bitwidth - 1) / scale.min()),
+        output_clip=clip_range.clip_range() if clip_range is not None else None,
+        output_running_range=(
+            (float(clip_range.running_min), float(clip_range.running_max))
+            if clip_range is not None
+            else None
+        ),
+        sqnr_db=sqnr,
+    )
 
 
 def layer_report(model: nn.Module, data: Iterable[Any], max_batches: int = 8) -> LayerReport:
@@ -96,58 +168,25 @@ def layer_report(model: nn.Module, data: Iterable[Any], max_batches: int = 8) ->
             f"{type(source).__name__} holds no quantization modules: layer_report takes a "
             f"QuantTrainModule, QuantCalibrateModule or QuantTestModule (or its .module)"
         )
-    layers = [(n, m) for n, m in source.named_modules() if isinstance(m, QuantWeightMixin)]
-    signal = [0.0] * len(layers)
-    noise = [0.0] * len(layers)
-    output_signal = output_noise = 0.0
-    batches = 0
+    named = weight_units(source)
+    units = [unit for _, unit in named]
+    sums = {"signal": [0.0] * len(units), "noise": [0.0] * len(units), "output": [0.0, 0.0]}
+    batches, following = 0, {}
     modes = {module: module.training for module in source.modules()}
     try:
         for module in source.modules():
             module.training = False
         for batch in islice(data, max_batches):
             inputs = batch[0] if isinstance(batch, tuple | list) else batch
-            float_outputs: dict[int, Tensor] = {}
-            quant_outputs: dict[int, Tensor] = {}
-            with torch.no_grad():
-                for index, (_, layer) in enumerate(layers):
-                    layer.output_observer = partial(_store, float_outputs, index)
-                with float_reference(source):
-                    reference = list(iter_tensors(source(inputs)))
-                for index, (_, layer) in enumerate(layers):
-                    layer.output_observer = partial(_store, quant_outputs, index)
-                quantized = list(iter_tensors(source(inputs)))
-            for index, float_output in float_outputs.items():
-                error = float_output - quant_outputs[index]
-                signal[index] += float(float_output.double().square().sum())
-                noise[index] += float(error.double().square().sum())
-            for float_output, quant_output in zip(reference, quantized, strict=True):
-                output_signal += float(float_output.double().square().sum())
-                output_noise += float((float_output - quant_output).double().square().sum())
+            if not batches:
+                following = _following_ranges(source, named, inputs)
+            _accumulate(source, units, inputs, sums)
             batches += 1
     finally:
-        for _, layer in layers:
-            layer.output_observer = None
         for module, training in modes.items():
             module.training = training
-    report = LayerReport(output_sqnr_db=_sqnr_db(output_signal, output_noise), batches=batches)
-    for index, (name, layer) in enumerate(layers):
-        with torch.no_grad():
-            folded, _ = layer.folded_weight_bias()
-            scale = weight_scale(folded, layer.bitwidth, layer.per_channel)
-        output_range = layer.output_range
-        report.layers.append(
-            LayerStats(
-                name=name,
-                layer_type=type(layer).__name__,
-                weight_clip=float(2 ** (layer.bitwidth - 1) / scale.min()),
-                output_clip=output_range.clip_range() if output_range is not None else None,
-                output_running_range=(
-                    (float(output_range.running_min), float(output_range.running_max))
-                    if output_range is not None
-                    else None
-                ),
-                sqnr_db=_sqnr_db(signal[index], noise[index]),
-            )
-        )
+    report = LayerReport(output_sqnr_db=_sqnr_db(*sums["output"]), batches=batches)
+    for index, (name, unit) in enumerate(named):
+        sqnr = _sqnr_db(sums["signal"][index], sums["noise"][index])
+        report.layers.append(_layer_stats(name, unit, following.get(index), sqnr))
     return report

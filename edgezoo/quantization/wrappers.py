@@ -1,13 +1,13 @@
 """QuantTrainModule (QAT), QuantCalibrateModule (PTQ) and QuantTestModule (evaluation).
 
-Each wrapper checks the model with check_model (module-only rules), then quantizes it in place
-(insertion.py): `.module` stays the user's model object with its original state_dict keys plus
-range buffers, so `q.module.state_dict()` is a complete QAT checkpoint and float checkpoints
-load into `q.module` before or after wrapping.
+Each wrapper refuses an already-quantized model, checks the model with check_model (module-only
+rules), then quantizes it in place (planner.py): `.module` stays the user's model object with
+its original state_dict keys plus range buffers, so `q.module.state_dict()` is a complete QAT
+checkpoint and float checkpoints load into `q.module` before or after wrapping. How to quantize
+is a QuantizationConfig (`config=`), or its fields as keyword arguments.
 """
 
 import logging
-from functools import partial
 from typing import Any
 
 import torch
@@ -15,32 +15,31 @@ from torch import Tensor, nn
 
 from edgezoo.check import check_model
 from edgezoo.errors import QuantizationConfigError, QuantizationModeError
-from edgezoo.quantization.freeze import QATSchedule, float_reference
+from edgezoo.quantization.bias_calibration import BiasCalibration
+from edgezoo.quantization.config import QuantizationConfig
+from edgezoo.quantization.freeze import QATSchedule
 from edgezoo.quantization.freeze import freeze_bn as _freeze_bn
 from edgezoo.quantization.freeze import freeze_quant_range as _freeze_quant_range
-from edgezoo.quantization.insertion import QuantizationConfig, insert_quantization
-from edgezoo.quantization.quant_weight import QuantWeightMixin
+from edgezoo.quantization.modes import CALIBRATE, TEST, TRAIN, wrapper_mode
+from edgezoo.quantization.planner import insert_quantization, refuse_quantized
 
 logger = logging.getLogger(__name__)
 
-BIAS_CALIBRATION_FACTOR = 0.05
-"""Share of the float-minus-quantized output mean added to a bias per calibration batch."""
+ExampleInput = Tensor | tuple[Any, ...]
 
 
 class _QuantWrapper(nn.Module):
     """Common part of the three wrappers: check, quantize in place, forward to `.module`."""
 
+    # Whether loading a checkpoint without some range's entries keeps that range.
+    _keep_missing_ranges = True
+
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: Tensor | tuple[Any, ...],
-        *,
-        bitwidth_weights: int = 8,
-        bitwidth_activations: int = 8,
-        per_channel_depthwise: bool = False,
-        quantize_input: bool = True,
-        quantize_output: bool = False,
-        range_shrink_percentile: float = 0.01,
+        dummy_input: ExampleInput,
+        config: QuantizationConfig | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
         if isinstance(module, _QuantWrapper):
@@ -48,16 +47,12 @@ class _QuantWrapper(nn.Module):
                 f"{type(module).__name__} is already a quantization wrapper: wrap the float "
                 f"model (or use its .module with a fresh float model's checkpoint)"
             )
-        self.config = QuantizationConfig(
-            bitwidth_weights=bitwidth_weights,
-            bitwidth_activations=bitwidth_activations,
-            per_channel_depthwise=per_channel_depthwise,
-            quantize_input=quantize_input,
-            quantize_output=quantize_output,
-            range_shrink_percentile=range_shrink_percentile,
-        )
+        self.config = QuantizationConfig.resolve(config, **settings)
+        refuse_quantized(module)
         check_model(module, dummy_input, tidl_rules=False).raise_if_failed()
-        self.module = insert_quantization(module, dummy_input, self.config)
+        self.module = insert_quantization(
+            module, dummy_input, self.config, keep_missing_ranges=self._keep_missing_ranges
+        )
         self.training = module.training
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -77,25 +72,12 @@ class QuantTrainModule(_QuantWrapper):
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: Tensor | tuple[Any, ...],
+        dummy_input: ExampleInput,
         total_epochs: int | None = None,
-        bitwidth_weights: int = 8,
-        bitwidth_activations: int = 8,
-        per_channel_depthwise: bool = False,
-        quantize_input: bool = True,
-        quantize_output: bool = False,
-        range_shrink_percentile: float = 0.01,
+        config: QuantizationConfig | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            module,
-            dummy_input,
-            bitwidth_weights=bitwidth_weights,
-            bitwidth_activations=bitwidth_activations,
-            per_channel_depthwise=per_channel_depthwise,
-            quantize_input=quantize_input,
-            quantize_output=quantize_output,
-            range_shrink_percentile=range_shrink_percentile,
-        )
+        super().__init__(module, dummy_input, config, **settings)
         self.schedule = QATSchedule(total_epochs) if total_epochs is not None else None
 
     def start_epoch(self, epoch: int) -> None:
@@ -131,28 +113,15 @@ class QuantCalibrateModule(_QuantWrapper):
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: Tensor | tuple[Any, ...],
+        dummy_input: ExampleInput,
         bias_calibration: bool = True,
-        bitwidth_weights: int = 8,
-        bitwidth_activations: int = 8,
-        per_channel_depthwise: bool = False,
-        quantize_input: bool = True,
-        quantize_output: bool = False,
-        range_shrink_percentile: float = 0.01,
+        config: QuantizationConfig | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            module,
-            dummy_input,
-            bitwidth_weights=bitwidth_weights,
-            bitwidth_activations=bitwidth_activations,
-            per_channel_depthwise=per_channel_depthwise,
-            quantize_input=quantize_input,
-            quantize_output=quantize_output,
-            range_shrink_percentile=range_shrink_percentile,
-        )
+        super().__init__(module, dummy_input, config, **settings)
         self.bias_calibration = bias_calibration
         self.epoch = 0
-        self._float_biases: list[Tensor] | None = None
+        self._calibration = BiasCalibration(self.module)
         _freeze_bn(self)
         self.train()
 
@@ -172,76 +141,27 @@ class QuantCalibrateModule(_QuantWrapper):
         with torch.no_grad():
             if not (self.training and self.bias_calibration):
                 return self.module(*args, **kwargs)
-            return self._forward_calibrating_biases(args, kwargs)
-
-    def _forward_calibrating_biases(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        layers = [
-            m
-            for m in self.module.modules()
-            if isinstance(m, QuantWeightMixin) and m.calibration_bias() is not None
-        ]
-        biases = [layer.calibration_bias() for layer in layers]
-        if self._float_biases is None:
-            # The float reference keeps the biases the model had before calibration moved them.
-            self._float_biases = [bias.detach().clone() for bias in biases]
-        calibrated = [bias.detach().clone() for bias in biases]
-        means: dict[int, Tensor] = {}
-        for index, layer in enumerate(layers):
-            layer.output_observer = partial(_store_channel_mean, means, index, layer)
-        try:
-            try:
-                with float_reference(self.module):
-                    for bias, original in zip(biases, self._float_biases, strict=True):
-                        bias.copy_(original)
-                    self.module(*args, **kwargs)
-            finally:
-                for bias, value in zip(biases, calibrated, strict=True):
-                    bias.copy_(value)
-            float_means = dict(means)
-            output = self.module(*args, **kwargs)
-            step = BIAS_CALIBRATION_FACTOR * 0.5**self.epoch
-            for index, bias in enumerate(biases):
-                if index in float_means and index in means:
-                    bias.add_((float_means[index] - means[index]) * step)
-        finally:
-            for layer in layers:
-                layer.output_observer = None
-        return output
-
-
-def _store_channel_mean(
-    means: dict[int, Tensor], index: int, layer: QuantWeightMixin, output: Tensor
-) -> None:
-    means[index] = layer.channel_mean(output)
+            return self._calibration.step(args, kwargs, self.epoch)
 
 
 class QuantTestModule(_QuantWrapper):
     """Evaluate a QAT or calibrated checkpoint: eval mode only, training raises an error.
 
-    Load the checkpoint into `.module` (`q.module.load_state_dict(torch.load(path))`).
+    Load the checkpoint into `.module` (`q.module.load_state_dict(torch.load(path))`); a
+    checkpoint that lacks some range's entries fails to load, naming them, since evaluating
+    with untrained ranges would report a model nobody trained.
     """
+
+    _keep_missing_ranges = False
 
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: Tensor | tuple[Any, ...],
-        bitwidth_weights: int = 8,
-        bitwidth_activations: int = 8,
-        per_channel_depthwise: bool = False,
-        quantize_input: bool = True,
-        quantize_output: bool = False,
-        range_shrink_percentile: float = 0.01,
+        dummy_input: ExampleInput,
+        config: QuantizationConfig | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            module,
-            dummy_input,
-            bitwidth_weights=bitwidth_weights,
-            bitwidth_activations=bitwidth_activations,
-            per_channel_depthwise=per_channel_depthwise,
-            quantize_input=quantize_input,
-            quantize_output=quantize_output,
-            range_shrink_percentile=range_shrink_percentile,
-        )
+        super().__init__(module, dummy_input, config, **settings)
         _freeze_bn(self)
         super().train(False)
 
@@ -255,22 +175,29 @@ class QuantTestModule(_QuantWrapper):
         return super().train(False)
 
 
-_MODES = {
-    True: QuantTrainModule,
-    "train": QuantTrainModule,
-    "calibrate": QuantCalibrateModule,
-    "test": QuantTestModule,
+WRAPPERS: dict[str, type[_QuantWrapper]] = {
+    TRAIN: QuantTrainModule,
+    CALIBRATE: QuantCalibrateModule,
+    TEST: QuantTestModule,
 }
+"""Wrapper mode -> the wrapper class (modes.py names the modes)."""
+
+QUANT_WRAPPERS = tuple(WRAPPERS.values())
 
 
 def wrap_model(
-    model: nn.Module, mode: bool | str, example_input: Tensor | tuple[Any, ...], **kwargs: Any
+    model: nn.Module,
+    mode: bool | str,
+    example_input: ExampleInput,
+    config: QuantizationConfig | None = None,
+    **settings: Any,
 ) -> nn.Module:
-    """Wrap a float model: True/"train" -> QuantTrainModule, "calibrate", "test"."""
-    wrapper = _MODES.get(mode) if isinstance(mode, bool | str) else None
-    if wrapper is None:
+    """Wrap a float model for quantization: True/"train" -> QuantTrainModule, "calibrate" ->
+    QuantCalibrateModule, "test" -> QuantTestModule. get_model(qat=...) calls this."""
+    name = wrapper_mode(mode) if mode is not False else None
+    if name is None:
         raise QuantizationConfigError(
-            f"unknown quantization mode {mode!r}: use True or 'train' (QAT), 'calibrate' (PTQ) "
-            f"or 'test' (evaluation)"
+            "wrap_model needs a quantization mode: True or 'train' (QAT), 'calibrate' (PTQ) or "
+            "'test' (evaluation)"
         )
-    return wrapper(model, example_input, **kwargs)
+    return WRAPPERS[name](model, example_input, config=config, **settings)

@@ -1,14 +1,14 @@
-"""QuantizedLayer: a parameter-free layer (add, concat, pool, ...) with its activation range."""
+"""QuantizedLayer: a parameter-free layer (add, concat, pool, ...) with its activation ranges."""
 
 from typing import Any
 
 from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.range_io import RangeIOMixin
+from edgezoo.quantization.pact2 import PACT2
 
 
-class QuantizedLayer(RangeIOMixin, nn.Module):
+class QuantizedLayer(nn.Module):
     """Run a parameter-free layer between optional input and output ranges (PACT2).
 
     It takes the layer's slot in its parent. Only layers without parameters or buffers are
@@ -19,8 +19,8 @@ class QuantizedLayer(RangeIOMixin, nn.Module):
     def __init__(
         self,
         module: nn.Module,
-        input_quant: nn.Module | None = None,
-        output_quant: nn.Module | None = None,
+        input_quant: PACT2 | None = None,
+        output_quant: PACT2 | None = None,
     ) -> None:
         super().__init__()
         if next(iter(module.state_dict()), None) is not None:
@@ -30,9 +30,9 @@ class QuantizedLayer(RangeIOMixin, nn.Module):
                 f"{', '.join(module.state_dict())}"
             )
         self.module = module
-        self._init_range_io()
         self.input_quant = input_quant
         self.output_quant = output_quant
+        self.train(module.training)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.input_quant is not None:

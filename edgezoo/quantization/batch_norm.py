@@ -1,33 +1,36 @@
-"""BatchNorm that can be folded into the conv before it and frozen, with unchanged keys."""
+"""BatchNorm for QAT: a freeze switch that train()/eval() never touch, and unchanged keys.
+
+A BatchNorm right after a conv is folded into that conv's unit (weight_layers.py), which holds
+it as its child `bn`; a BatchNorm anywhere else stays in its slot as a unit of its own, with the
+ranges of its input and output as children.
+"""
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgezoo.quantization.range_io import RangeIOMixin
+from edgezoo.quantization.pact2 import PACT2
+from edgezoo.quantization.saved_flags import SavedFlagsMixin
 
 
-class QuantBatchNormMixin(RangeIOMixin):
-    """BatchNorm behaviour for QAT: freezable, and an identity once folded into its conv.
+class QuantBatchNormMixin(SavedFlagsMixin):
+    """BatchNorm behaviour for QAT: freezable, with optional input and output ranges.
 
-    `bn_frozen` is a plain attribute that train() and eval() never touch: a frozen BN uses its
-    running statistics and stops updating them until unfrozen. When `folded_into_conv` is set,
-    the conv before it (a QuantConv2d) owns the BN arithmetic whenever batch statistics are not
-    in use (eval or frozen): it then outputs conv(x, fq(W')) + fq(b') and this module passes its
-    input through. While batch statistics are in use, the conv outputs conv(x, fq(W*s)/s) + b
-    and this module applies the usual training-mode batch norm (updating running statistics).
+    A frozen BN (`bn_frozen`, saved with the model) normalises with its running statistics and
+    stops updating them until unfrozen, in training too.
     """
 
+    FLAGS = ("bn_frozen",)
     bn_frozen: bool
-    folded_into_conv: bool
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.bn_frozen = False
-        self.folded_into_conv = False
-        self._init_range_io()
+    input_quant: PACT2 | None
+    output_quant: PACT2 | None
 
     @classmethod
-    def from_float(cls, bn: nn.modules.batchnorm._BatchNorm):
+    def from_float(
+        cls,
+        bn: nn.modules.batchnorm._BatchNorm,
+        input_quant: PACT2 | None = None,
+        output_quant: PACT2 | None = None,
+    ):
         """A QAT BatchNorm sharing bn's parameter and buffer tensors (same state_dict keys)."""
         quant = cls(
             bn.num_features,
@@ -41,6 +44,10 @@ class QuantBatchNormMixin(RangeIOMixin):
             setattr(quant, name, param)
         for name, buffer in bn.named_buffers(recurse=False):
             setattr(quant, name, buffer)
+        quant.bn_frozen = False
+        quant.input_quant = input_quant
+        quant.output_quant = output_quant
+        quant._init_saved_flags()
         quant.train(bn.training)
         return quant
 
@@ -52,10 +59,7 @@ class QuantBatchNormMixin(RangeIOMixin):
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        if self.folded_into_conv:
-            if self.uses_batch_statistics:
-                x = super().forward(x)
-        elif self.bn_frozen and self.training and self.track_running_stats:
+        if self.bn_frozen and self.training and self.track_running_stats:
             x = F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
@@ -66,7 +70,7 @@ class QuantBatchNormMixin(RangeIOMixin):
         return x
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, folded_into_conv={self.folded_into_conv}"
+        return f"{super().extra_repr()}, bn_frozen={self.bn_frozen}"
 
 
 class QuantBatchNorm1d(QuantBatchNormMixin, nn.BatchNorm1d):
@@ -74,7 +78,7 @@ class QuantBatchNorm1d(QuantBatchNormMixin, nn.BatchNorm1d):
 
 
 class QuantBatchNorm2d(QuantBatchNormMixin, nn.BatchNorm2d):
-    """BatchNorm2d that folds into the preceding QuantConv2d, with a persistent freeze flag."""
+    """BatchNorm2d with a persistent freeze flag and optional activation ranges."""
 
 
 class QuantBatchNorm3d(QuantBatchNormMixin, nn.BatchNorm3d):

@@ -1,10 +1,10 @@
-"""Fake-quantization math: grids, rounding, power-of-two scales, STE gradients, saturation."""
+"""The power-of-two grid: grids, rounding, power-of-two scales, STE gradients, saturation."""
 
 import pytest
 import torch
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.fake_quant import (
+from edgezoo.quantization.grid import (
     _fake_quantize_activation,
     apply_outlier_constraint,
     ceil2,

@@ -1,0 +1,59 @@
+"""QuantizationConfig: how a model is quantized, given once to whichever wrapper quantizes it."""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from edgezoo.errors import QuantizationConfigError
+from edgezoo.quantization.grid import check_bitwidth
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """Bit widths, depthwise per-channel weights, input/output ranges and range trimming.
+
+    bitwidth_weights / bitwidth_activations: 8 (TIDL's default) or 16, any int in [2, 16].
+    per_channel_depthwise: per-output-channel weight scales for depthwise convs (TIDL on TDA4VM
+    is per-tensor). quantize_input: a range on the model input (TIDL's input Clip).
+    quantize_output: a range on the model output too. range_shrink_percentile: the share (in
+    percent, per tail) of each batch's histogram trimmed before its range is taken.
+    """
+
+    bitwidth_weights: int = 8
+    bitwidth_activations: int = 8
+    per_channel_depthwise: bool = False
+    quantize_input: bool = True
+    quantize_output: bool = False
+    range_shrink_percentile: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_bitwidth(self.bitwidth_weights)
+        check_bitwidth(self.bitwidth_activations)
+        if not 0.0 <= self.range_shrink_percentile < 50.0:
+            raise QuantizationConfigError(
+                f"range_shrink_percentile is a percentage per tail in [0, 50), got "
+                f"{self.range_shrink_percentile!r}; TI's default is 0.01"
+            )
+
+    @property
+    def bias_bitwidth(self) -> int:
+        """The bias grid follows the model's widest tensors: 2*b-1 bits for b = max(w, a)."""
+        return max(self.bitwidth_weights, self.bitwidth_activations)
+
+    @classmethod
+    def resolve(
+        cls, config: "QuantizationConfig | None" = None, **overrides: Any
+    ) -> "QuantizationConfig":
+        """config (default: the defaults) with the given fields replaced; names are checked."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise QuantizationConfigError(
+                f"unknown quantization setting(s) {', '.join(unknown)}; QuantizationConfig has "
+                f"{', '.join(sorted(fields))}"
+            )
+        return dataclasses.replace(config or cls(), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for checkpoints and reports)."""
+        return dataclasses.asdict(self)

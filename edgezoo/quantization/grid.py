@@ -1,0 +1,371 @@
+"""The power-of-two quantization grid: the one place that defines how edgezoo quantizes.
+
+Training (QAT and calibration), deploy conversion, the export's TIDL weight alignment, graph
+verification and the integer simulation all call these functions, so they cannot drift apart.
+Scales are powers of two (TIDL's fixed-point shifts). Weights and biases round half away from
+zero, activations round half up (floor(x + 0.5)), and gradients pass straight through (STE)
+inside the clip range.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple, overload
+
+import torch
+from torch import Tensor
+
+from edgezoo.errors import QuantizationConfigError
+
+__all__ = [
+    "MAX_BITWIDTH",
+    "MIN_BITWIDTH",
+    "MIN_CLIP",
+    "ActivationGrid",
+    "activation_grid",
+    "activation_scale",
+    "apply_outlier_constraint",
+    "bias_limit",
+    "ceil2",
+    "check_bitwidth",
+    "fake_quantize_activation",
+    "fake_quantize_bias",
+    "fake_quantize_weight",
+    "is_power_of_two",
+    "quant_limits",
+    "quantize_weight_ste",
+    "round_half_away",
+    "round_half_up",
+    "weight_integers",
+    "weight_scale",
+]
+
+MIN_BITWIDTH = 2
+MAX_BITWIDTH = 16
+MIN_CLIP = 2.0**-16
+"""Smallest clip value: ceil2 floors its input here so an all-zero tensor still gets a scale."""
+
+OUTLIER_MIN_MAX = 15.0
+OUTLIER_MEDIAN_FACTOR = 16.0
+OUTLIER_CLIP_FACTOR = 120.0 / 128.0
+
+# Below float32, x * scale + 0.5 is not exact on an 8-bit grid (bfloat16 has 8 significant bits).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_bitwidth(bitwidth: int) -> int:
+    """Return bitwidth if it is an int in [2, 16], else raise QuantizationConfigError."""
+    if isinstance(bitwidth, bool) or not isinstance(bitwidth, int):
+        raise QuantizationConfigError(
+            f"bitwidth must be an int in [{MIN_BITWIDTH}, {MAX_BITWIDTH}], got {bitwidth!r}"
+        )
+    if not MIN_BITWIDTH <= bitwidth <= MAX_BITWIDTH:
+        raise QuantizationConfigError(
+            f"bitwidth {bitwidth} is outside [{MIN_BITWIDTH}, {MAX_BITWIDTH}]; "
+            "use 8 (TIDL default) or 16"
+        )
+    return bitwidth
+
+
+def quant_limits(bitwidth: int, signed: bool) -> tuple[int, int]:
+    """Integer range of a bitwidth grid: [-2^(b-1), 2^(b-1)-1] signed, [0, 2^b-1] unsigned."""
+    check_bitwidth(bitwidth)
+    if signed:
+        return -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1
+    return 0, 2**bitwidth - 1
+
+
+def bias_limit(bitwidth: int) -> float:
+    """Saturation of a bias on the joint (input x weight) grid: +/-2^(2b-1)."""
+    check_bitwidth(bitwidth)
+    return float(2 ** (2 * bitwidth - 1))
+
+
+@overload
+def ceil2(x: Tensor) -> Tensor: ...
+@overload
+def ceil2(x: float) -> float: ...
+def ceil2(x: Tensor | float) -> Tensor | float:
+    """2 ** ceil(log2(max(x, 2**-16))), elementwise and exact for every float (frexp, not log2).
+
+    A Python number gives a Python float (computed in float64); a tensor gives a tensor.
+    """
+    if not isinstance(x, Tensor):
+        return float(ceil2(torch.tensor(float(x), dtype=torch.float64)))
+    x = torch.clamp(x, min=MIN_CLIP)
+    mantissa, exponent = torch.frexp(x)
+    # frexp gives x = m * 2^e with m in [0.5, 1): x is a power of two exactly when m == 0.5.
+    exponent = exponent - (mantissa == 0.5).to(exponent.dtype)
+    return torch.exp2(exponent.to(x.dtype))
+
+
+def is_power_of_two(value: float) -> bool:
+    """True for 2^k with k >= -16 (the grid's smallest clip)."""
+    return value >= MIN_CLIP and ceil2(value) == value
+
+
+def round_half_away(x: Tensor) -> Tensor:
+    """Round to nearest, ties away from zero (weights and biases, as TI's reference does)."""
+    # sign(x) * floor(|x| + 0.5), in place on the fresh |x|: on a 2.4M-element ResNet layer
+    # the temporaries cost more than the arithmetic.
+    sign = torch.sign(x)
+    return torch.abs(x).add_(0.5).floor_().mul_(sign)
+
+
+def round_half_up(x: Tensor) -> Tensor:
+    """Round to nearest, ties towards +inf: floor(x + 0.5) (activations, as TIDL does)."""
+    return torch.floor(x + 0.5)
+
+
+# Weights.
+
+
+def weight_scale(w: Tensor, bitwidth: int = 8, per_channel: bool = False, axis: int = 0) -> Tensor:
+    """Symmetric power-of-two scale 2^(b-1) / ceil2(max|w|), per tensor (0-d) or per channel.
+
+    This is also TIDL's rule when it re-quantizes a float weight tensor on import.
+    """
+    check_bitwidth(bitwidth)
+    w = w.detach()
+    if per_channel:
+        axis = axis % w.dim()
+        reduce_dims = [d for d in range(w.dim()) if d != axis]
+        max_abs = torch.amax(torch.abs(w), dim=reduce_dims, keepdim=True)
+    else:
+        # aminmax reads the tensor once and allocates no |w| copy.
+        low, high = torch.aminmax(w) if w.numel() else (w.new_zeros(()), w.new_zeros(()))
+        max_abs = torch.maximum(-low, high)
+    return float(2 ** (bitwidth - 1)) / ceil2(max_abs)
+
+
+def weight_integers(w: Tensor, scale: Tensor, bitwidth: int = 8, inplace: bool = False) -> Tensor:
+    """The integer weights of w at a grid scale: round half away from zero, then saturate.
+
+    inplace=True scales w itself (a temporary the caller owns) instead of a copy.
+    """
+    qmin, qmax = quant_limits(bitwidth, signed=True)
+    scaled = w.mul_(scale) if inplace else w * scale
+    return round_half_away(scaled).clamp_(qmin, qmax)
+
+
+class _QuantizeWeight(torch.autograd.Function):
+    """fq(W * s) / s and its grid scale; the gradient w.r.t. W is the identity (STE).
+
+    With channel_scale s = None this is plain fq(W). With s (the BN folding scale, per output
+    channel) d/dW [fq(W*s)/s] = 1 and d/ds = 0 under the straight-through estimator, so no
+    weight-sized op runs in the backward. Multiplying by the exact power-of-two 1/scale equals
+    dividing by it. s = 0 (gamma = 0) gives W*s = 0 and divides by 1 instead, keeping 0, not NaN.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        weight: Tensor,
+        channel_scale: Tensor | None,
+        bitwidth: int,
+        per_channel: bool,
+        channel_shape: tuple[int, ...],
+    ) -> tuple[Tensor, Tensor]:
+        if channel_scale is None:
+            scaled = weight
+        else:
+            channel_scale = channel_scale.reshape(channel_shape)
+            scaled = weight * channel_scale
+        scale = weight_scale(scaled, bitwidth, per_channel).to(weight.dtype)
+        quantized = weight_integers(scaled, scale, bitwidth, inplace=channel_scale is not None)
+        if channel_scale is None:
+            inverse = 1.0 / scale
+        else:
+            inverse = 1.0 / (scale * torch.where(channel_scale == 0, 1.0, channel_scale))
+        ctx.mark_non_differentiable(scale)
+        return quantized.mul_(inverse), scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_scale: Tensor):
+        return grad, None, None, None, None
+
+
+def quantize_weight_ste(
+    weight: Tensor,
+    bitwidth: int = 8,
+    per_channel: bool = False,
+    channel_scale: Tensor | None = None,
+    channel_shape: tuple[int, ...] = (-1, 1, 1, 1),
+) -> tuple[Tensor, Tensor]:
+    """(fq(W * s) / s, grid scale) with a straight-through gradient; s = 1 when None.
+
+    Per-channel scales run over axis 0 (output channels); channel_shape says how a per-channel
+    vector broadcasts over the weight.
+    """
+    return _QuantizeWeight.apply(weight, channel_scale, bitwidth, per_channel, channel_shape)
+
+
+def fake_quantize_weight(
+    w: Tensor, bitwidth: int = 8, per_channel: bool = False, axis: int = 0
+) -> Tensor:
+    """Symmetric power-of-two fake quantization of weights with a straight-through gradient."""
+    check_bitwidth(bitwidth)
+    if per_channel and axis % w.dim() != 0:
+        moved = w.movedim(axis, 0)
+        return fake_quantize_weight(moved, bitwidth, True, 0).movedim(0, axis)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    quantized, _ = quantize_weight_ste(w, bitwidth, per_channel, None, shape)
+    return quantized
+
+
+class _StraightThroughRound(torch.autograd.Function):
+    """round_half_away(x * scale) saturated and rescaled; identity gradient (STE)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, limit: float) -> Tensor:
+        return round_half_away(x * scale).clamp_(-limit, limit).div_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None
+
+
+def fake_quantize_bias(b: Tensor, scale: Tensor, bitwidth: int = 8) -> Tensor:
+    """Bias on the joint grid (input scale x weight scale), saturated to +/-2^(2b-1); STE."""
+    limit = bias_limit(bitwidth)
+    scale = torch.as_tensor(scale, dtype=b.dtype, device=b.device).detach()
+    return _StraightThroughRound.apply(b, scale, limit)
+
+
+def apply_outlier_constraint(w: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Clip outlier weights (TI's rule): returns (clipped weights, clip) or (w, None).
+
+    If max|w| > 15 and max|w| > 16 * median|w|, the weights are clipped to
+    +/-(120/128) * ceil2(min(max|w|, 16 * median|w|)), so one outlier no longer forces a
+    coarse power-of-two grid on the whole tensor. The gradient is zero where w was clipped.
+    """
+    abs_w = torch.abs(w.detach())
+    max_abs = torch.amax(abs_w)
+    median_limit = OUTLIER_MEDIAN_FACTOR * torch.median(abs_w.flatten())
+    if not bool((max_abs > OUTLIER_MIN_MAX) & (max_abs > median_limit)):
+        return w, None
+    clip = OUTLIER_CLIP_FACTOR * ceil2(torch.minimum(max_abs, median_limit))
+    return torch.clamp(w, -clip, clip), clip
+
+
+# Activations.
+
+
+class ActivationGrid(NamedTuple):
+    """An activation range's grid: value = integer / scale, integers in [low, high]."""
+
+    scale: Tensor
+    low: Tensor
+    high: Tensor
+
+
+def activation_grid(clip_min: Tensor, clip_max: Tensor, bitwidth: int) -> ActivationGrid:
+    """The grid of a clip range: 2^(b-1)/c signed (clip_min < 0), 2^b/c unsigned, c = max|clip|.
+
+    The integer bounds are the clip range's, cut to [-2^(b-1), 2^(b-1)-1] or [0, 2^b-1].
+    """
+    signed = clip_min < 0
+    half_levels = float(2 ** (bitwidth - 1))
+    levels = torch.where(signed, half_levels, 2.0 * half_levels)
+    scale = levels / torch.clamp(torch.maximum(-clip_min, clip_max), min=MIN_CLIP)
+    low = torch.maximum(clip_min * scale, torch.where(signed, -half_levels, 0.0))
+    high = torch.minimum(clip_max * scale, levels - 1.0)
+    return ActivationGrid(scale, low, high)
+
+
+@lru_cache(maxsize=4096)
+def _host_grid(clip_min: float, clip_max: float, bitwidth: int) -> tuple[float, float, float]:
+    """activation_grid as host floats (float64, cached: a range's clip changes rarely)."""
+    as_tensor = torch.tensor([clip_min, clip_max], dtype=torch.float64)
+    scale, low, high = activation_grid(as_tensor[0], as_tensor[1], bitwidth)
+    return float(scale), float(low), float(high)
+
+
+def activation_scale(clips: Tensor, bitwidth: int) -> Tensor:
+    """Grid scale of an activation range given as a (clip_min, clip_max) tensor."""
+    clips = clips.detach()
+    return activation_grid(clips[0], clips[1], bitwidth).scale
+
+
+class _FakeQuantActivation(torch.autograd.Function):
+    """Clamp and (optionally) quantize-dequantize; gradient 1 strictly inside the clip, else 0.
+
+    On CPU the grid is read as host floats: scalar-bound kernels (clamp, and hardtanh_backward
+    for the gradient) are several times faster there than tensor-bound ones. On accelerators the
+    grid stays in 0-d device tensors so the forward never syncs. The arithmetic is the same on
+    both paths: floor(clamp(x*s + 0.5, lo + 0.5, hi + 0.5)) / s.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        clip_min: Tensor,
+        clip_max: Tensor,
+        bitwidth: int,
+        rounding: bool,
+        host_scalars: bool,
+    ) -> Tensor:
+        ctx.host_scalars = host_scalars
+        if host_scalars:
+            cmin, cmax = float(clip_min), float(clip_max)
+            ctx.bounds = (cmin, cmax)
+            ctx.save_for_backward(x)
+            if not rounding:
+                return torch.clamp(x, cmin, cmax)
+            scale, low, high = _host_grid(cmin, cmax, bitwidth)
+            y = torch.mul(x, scale)
+            return y.add_(0.5).clamp_(low + 0.5, high + 0.5).floor_().mul_(1.0 / scale)
+        ctx.save_for_backward(x, clip_min, clip_max)
+        if not rounding:
+            return torch.clamp(x, clip_min, clip_max)
+        scale, low, high = activation_grid(clip_min, clip_max, bitwidth)
+        y = torch.mul(x, scale)
+        return y.add_(0.5).clamp_(low + 0.5, high + 0.5).floor_().mul_(torch.reciprocal(scale))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if ctx.host_scalars:
+            (x,) = ctx.saved_tensors
+            grad_x = torch.ops.aten.hardtanh_backward(grad, x, *ctx.bounds)
+        else:
+            x, clip_min, clip_max = ctx.saved_tensors
+            grad_x = torch.where((x > clip_min) & (x < clip_max), grad, 0.0)
+        return grad_x, None, None, None, None, None
+
+
+def fake_quantize_activation(
+    x: Tensor,
+    clip_min: Tensor | float,
+    clip_max: Tensor | float,
+    bitwidth: int = 8,
+    rounding: bool = True,
+) -> Tensor:
+    """Clamp x to [clip_min, clip_max] and, if rounding, snap it to the power-of-two grid.
+
+    Signed (clip_min < 0): scale 2^(b-1)/c with c = max(-clip_min, clip_max), integers in
+    [-2^(b-1), 2^(b-1)-1]; unsigned: scale 2^b/clip_max, integers in [0, 2^b-1]. Rounding is
+    floor(x*scale + 0.5). The gradient is 1 strictly inside (clip_min, clip_max), 0 outside.
+    """
+    return _fake_quantize_activation(x, clip_min, clip_max, bitwidth, rounding, None)
+
+
+def _fake_quantize_activation(
+    x: Tensor,
+    clip_min: Tensor | float,
+    clip_max: Tensor | float,
+    bitwidth: int,
+    rounding: bool,
+    host_scalars: bool | None,
+) -> Tensor:
+    """fake_quantize_activation with the host-scalar path forced on or off (None: by device)."""
+    check_bitwidth(bitwidth)
+    if host_scalars is None:
+        host_scalars = x.device.type == "cpu"
+    compute_dtype = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+    clip_min = torch.as_tensor(clip_min, device=x.device).to(compute_dtype)
+    clip_max = torch.as_tensor(clip_max, device=x.device).to(compute_dtype)
+    y = _FakeQuantActivation.apply(
+        x.to(compute_dtype), clip_min, clip_max, bitwidth, rounding, host_scalars
+    )
+    return y.to(x.dtype)
