@@ -29,6 +29,18 @@ class CheckpointMismatchError(WeightsError):
     """A checkpoint whose keys or shapes do not fit the model."""
 
 
+class ResumeMismatchError(EdgezooError, ValueError):
+    """A run resumed with settings that differ from the ones it was started with."""
+
+
+class TrainingDivergedError(EdgezooError, FloatingPointError):
+    """Training produced a non-finite loss (too high a learning rate, or bad input data)."""
+
+
+class DeviceUnavailableError(EdgezooError, RuntimeError):
+    """A device was asked for that this machine does not have (e.g. CUDA without a GPU)."""
+
+
 class InputShapeError(EdgezooError, ValueError):
     """An input tensor whose shape the model cannot process (e.g. not a multiple of its stride)."""
 
@@ -51,6 +63,22 @@ class ExportVerificationError(EdgezooError, RuntimeError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class ModelFileNotFoundError(EdgezooError, FileNotFoundError):
+    """No model file (ONNX) at the given path."""
+
+
+class UnreadableModelError(EdgezooError, ValueError):
+    """A file that is not a readable ONNX model (truncated, corrupt, or another format)."""
+
+
+class UncalibratedRangesError(EdgezooError, ValueError):
+    """A quantized model whose activation ranges never saw data, asked for deployment."""
+
+
+class DiskFullError(EdgezooError, OSError):
+    """A write failed because the disk (or quota) is full; earlier files are intact."""
 
 
 class DataError(EdgezooError, ValueError):

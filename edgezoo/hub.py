@@ -10,6 +10,7 @@ import http.client
 import json
 import logging
 import os
+import pickle
 import re
 import urllib.error
 import urllib.parse
@@ -24,17 +25,20 @@ from tqdm import tqdm
 
 from edgezoo.errors import DownloadError, HashMismatchError, WeightsError
 from edgezoo.fileio import atomic_path
+from edgezoo.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
 BASE_URL_ENV = "EDGEZOO_WEIGHTS_URL"
 DEFAULT_TIMEOUT_S = 30.0
 MANIFEST_FORMAT_VERSION = 1
-TASKS = ("classification", "segmentation")
 # The same pattern torch.hub.check_hash uses to read the sha256 prefix out of a file name.
 HASH_IN_FILE_NAME = re.compile(r"-([a-f0-9]*)\.")
 
 _CHUNK_BYTES = 1 << 20
+# torch.load(weights_only=True) names the blocked object of a pickle that holds code
+# ("unsupported GLOBAL ..."); any other refusal is a file that is no pickle at all.
+_REFUSED_OBJECT = "GLOBAL"
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _TAG_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -334,14 +338,31 @@ def _sha256_of(path: Path) -> str:
 
 
 def load_checkpoint(source: str | os.PathLike) -> Any:
-    """torch.load a local path or file:// URL safely (weights_only) onto the CPU."""
+    """torch.load a weights file or a run's checkpoint (path or file:// URL) safely, onto the CPU.
+
+    Only tensors and plain Python containers load (weights_only): a file that holds other
+    objects, which could run code when unpickled, is refused with WeightsError.
+    """
     path = local_path(source)
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}; check the path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except pickle.UnpicklingError as err:
+        if _REFUSED_OBJECT not in str(err).upper():
+            raise WeightsError(
+                f"{path} is not a loadable weights file ({err}); it must be a torch.save'd "
+                "state_dict or checkpoint dict of tensors"
+            ) from err
+        logger.debug("torch.load(weights_only=True) refused %s: %s", path, err)
         raise WeightsError(
-            f"{path} is not a loadable weights file ({err}); it must be a torch.save'd "
-            "state_dict or checkpoint dict of tensors"
+            f"{path} holds objects that are not tensors and is refused for safety (edgezoo "
+            "loads weights only); save a state_dict of tensors: torch.save(model.state_dict(), "
+            "path)"
+        ) from None
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(
+            f"{path} is not a loadable weights file ({detail}); it must be a torch.save'd "
+            "state_dict or checkpoint dict of tensors (a truncated or corrupt file?)"
         ) from err

@@ -13,7 +13,10 @@ from torch import nn
 from edgezoo import hub
 from edgezoo.errors import CheckpointMismatchError, UnknownModelError, WeightsError
 from edgezoo.models import BUILDERS
-from edgezoo.weights import LoadReport, load_weights, read_state_dict
+from edgezoo.quantization import wrap_model
+from edgezoo.quantization.modes import wrapper_mode
+from edgezoo.tasks import TASKS
+from edgezoo.weights import load_checkpoint_into, load_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +28,13 @@ _ALIASES = {
     "deeplabv3plus_mobilenetv2_tv_edgeailite": "deeplabv3plus_mobilenetv2",
     "deeplabv3plus_r50": "deeplabv3plus_resnet50",
 }
-_QAT_MODES = ("train", "calibrate", "test")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
 
 
 def list_models(task: str | None = None) -> list[str]:
     """Canonical model names in manifest order (by family, then size), optionally of one task."""
-    if task is not None and task not in hub.TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(hub.TASKS)}")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     models = hub.load_manifest()["models"]
     return [name for name, entry in models.items() if task in (None, entry["task"])]
 
@@ -78,21 +80,23 @@ def get_model(
     pretrained_backbone: bool | str = False,
     weights_url: str | None = None,
     progress: bool = True,
+    example_input: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a model by name, optionally with pretrained weights and wrapped for QAT.
+    """Build a model by name, load its weights, and (with qat) wrap it for quantization.
 
     pretrained: True for the manifest's default tag, a tag such as "IMAGENET1K_V2", or a local
-    path / file:// URL. num_classes: defaults to the checkpoint's; a different value loads all
-    but the head and logs which keys were skipped. pretrained_backbone (segmentation models):
-    True or a tag loads torchvision ImageNet weights into model.backbone. qat: False for the float
-    model, True/"train", "calibrate" or "test" for the matching edgezoo.quantization wrapper.
-    weights_url: a mirror to download from instead of the manifest's URL (default:
-    $EDGEZOO_WEIGHTS_URL). Other kwargs go to the builder.
+    path / file:// URL (a float or a QAT checkpoint). num_classes: defaults to the checkpoint's;
+    a different value loads all but the head and logs which keys were skipped.
+    pretrained_backbone (segmentation models): True or a tag loads torchvision ImageNet weights
+    into model.backbone. qat: False for the float model, True/"train", "calibrate" or "test" for
+    the wrapper edgezoo.wrap_model builds (traced with example_input, default a random batch of
+    the model's default input size). weights_url: a mirror to download from instead of the
+    manifest's URL (default: $EDGEZOO_WEIGHTS_URL). Other kwargs go to the builder.
     """
     canonical = resolve_name(name)
     entry = _entry(canonical)
-    qat_mode = _qat_mode(qat)
+    mode = wrapper_mode(qat)
     if pretrained and pretrained_backbone:
         raise ValueError(
             "pass pretrained or pretrained_backbone, not both: full weights already hold a backbone"
@@ -107,22 +111,27 @@ def get_model(
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = BUILDERS[canonical](**kwargs)
-    has_quant_state = False
-    if state_dict is not None:
-        has_quant_state = _load_full(
-            canonical, model, state_dict, entry["head"], origin, qat_allowed=bool(qat_mode)
-        )
     if pretrained_backbone:
         _load_backbone(model, canonical, entry, pretrained_backbone, weights_url, progress)
-    if not qat_mode:
-        return model
-    from edgezoo.quantization import wrap_model
+    example_input = example_input if example_input is not None else _example(canonical)
+    if state_dict is not None:
+        loaded = load_checkpoint_into(
+            model,
+            state_dict,
+            mode=mode,
+            example_input=example_input,
+            origin=origin,
+            model_name=canonical,
+            head=entry["head"],
+        )
+        logger.info("loaded %s", origin)
+        return loaded
+    return model if mode is None else wrap_model(model, mode, example_input)
 
-    example_input = torch.rand(1, *default_input_size(canonical))
-    wrapped = wrap_model(model, qat_mode, example_input)
-    if has_quant_state:
-        _load_quant_state(wrapped, state_dict, entry["head"], origin)
-    return wrapped
+
+def _example(canonical: str) -> torch.Tensor:
+    """A random batch of one at the model's default input size, for tracing it."""
+    return torch.rand(1, *default_input_size(canonical))
 
 
 def _entry(canonical: str) -> dict[str, Any]:
@@ -142,15 +151,6 @@ def _name_table() -> dict[str, str]:
             table[entry["torchvision_name"]] = name
         table[name] = name
     return table
-
-
-def _qat_mode(qat: bool | str) -> str | None:
-    if qat is False:
-        return None
-    mode = "train" if qat is True else qat
-    if mode not in _QAT_MODES:
-        raise ValueError(f"qat must be False, True or one of {', '.join(_QAT_MODES)}; got {qat!r}")
-    return mode
 
 
 def _pretrained_state_dict(
@@ -214,60 +214,6 @@ def _head_classes(state_dict: Mapping[str, torch.Tensor], head: str) -> int | No
         if key == f"{head}.weight":
             return tensor.shape[0]
     return None
-
-
-def _in_head(key: str, head: str) -> bool:
-    return key.startswith(f"{head}.")
-
-
-def _load_full(
-    model_name: str,
-    model: nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    head: str,
-    origin: str,
-    *,
-    qat_allowed: bool,
-) -> bool:
-    """Load full-model weights; a head of another size is skipped with a warning.
-
-    Returns whether the checkpoint holds keys the float model lacks, which only a QAT checkpoint
-    may carry: they are loaded once the quantization wrapper has created them.
-    """
-    report = load_weights(model, state_dict, strict=False)
-    skipped_head = [m for m in report.mismatched if _in_head(m.key, head)]
-    fits = len(skipped_head) == len(report.mismatched) and not report.missing
-    if not fits or (report.unexpected and not qat_allowed):
-        # Only extra keys on an otherwise fitting model: most likely the ranges of a QAT model.
-        hint = " or, for a QAT checkpoint, pass qat='test' or 'train'" if fits else ""
-        raise CheckpointMismatchError(
-            f"weights {origin} do not fit {type(model).__name__}: {report}. Use a checkpoint of "
-            f"{model_name}{hint}"
-        )
-    if skipped_head:
-        logger.warning(
-            "%s: the head has another number of classes, so %s were skipped and keep their "
-            "random initialisation; everything else was loaded",
-            origin,
-            ", ".join(map(str, skipped_head)),
-        )
-    else:
-        logger.info("loaded %s", origin)
-    return bool(report.unexpected)
-
-
-def _load_quant_state(
-    wrapped: nn.Module, state_dict: Mapping[str, torch.Tensor], head: str, origin: str
-) -> None:
-    """Load a QAT checkpoint again into the wrapper's module, which now has the range buffers."""
-    target = getattr(wrapped, "module", wrapped)
-    report = load_weights(target, state_dict, strict=False)
-    mismatched = tuple(m for m in report.mismatched if not _in_head(m.key, head))
-    if report.unexpected or mismatched:
-        raise CheckpointMismatchError(
-            f"weights {origin} hold keys that neither the float model nor its QAT wrapper have: "
-            f"{LoadReport((), (), report.unexpected, mismatched)}"
-        )
 
 
 def _load_backbone(

@@ -1,5 +1,6 @@
 """Load a state_dict or checkpoint into a model and report exactly which keys fitted."""
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -10,12 +11,16 @@ from torch import nn
 
 from edgezoo import hub
 from edgezoo.errors import CheckpointMismatchError
+from edgezoo.quantization import named_activation_ranges, wrap_model
+from edgezoo.quantization.modes import TEST
+from edgezoo.text import preview
+
+logger = logging.getLogger(__name__)
 
 WeightsSource = Mapping[str, Any] | str | os.PathLike
 # Training scripts commonly nest the weights under one of these keys.
 _NESTED_STATE_DICT_KEYS = ("state_dict", "model")
 _DDP_PREFIX = "module."
-_PREVIEW = 5
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,13 @@ class LoadReport:
     def __str__(self) -> str:
         parts = [f"{len(self.loaded)} keys loaded"]
         if self.missing:
-            parts.append(
-                f"{len(self.missing)} missing in the checkpoint ({_preview(self.missing)})"
-            )
+            parts.append(f"{len(self.missing)} missing in the checkpoint ({preview(self.missing)})")
         if self.unexpected:
             parts.append(
-                f"{len(self.unexpected)} unexpected, not in the model ({_preview(self.unexpected)})"
+                f"{len(self.unexpected)} unexpected, not in the model ({preview(self.unexpected)})"
             )
         if self.mismatched:
-            parts.append(f"{len(self.mismatched)} shape mismatches ({_preview(self.mismatched)})")
+            parts.append(f"{len(self.mismatched)} shape mismatches ({preview(self.mismatched)})")
         return "; ".join(parts)
 
 
@@ -76,7 +79,7 @@ def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
             raise CheckpointMismatchError(
                 "the checkpoint is neither a state_dict of tensors nor a dict holding one under "
                 f"{' or '.join(map(repr, _NESTED_STATE_DICT_KEYS))}; its top-level keys are "
-                f"{_preview(source.keys())}"
+                f"{preview(source.keys())}"
             )
         source = nested
     return dict(source)
@@ -141,7 +144,88 @@ def _all_tensors(mapping: Mapping) -> bool:
     return bool(mapping) and all(isinstance(value, torch.Tensor) for value in mapping.values())
 
 
-def _preview(items: Iterable[Any]) -> str:
-    items = list(items)
-    shown = ", ".join(map(str, items[:_PREVIEW]))
-    return shown if len(items) <= _PREVIEW else f"{shown}, ... ({len(items)} in all)"
+def load_checkpoint_into(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    mode: str | None,
+    example_input: torch.Tensor,
+    origin: str,
+    model_name: str,
+    head: str | None = None,
+) -> nn.Module:
+    """Load a float or quantized checkpoint into a float model, wrapping it for `mode` first.
+
+    The one way a checkpoint that may carry ranges is loaded (get_model and the engine use it).
+    mode: None for the float model, else a wrapper mode ("train", "calibrate", "test"); the
+    checkpoint's float keys load into the float model, the model is wrapped, then its range
+    entries load into the wrapper's `.module`. head: the classifier's attribute, whose entries
+    may have another number of classes (they are skipped with a warning); None: exact fit.
+    A quantized checkpoint needs a mode. A float checkpoint wrapped for "train" or "calibrate"
+    starts its ranges from their initial clip (they learn from data); for "test" a checkpoint
+    without trained ranges raises CheckpointMismatchError naming them.
+    """
+    report = load_weights(model, state_dict, strict=False)
+    skipped = [m for m in report.mismatched if head is not None and m.key.startswith(f"{head}.")]
+    if report.missing or len(skipped) != len(report.mismatched):
+        raise CheckpointMismatchError(
+            f"checkpoint {origin} does not fit {model_name}: {report}. Use a checkpoint of "
+            f"{model_name} (with its number of classes)"
+        )
+    if report.unexpected and mode is None:
+        raise CheckpointMismatchError(
+            f"checkpoint {origin} does not fit the float {model_name}: {report}. A QAT or "
+            "calibrated checkpoint needs a quantized mode: pass qat='test' or 'train' (--qat "
+            "on the command line); otherwise it is from another model"
+        )
+    if skipped:
+        logger.warning(
+            "%s: the head has another number of classes, so %s were skipped and keep their "
+            "random initialisation; everything else was loaded",
+            origin,
+            ", ".join(map(str, skipped)),
+        )
+    if mode is None:
+        return model
+    wrapped = wrap_model(model, mode, example_input)
+    _load_range_state(wrapped.module, {k: state_dict[k] for k in report.unexpected}, origin, mode)
+    return wrapped
+
+
+def _load_range_state(
+    module: nn.Module, range_state: Mapping[str, torch.Tensor], origin: str, mode: str
+) -> None:
+    """Load a checkpoint's range entries into a wrapped model; "test" needs every range."""
+    if range_state:
+        report = load_weights(module, range_state, strict=False)
+    else:  # a float checkpoint: nothing to load, every range entry is missing
+        report = LoadReport((), tuple(module.state_dict()), (), ())
+    if report.unexpected or report.mismatched:
+        raise CheckpointMismatchError(
+            f"weights {origin} hold keys that neither the float model nor its quantization "
+            f"wrapper has: {LoadReport((), (), report.unexpected, report.mismatched)}"
+        )
+    missing = set(report.missing)
+    ranges = named_activation_ranges(module)
+    absent = [name for name in ranges if f"{name}.clips_act" in missing]
+    if mode == TEST and absent:
+        raise CheckpointMismatchError(
+            f"weights {origin} hold no range for {len(absent)} activation range(s) "
+            f"({preview(absent)}): evaluating quantized needs a QAT or calibrated checkpoint "
+            "(q.module.state_dict()); evaluate a float checkpoint in float, or calibrate it first"
+        )
+    if absent:
+        logger.info(
+            "%s: %d activation ranges start from their initial clip (%s) and learn from data",
+            origin,
+            len(absent),
+            preview(absent),
+        )
+    untrained = [name for name, pact in ranges.items() if not pact.trained]
+    if mode == TEST and untrained:
+        logger.warning(
+            "%s: %d activation ranges never saw data (%s): they hold the initial clip",
+            origin,
+            len(untrained),
+            preview(untrained),
+        )

@@ -27,15 +27,20 @@ def clip_bounds(path):
 
 
 def test_qat_export_then_verify_round_trip(tmp_path, capsys):
-    assert (
-        main(["export", "resnet18", "--qat", "--input-size", "32", "32", "-o", str(tmp_path)]) == 0
-    )
+    # A fresh QAT model's ranges never saw data: refused unless the user says they know.
+    export = ["export", "resnet18", "--qat", "--input-size", "32", "32", "-o", str(tmp_path)]
+    assert main(export) == 2
+    assert "30 of the model's activation ranges never saw data" in capsys.readouterr().err
     path = tmp_path / "resnet18_qat.onnx"
+    assert not path.exists()
+    assert main([*export, "--allow-uncalibrated"]) == 0
     assert path.is_file()
     assert "verification: OK" in capsys.readouterr().out
     compile_options = json.loads((tmp_path / "resnet18_qat_tidl_compile_options.json").read_text())
     assert compile_options["provider_options"]["accuracy_level"] == 0
-    assert main(["verify", str(path)]) == 0
+    assert main(["verify", str(path)]) == 1
+    assert "[untrained-ranges] <graph>: 30 of the exported QAT ranges" in capsys.readouterr().out
+    assert main(["verify", str(path), "--allow-uncalibrated"]) == 0
     assert "OK, no TIDL rule violations" in capsys.readouterr().out
 
 

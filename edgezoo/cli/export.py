@@ -1,10 +1,14 @@
-"""`edgezoo export NAME -o DIR` and `edgezoo verify FILE.onnx`: TIDL-ready ONNX from the shell."""
+"""`edgezoo export NAME -o DIR` and `edgezoo verify FILE.onnx`: TIDL-ready ONNX from the shell.
+
+Exit status: 0 TIDL-ready / clean, 1 a TIDL rule is broken, 2 the command could not run
+(a bad option, an unreadable file, untrained ranges, ...), with a one-line message.
+"""
 
 import argparse
 import logging
 import sys
-from pathlib import Path
 
+from edgezoo.cli.arguments import add_input_size_hw, add_weights_source, output_dir, positive_int
 from edgezoo.errors import ExportVerificationError
 from edgezoo.export import export_onnx, verify_onnx
 from edgezoo.export.tidl_rules import EXPORT_OPSETS
@@ -14,6 +18,11 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the export and verify subcommands."""
+    _register_export(subparsers)
+    _register_verify(subparsers)
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export",
         help="export a model to a verified TIDL-ready ONNX file plus TIDL configs",
@@ -22,34 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "TorchScript ONNX exporter, simplify, verify TIDL's rules, check onnxruntime "
             "against PyTorch and write the TIDL compile options, import config and model "
             "config beside the ONNX file. Exits 0 when the export is TIDL-ready, 1 when it "
-            "breaks a rule (nothing written unless --no-strict)."
+            "breaks a rule (nothing written unless --no-strict), 2 when it cannot run."
         ),
     )
     export.add_argument("name", help="model name or alias, as `edgezoo list` shows it")
-    export.add_argument("-o", "--output-dir", required=True, type=Path, help="output folder")
+    export.add_argument("-o", "--output-dir", required=True, type=output_dir, help="folder")
     export.add_argument(
         "--qat", action="store_true", help="export the QAT graph (Clip ranges, grid weights)"
     )
-    weights = export.add_mutually_exclusive_group()
-    weights.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="state_dict of the float or QAT model (q.module.state_dict()) or an engine "
-        "checkpoint with a 'model' key",
-    )
-    weights.add_argument(
-        "--pretrained", action="store_true", help="the manifest's default float weights"
-    )
+    add_weights_source(export, backbone=False)
     export.add_argument(
-        "--num-classes", type=int, help="classes of the head (default: the checkpoint's)"
+        "--num-classes", type=positive_int, help="classes of the head (default: the checkpoint's)"
     )
-    export.add_argument(
-        "--input-size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="input height and width (default: the model's default input size)",
-    )
+    add_input_size_hw(export)
     export.add_argument(
         "--opset",
         type=int,
@@ -66,18 +60,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--no-strict", action="store_true", help="write the file even when it breaks a rule"
     )
+    export.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        help="export a QAT model whose ranges never saw data (their clips are the initial "
+        "+/-8): for graph tests only, never for deployment",
+    )
     export.set_defaults(func=run_export)
 
+
+def _register_verify(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser(
         "verify",
         help="check an ONNX file against TIDL's import rules",
         description=(
             "List every TIDL rule the graph breaks, with the node name. QAT rules (power-of-"
             "two Clip ranges covering every Conv/Gemm/Add/Concat output, grid weights, a "
-            "clipped input) apply unless --float. Exits 0 when clean, 1 with violations."
+            "clipped input, trained ranges) apply unless --float. Exits 0 when clean, 1 with "
+            "violations, 2 when the file cannot be read."
         ),
     )
-    verify.add_argument("path", type=Path, help="the .onnx file")
+    verify.add_argument("path", help="the .onnx file")
     verify.add_argument(
         "--float", action="store_true", help="a float model that TIDL calibrates (PTQ rules)"
     )
@@ -85,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-input-clip",
         action="store_true",
         help="the QAT model was trained with quantize_input=False",
+    )
+    verify.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        help="do not report ranges the export recorded as untrained (graph tests only)",
     )
     verify.set_defaults(func=run_verify)
 
@@ -96,9 +104,6 @@ def run_export(args: argparse.Namespace) -> int:
     from edgezoo.registry import default_input_size, get_model, resolve_name
 
     name = resolve_name(args.name)
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        print(f"edgezoo export: error: no checkpoint file at {args.checkpoint}", file=sys.stderr)
-        return 2
     pretrained = args.checkpoint or args.pretrained
     if not pretrained:
         logger.warning(
@@ -122,6 +127,7 @@ def run_export(args: argparse.Namespace) -> int:
             argmax=args.argmax,
             strict=not args.no_strict,
             model_name=name,
+            allow_uncalibrated=args.allow_uncalibrated,
         )
     except ExportVerificationError as err:
         print(err, file=sys.stderr)
@@ -132,13 +138,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Print the verification report of one file; 0 when clean, 1 with violations."""
-    if not args.path.is_file():
-        print(f"edgezoo verify: error: no ONNX file at {args.path}", file=sys.stderr)
-        return 2
     report = verify_onnx(
         args.path,
         quantized=not args.float,
         input_clipped=not (args.float or args.no_input_clip),
+        allow_uncalibrated=args.allow_uncalibrated,
     )
     print(report)
     return 0 if report.ok else 1

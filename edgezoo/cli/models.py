@@ -4,13 +4,14 @@ import argparse
 import json
 from typing import Any
 
-from edgezoo import hub, registry
+from edgezoo import registry
+from edgezoo.tasks import TASKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the list and info subcommands."""
     list_parser = subparsers.add_parser("list", help="list the models and their default weights")
-    list_parser.add_argument("--task", choices=hub.TASKS, help="only models of this task")
+    list_parser.add_argument("--task", choices=TASKS, help="only models of this task")
     list_parser.set_defaults(func=run_list)
 
     info_parser = subparsers.add_parser("info", help="show a model's weights, metrics, inputs")

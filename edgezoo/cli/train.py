@@ -1,23 +1,61 @@
-"""`edgezoo train | calibrate | evaluate | demo`: fine-tune, PTQ-calibrate, QAT and evaluate
-from the shell, on one process or under torchrun."""
+"""`edgezoo train | calibrate | evaluate`: fine-tune, PTQ-calibrate, QAT and evaluate from the
+shell, on one process or under torchrun."""
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
+
+from edgezoo.cli.arguments import (
+    DATA_HELP,
+    add_weights_source,
+    non_negative_float,
+    non_negative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+)
+from edgezoo.errors import ResumeMismatchError
 
 logger = logging.getLogger(__name__)
 
-_DATA_HELP = (
-    "'embedded' (the Fashion-MNIST subset shipped with edgezoo), 'fashion-mnist' (the full set "
-    "at /usr/share/datasets/fashion-mnist), 'composite' (COMPOSITE segmentation scenes of "
-    "Fashion-MNIST items), or a directory: Fashion-MNIST idx files, or train/ and val/ "
-    "sub-folders (classification: one folder per class; segmentation: images/ + masks/)"
-)
+# Settings a resumed run keeps from its start; given again, they must match (TrainConfig field
+# or metadata key -> the option that sets it).
+_FIXED_ON_RESUME = {
+    "model": "--model",
+    "data": "--data",
+    "input_size": "--input-size",
+    "mode": "--qat",
+    "num_classes": "--num-classes",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "seed": "--seed",
+    "optimizer": "--optimizer",
+    "schedule": "--schedule",
+    "weight_decay": "--weight-decay",
+    "warmup_epochs": "--warmup-epochs",
+    "max_batches": "--max-batches",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the train, calibrate, evaluate and demo subcommands."""
+    """Add the train, calibrate and evaluate subcommands."""
+    _register_train(subparsers)
+    calibrate = subparsers.add_parser(
+        "calibrate",
+        help="post-training quantization: calibrate ranges and biases (no gradients)",
+        description=(
+            "Run QuantCalibrateModule over training data (ranges from statistics, bias "
+            "calibration) starting from a float --checkpoint or --pretrained weights, then "
+            "evaluate the quantized model. Writes last.pth / best.pth (q.module.state_dict(), "
+            "ranges included) and metrics to --out."
+        ),
+    )
+    _add_run_arguments(calibrate, epochs=1)
+    calibrate.set_defaults(func=run_train, mode="calibrate", qat=False)
+    _register_evaluate(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="fine-tune a model in float or with QAT (--qat)",
@@ -31,41 +69,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--qat", action="store_true", help="quantization-aware training (QuantTrainModule)"
     )
-    train.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
+    train.add_argument("--optimizer", choices=("sgd", "adamw"), help="default adamw")
     train.add_argument(
         "--schedule",
         choices=("cosine", "step", "constant"),
-        default="cosine",
         help="per-epoch learning-rate schedule (default cosine)",
     )
     train.add_argument(
-        "--weight-decay", type=float, default=None, help="default: 0.05 AdamW, 4e-5 SGD"
+        "--weight-decay", type=non_negative_float, help="default: 0.05 AdamW, 4e-5 SGD"
     )
-    train.add_argument(
-        "--warmup-epochs", type=int, default=None, help="default: 1 (float), 0 (QAT)"
-    )
+    train.add_argument("--warmup-epochs", type=non_negative_int, help="default: 1 (float), 0 (QAT)")
     train.set_defaults(func=run_train, mode=None)
 
-    calibrate = subparsers.add_parser(
-        "calibrate",
-        help="post-training quantization: calibrate ranges and biases (no gradients)",
-        description=(
-            "Run QuantCalibrateModule over training data (ranges from statistics, bias "
-            "calibration) starting from a float --checkpoint or --pretrained weights, then "
-            "evaluate the quantized model. Writes last.pth / best.pth (q.module.state_dict(), "
-            "ranges included) and metrics to --out."
-        ),
-    )
-    _add_run_arguments(calibrate, epochs=1)
-    calibrate.set_defaults(func=run_train, mode="calibrate", qat=False)
 
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
         help="evaluate a float, calibrated or QAT checkpoint",
         description=(
             "Evaluate on the validation split: top-1 / top-5 / loss (classification) or mIoU / "
             "pixel accuracy / loss (segmentation). A checkpoint with ranges (QAT or calibrated) "
-            "is evaluated quantized."
+            "is evaluated quantized; one without ranges cannot be (use it in float)."
         ),
     )
     _add_common_arguments(evaluate)
@@ -74,126 +98,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="evaluate quantized (implied by a QAT or calibrated checkpoint)",
     )
-    evaluate.add_argument("--out", type=Path, help="also write the metrics to OUT/eval.json")
+    evaluate.add_argument("--out", type=output_dir, help="also write the metrics to OUT/eval.json")
     evaluate.set_defaults(func=run_evaluate)
-
-    demo = subparsers.add_parser(
-        "demo",
-        help="the whole job on real data in minutes: float, PTQ, QAT, export, verify",
-        description=(
-            "Train mobilenetv2 in float on the embedded Fashion-MNIST subset (from torchvision "
-            "weights when cached or given, else from scratch), calibrate (PTQ), fine-tune with "
-            "QAT, evaluate all three, export and verify the QAT ONNX with its TIDL files, and "
-            "write a table, a plot and results.json. --task segmentation does the same for "
-            "deeplabv3plus_mobilenetv2 on COMPOSITE scenes built from Fashion-MNIST items."
-        ),
-    )
-    demo.add_argument(
-        "--task", choices=("classification", "segmentation"), default="classification"
-    )
-    demo.add_argument("--out", type=Path, default=Path("edgezoo-demo"), help="output folder")
-    demo.add_argument("--epochs", type=int, help="float epochs (default: per task)")
-    demo.add_argument("--qat-epochs", type=int, help="QAT epochs (default: per task)")
-    demo.add_argument("--calibration-batches", type=int, help="PTQ batches (default: per task)")
-    demo.add_argument("--input-size", type=int, help="input height = width (default: per task)")
-    demo.add_argument("--batch-size", type=int)
-    demo.add_argument("--lr", type=float, help="float learning rate (AdamW)")
-    demo.add_argument("--qat-lr", type=float, help="QAT learning rate (AdamW)")
-    demo.add_argument(
-        "--full",
-        action="store_true",
-        help="use all of Fashion-MNIST (60000 / 10000) from /usr/share/datasets/fashion-mnist",
-    )
-    demo.add_argument(
-        "--pretrained",
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="TAG_OR_PATH",
-        help="start from these weights (default: torchvision's when already in the torch.hub "
-        "cache, else from scratch); downloads them if needed",
-    )
-    demo.add_argument(
-        "--max-batches", type=int, help="cap batches per epoch and evaluation (quick runs)"
-    )
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--num-workers", type=int, default=0)
-    demo.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.set_defaults(func=run_demo)
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name or alias (`edgezoo list`)")
-    parser.add_argument("--data", default="embedded", help=_DATA_HELP)
+    parser.add_argument("--data", help=f"{DATA_HELP} (default embedded)")
     parser.add_argument(
-        "--num-classes", type=int, help="classes (needed for segmentation folders only)"
+        "--num-classes", type=positive_int, help="classes (needed for segmentation folders only)"
     )
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument(
-        "--pretrained",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="TAG_OR_PATH",
-        help="manifest weights (default tag, or a tag / file); a head of another size is "
-        "re-initialised",
-    )
-    weights.add_argument(
-        "--pretrained-backbone",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="TAG",
-        help="ImageNet weights for a segmentation model's backbone",
-    )
-    weights.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="a run's last.pth / best.pth or a state_dict of this model (must fit exactly)",
-    )
+    add_weights_source(parser, backbone=True)
     parser.add_argument(
         "--input-size",
-        type=int,
+        type=positive_int,
         help="input height = width (default: 32 for Fashion-MNIST, 64 for composite, else "
         "the model's default)",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, help="per process (default 64)")
     parser.add_argument(
-        "--max-batches", type=int, help="cap batches per epoch and per evaluation (quick runs)"
+        "--max-batches",
+        type=positive_int,
+        help="cap batches per epoch and per evaluation (quick runs)",
     )
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument(
+        "--num-workers", type=non_negative_int, default=0, help="DataLoader workers"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: CUDA when present")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     _add_common_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
-    parser.add_argument("--lr", type=float, help="learning rate (default: by mode and optimizer)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=output_dir, required=True, help="run folder")
+    parser.add_argument("--epochs", type=positive_int, help=f"default {epochs}")
+    parser.add_argument(
+        "--lr", type=positive_float, help="learning rate (default: by mode and optimizer)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, help="default 0")
     state = parser.add_mutually_exclusive_group()
     state.add_argument(
         "--resume", action="store_true", help="continue the run in --out with its saved settings"
     )
     state.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    parser.set_defaults(default_epochs=epochs)
 
 
-def _run_input_size(args: argparse.Namespace, task: str) -> int:
+def _run_input_size(args: argparse.Namespace, task: str, data: str) -> int:
     from edgezoo.data import is_fashion_mnist_dir
     from edgezoo.registry import default_input_size
 
     if args.input_size:
         return args.input_size
-    data = str(args.data)
     if data in ("embedded", "fashion-mnist", "composite") or is_fashion_mnist_dir(data):
         return 32 if task == "classification" else 64
     return default_input_size(args.model)[1]
-
-
-def _pretrained(args: argparse.Namespace) -> dict[str, Any]:
-    return {"pretrained": args.pretrained, "pretrained_backbone": args.pretrained_backbone}
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -202,82 +161,134 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
         print(f"  {key:>10}: {value:.4f}")
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Train (float or QAT) or calibrate; print the final and best validation metrics."""
-    from edgezoo.data import build_task_data
-    from edgezoo.engine import TrainConfig, fit, load_run_config, setup_distributed
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int):
+    """The TrainConfig of a new run from the command line and the mode's defaults."""
+    from edgezoo.engine import TrainConfig
+    from edgezoo.engine.recipes import default_lr, default_warmup, default_weight_decay
+    from edgezoo.engine.setup import model_task
+
+    mode = args.mode or ("qat" if args.qat else "float")
+    optimizer = _or(getattr(args, "optimizer", None), "adamw")
+    return TrainConfig(
+        task=model_task(name),
+        mode=mode,
+        num_classes=data.num_classes,
+        ignore_index=data.ignore_index,
+        epochs=_or(args.epochs, args.default_epochs),
+        batch_size=_or(args.batch_size, 64),
+        lr=_or(args.lr, default_lr(mode, optimizer)),
+        optimizer=optimizer,
+        weight_decay=_or(getattr(args, "weight_decay", None), default_weight_decay(optimizer)),
+        schedule=_or(getattr(args, "schedule", None), "cosine"),
+        warmup_epochs=_or(getattr(args, "warmup_epochs", None), default_warmup(mode)),
+        max_batches=args.max_batches,
+        num_workers=args.num_workers,
+        seed=_or(args.seed, 0),
+        device=args.device,
+        metadata={
+            "model": name,
+            "data": _or(args.data, "embedded"),
+            "input_size": input_size,
+            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+            "pretrained": args.pretrained,
+            "pretrained_backbone": args.pretrained_backbone,
+        },
+    )
+
+
+def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The fixed settings this command line sets explicitly, by TrainConfig field or metadata."""
+    given = {
+        "model": name,
+        "data": args.data,
+        "input_size": args.input_size,
+        "num_classes": args.num_classes,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "optimizer": getattr(args, "optimizer", None),
+        "schedule": getattr(args, "schedule", None),
+        "weight_decay": getattr(args, "weight_decay", None),
+        "warmup_epochs": getattr(args, "warmup_epochs", None),
+        "max_batches": args.max_batches,
+    }
+    if getattr(args, "qat", False):
+        given["mode"] = "qat"
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _resumed_config(args: argparse.Namespace, name: str):
+    """The saved settings of the run in --out; refuse options that differ from them."""
+    from edgezoo.engine import load_run_config
+
+    config = load_run_config(args.out)
+    saved = {**config.to_dict(), **config.metadata}
+    differ = [
+        f"{_FIXED_ON_RESUME[key]} {value} (the run uses {saved.get(key)})"
+        for key, value in _given_on_resume(args, name).items()
+        if saved.get(key) != value
+    ]
+    if differ:
+        raise ResumeMismatchError(
+            f"--resume continues {args.out} with the settings it was started with, and these "
+            f"options differ: {'; '.join(differ)}. Drop them, or start a new run with "
+            "--overwrite or another --out"
+        )
+    if args.epochs is not None and args.epochs != config.epochs:
+        logger.warning(
+            "resuming %s with --epochs %d instead of %d: the learning-rate schedule and the QAT "
+            "freeze epochs follow the new length from here on",
+            args.out,
+            args.epochs,
+            config.epochs,
+        )
+        config.epochs = args.epochs
+    config.num_workers, config.device = args.num_workers, args.device
+    return config
+
+
+def _prepare_out(args: argparse.Namespace, ctx: Any) -> None:
+    """Check --out on every rank before rank 0 clears it, so all ranks agree."""
     from edgezoo.engine.checkpoint import check_run_dir, clear_run_dir
     from edgezoo.engine.distributed import barrier
-    from edgezoo.engine.recipes import default_lr, default_warmup, default_weight_decay
-    from edgezoo.engine.setup import build_model, model_task, preprocessing
-    from edgezoo.errors import CheckpointMismatchError
-    from edgezoo.registry import resolve_name
 
-    name = resolve_name(args.model)
-    ctx = setup_distributed(args.device)
-    # Every rank checks before rank 0 changes anything, so all ranks agree on the outcome.
     check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     barrier()
     if ctx.is_main and not args.resume:
         clear_run_dir(args.out)
     barrier()
-    mean, std = preprocessing(name)
 
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train (float or QAT) or calibrate; print the final and best validation metrics."""
+    from edgezoo.engine import fit, setup_distributed
+    from edgezoo.engine.setup import build_model, model_task
+    from edgezoo.registry import resolve_name
+
+    name = resolve_name(args.model)
+    ctx = setup_distributed(args.device)
+    _prepare_out(args, ctx)
     if args.resume:
-        config = load_run_config(args.out)
+        config = _resumed_config(args, name)
         meta = config.metadata
-        if meta.get("model") != name:
-            raise CheckpointMismatchError(
-                f"{args.out} holds a run of {meta.get('model')}, not {name}; resume it with "
-                f"--model {meta.get('model')}"
-            )
-        config.num_workers, config.device = args.num_workers, args.device
-        logger.info("resuming %s with its saved settings", args.out)
-        data = build_task_data(
-            meta["data"], config.task, meta["input_size"], mean, std, num_classes=config.num_classes
-        )
-        # The weights come from last.pth, which fit() loads.
-        model = build_model(name, config.num_classes, meta["input_size"], mode=config.mode)
+        data = _task_data(name, config.task, meta["data"], meta["input_size"], config.num_classes)
     else:
-        mode = args.mode or ("qat" if args.qat else "float")
         task = model_task(name)
-        input_size = _run_input_size(args, task)
-        data = build_task_data(args.data, task, input_size, mean, std, num_classes=args.num_classes)
-        optimizer = getattr(args, "optimizer", "adamw")
-        config = TrainConfig(
-            task=task,
-            mode=mode,
-            num_classes=data.num_classes,
-            ignore_index=data.ignore_index,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=_or(args.lr, default_lr(mode, optimizer)),
-            optimizer=optimizer,
-            weight_decay=_or(getattr(args, "weight_decay", None), default_weight_decay(optimizer)),
-            schedule=getattr(args, "schedule", "cosine"),
-            warmup_epochs=_or(getattr(args, "warmup_epochs", None), default_warmup(mode)),
-            max_batches=args.max_batches,
-            num_workers=args.num_workers,
-            seed=args.seed,
-            device=args.device,
-            metadata={
-                "model": name,
-                "data": str(args.data),
-                "input_size": input_size,
-                "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-                "pretrained": args.pretrained,
-                "pretrained_backbone": args.pretrained_backbone,
-            },
-        )
-        model = build_model(
-            name,
-            data.num_classes,
-            input_size,
-            mode=mode,
-            checkpoint=args.checkpoint,
-            **_pretrained(args),
-        )
+        data_name = _or(args.data, "embedded")
+        input_size = _run_input_size(args, task, data_name)
+        data = _task_data(name, task, data_name, input_size, args.num_classes)
+        config = _new_config(args, name, data, input_size)
     logger.info("data: %s", data.description)
+    weights = {} if args.resume else _weights(args)
+    input_size = config.metadata["input_size"]
+    # Seeded before building, so a run from random initialisation repeats exactly.
+    model = build_model(
+        name, config.num_classes, input_size, mode=config.mode, seed=config.seed, **weights
+    )
     result = fit(
         model,
         data.train,
@@ -288,15 +299,32 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if ctx.is_main:
-        final = result.final
-        _print_metrics(f"{name} {config.mode}, epoch {final['epoch']} (last.pth)", _val(final))
-        if result.best is not None and result.best is not final:
-            _print_metrics(f"best: epoch {result.best['epoch']} (best.pth)", _val(result.best))
+        _print_result(name, config.mode, result)
     return 0
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
+def _task_data(name: str, task: str, data: str, input_size: int, num_classes: int | None):
+    """The train/val data of a run, normalised as the model's weights expect."""
+    from edgezoo.data import build_task_data
+    from edgezoo.engine.setup import preprocessing
+
+    mean, std = preprocessing(name)
+    return build_task_data(data, task, input_size, mean, std, num_classes=num_classes)
+
+
+def _weights(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "pretrained": args.pretrained,
+        "pretrained_backbone": args.pretrained_backbone,
+        "checkpoint": args.checkpoint,
+    }
+
+
+def _print_result(name: str, mode: str, result: Any) -> None:
+    final = result.final
+    _print_metrics(f"{name} {mode}, epoch {final['epoch']} (last.pth)", _val(final))
+    if result.best is not None and result.best is not final:
+        _print_metrics(f"best: epoch {result.best['epoch']} (best.pth)", _val(result.best))
 
 
 def _val(record: dict[str, Any]) -> dict[str, float]:
@@ -305,35 +333,29 @@ def _val(record: dict[str, Any]) -> dict[str, float]:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate one model on the validation split and print (and optionally save) its metrics."""
-    from edgezoo.data import build_task_data
     from edgezoo.engine import TrainConfig, evaluate, setup_distributed
     from edgezoo.engine.checkpoint import write_json_atomic
-    from edgezoo.engine.setup import build_model, is_quantized_state, model_task, preprocessing
+    from edgezoo.engine.setup import build_model, is_quantized_state, model_task
     from edgezoo.registry import resolve_name
     from edgezoo.weights import read_state_dict
 
     name = resolve_name(args.model)
     task = model_task(name)
     ctx = setup_distributed(args.device)
-    input_size = _run_input_size(args, task)
-    mean, std = preprocessing(name)
-    data = build_task_data(args.data, task, input_size, mean, std, num_classes=args.num_classes)
+    data_name = _or(args.data, "embedded")
+    input_size = _run_input_size(args, task, data_name)
+    data = _task_data(name, task, data_name, input_size, args.num_classes)
     quantized = args.qat
     if args.checkpoint is not None and not quantized:
         quantized = is_quantized_state(name, read_state_dict(args.checkpoint), data.num_classes)
     model = build_model(
-        name,
-        data.num_classes,
-        input_size,
-        mode="test" if quantized else "float",
-        checkpoint=args.checkpoint,
-        **_pretrained(args),
+        name, data.num_classes, input_size, mode="test" if quantized else "float", **_weights(args)
     )
     config = TrainConfig(
         task=task,
         num_classes=data.num_classes,
         ignore_index=data.ignore_index,
-        batch_size=args.batch_size,
+        batch_size=_or(args.batch_size, 64),
         max_batches=args.max_batches,
         num_workers=args.num_workers,
         device=args.device,
@@ -349,31 +371,3 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 {"model": name, "quantized": quantized, "data": data.description, **metrics},
             )
     return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo and print its table."""
-    from edgezoo.engine.demo import DemoOptions
-    from edgezoo.engine.demo import run_demo as run
-
-    options = DemoOptions(
-        task=args.task,
-        out_dir=args.out,
-        float_epochs=args.epochs,
-        qat_epochs=args.qat_epochs,
-        calibration_batches=args.calibration_batches,
-        input_size=args.input_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        qat_lr=args.qat_lr,
-        full=args.full,
-        pretrained=args.pretrained,
-        max_batches=args.max_batches,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    result = run(options)
-    print(result.table())
-    return 0 if result.ok else 1

@@ -18,13 +18,9 @@ from edgezoo.data.fashion_mnist import (
 )
 from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder, image_folder
 from edgezoo.data.idx import read_idx, write_idx
-from edgezoo.data.sources import DATA_NAMES, TASKS, TaskData, build_task_data
-from edgezoo.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ClassificationTransform,
-    SegmentationTransform,
-)
+from edgezoo.data.sources import DATA_NAMES, TaskData, build_task_data
+from edgezoo.data.transforms import ClassificationTransform, SegmentationTransform
+from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
 
 __all__ = [
     "COMPOSITE_CLASSES",

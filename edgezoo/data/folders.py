@@ -8,20 +8,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
+from tqdm import tqdm
 
 from edgezoo.data.transforms import PairTransform, Transform
 from edgezoo.errors import DataError
+from edgezoo.text import preview
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
-_PREVIEW = 5
-
-
-def _preview(names: list[str]) -> str:
-    shown = ", ".join(names[:_PREVIEW])
-    return shown if len(names) <= _PREVIEW else f"{shown}, ... ({len(names)} in all)"
 
 
 def image_folder(root: str | os.PathLike, transform: Transform) -> ImageFolder:
@@ -33,11 +29,23 @@ def image_folder(root: str | os.PathLike, transform: Transform) -> ImageFolder:
             f"{root}/<class name>/<image files>"
         )
     try:
-        return ImageFolder(str(root), transform=transform)
+        return ImageFolder(str(root), transform=transform, loader=read_rgb_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(
             f"{root} is not a classification image folder ({err}); it needs one sub-folder per "
             f"class holding {'/'.join(IMAGE_SUFFIXES)} images"
+        ) from err
+
+
+def read_rgb_image(path: str | os.PathLike) -> Image.Image:
+    """An image file as RGB; DataError names a file that cannot be read."""
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(
+            f"cannot read image {path} ({err}); replace or remove the file (a truncated or "
+            "corrupt image?)"
         ) from err
 
 
@@ -77,12 +85,12 @@ class SegmentationFolder(Dataset):
         if unmatched:
             raise DataError(
                 f"{len(unmatched)} images in {images_dir} have no mask masks/<stem>.png: "
-                f"{_preview(unmatched)}"
+                f"{preview(unmatched)}"
             )
         orphans = sorted(set(masks) - set(images))
         if orphans:
             logger.warning(
-                "%d masks in %s have no image: %s", len(orphans), masks_dir, _preview(orphans)
+                "%d masks in %s have no image: %s", len(orphans), masks_dir, preview(orphans)
             )
         self.pairs = [(images[stem], masks[stem]) for stem in sorted(images)]
 
@@ -111,19 +119,37 @@ class SegmentationFolder(Dataset):
             )
         return mask
 
+    def validate(self) -> None:
+        """Check every mask's class ids and every image/mask size now, before training.
+
+        Reads the masks and only the images' headers; DataError names the first bad pair.
+        """
+        for image_path, mask_path in tqdm(
+            self.pairs, desc=f"checking masks in {self.root.name}", leave=False, disable=None
+        ):
+            mask = self.read_mask(mask_path)
+            try:
+                with Image.open(image_path) as opened:
+                    size = opened.size
+            except (OSError, UnidentifiedImageError) as err:
+                raise DataError(f"cannot read image {image_path}: {err}") from err
+            _check_same_size(image_path, size, mask_path, mask)
+
     def __getitem__(self, index: int):
         image_path, mask_path = self.pairs[index]
         mask = self.read_mask(mask_path)
-        try:
-            with Image.open(image_path) as opened:
-                image = opened.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataError(f"cannot read image {image_path}: {err}") from err
-        if image.size != (mask.shape[1], mask.shape[0]):
-            raise DataError(
-                f"image {image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} "
-                f"is {mask.shape[1]}x{mask.shape[0]}; they must match"
-            )
+        image = read_rgb_image(image_path)
+        _check_same_size(image_path, image.size, mask_path, mask)
         if self.transform is None:
             return np.asarray(image), mask
         return self.transform(image, mask)
+
+
+def _check_same_size(
+    image_path: Path, image_size: tuple[int, int], mask_path: Path, mask: np.ndarray
+) -> None:
+    if image_size != (mask.shape[1], mask.shape[0]):
+        raise DataError(
+            f"image {image_path} is {image_size[0]}x{image_size[1]} but its mask {mask_path} "
+            f"is {mask.shape[1]}x{mask.shape[0]}; they must match"
+        )

@@ -23,15 +23,13 @@ from edgezoo.data.fashion_mnist import (
 )
 from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder, image_folder
 from edgezoo.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ClassificationTransform,
     SegmentationTransform,
     Size,
 )
 from edgezoo.errors import DataError
+from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
 
-TASKS = ("classification", "segmentation")
 DATA_NAMES = ("embedded", "fashion-mnist", "composite")
 COMPOSITE_CANVAS = 64
 
@@ -75,16 +73,10 @@ def build_task_data(
     name = os.fspath(data)
     if name == "composite" and task != "segmentation":
         raise DataError("'composite' is a segmentation set; use it with a segmentation model")
-    if name in ("embedded", "composite"):
-        train_items = load_embedded_fashion_mnist("train")
-        val_items = load_embedded_fashion_mnist("test")
-    elif name == "fashion-mnist":
-        train_items, val_items = load_fashion_mnist(None, "train"), load_fashion_mnist(None, "test")
-    elif is_fashion_mnist_dir(name):
-        train_items, val_items = load_fashion_mnist(name, "train"), load_fashion_mnist(name, "test")
-    else:
+    items = _fashion_mnist_items(name)
+    if items is None:
         return _folder_data(Path(name), task, input_size, mean, std, num_classes, augment)
-
+    train_items, val_items = items
     if task == "classification":
         _check_num_classes(num_classes, len(FASHION_MNIST_CLASSES), "Fashion-MNIST")
         return TaskData(
@@ -98,13 +90,39 @@ def build_task_data(
             description=f"{train_items.source}: {len(train_items)} train / {len(val_items)} test",
         )
     _check_num_classes(num_classes, COMPOSITE_NUM_CLASSES, "the composite set")
-    train_scenes, val_scenes = composite_scenes
-    train = _composite(train_items, train_scenes, input_size, mean, std, augment, composite_seed)
-    val = _composite(val_items, val_scenes, input_size, mean, std, False, composite_seed + 1)
+    return _composite_data(
+        train_items, val_items, input_size, mean, std, augment, composite_seed, composite_scenes
+    )
+
+
+def _fashion_mnist_items(name: str) -> tuple[ItemArrays, ItemArrays] | None:
+    """(train, test) Fashion-MNIST items a data name stands for, or None for a folder."""
+    if name in ("embedded", "composite"):
+        return load_embedded_fashion_mnist("train"), load_embedded_fashion_mnist("test")
+    if name == "fashion-mnist":
+        return load_fashion_mnist(None, "train"), load_fashion_mnist(None, "test")
+    if is_fashion_mnist_dir(name):
+        return load_fashion_mnist(name, "train"), load_fashion_mnist(name, "test")
+    return None
+
+
+def _composite_data(
+    train_items: ItemArrays,
+    val_items: ItemArrays,
+    input_size: Size,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: bool,
+    seed: int,
+    scenes: tuple[int | None, int | None],
+) -> TaskData:
+    """Composite segmentation scenes built from Fashion-MNIST items."""
+    train = _composite(train_items, scenes[0], input_size, mean, std, augment, seed)
+    val = _composite(val_items, scenes[1], input_size, mean, std, False, seed + 1)
     return TaskData(
         train=train,
         val=val,
-        task=task,
+        task="segmentation",
         num_classes=COMPOSITE_NUM_CLASSES,
         classes=COMPOSITE_CLASSES,
         description=(
@@ -148,6 +166,36 @@ def _folder_data(
     augment: bool,
 ) -> TaskData:
     """Users' folders: root/train and root/val, each an ImageFolder or an images/masks pair."""
+    splits = _split_folders(root)
+    if task == "classification":
+        return _image_folder_data(root, splits, input_size, mean, std, num_classes, augment)
+    if num_classes is None:
+        raise DataError(
+            f"segmentation folders {root} need the number of classes (--num-classes): masks "
+            "hold class ids and nothing else tells how many there are"
+        )
+    train = SegmentationFolder(
+        splits["train"], num_classes, SegmentationTransform(input_size, mean, std, augment)
+    )
+    val = SegmentationFolder(
+        splits["val"], num_classes, SegmentationTransform(input_size, mean, std)
+    )
+    # A bad mask in val would otherwise surface only after a whole training epoch.
+    train.validate()
+    val.validate()
+    return TaskData(
+        train=train,
+        val=val,
+        task=task,
+        num_classes=num_classes,
+        classes=train.classes,
+        description=f"segmentation folders {root}: {len(train)} train / {len(val)} val",
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """root/train and root/val, or a DataError saying what the data directory needs."""
     if not root.is_dir():
         raise DataError(
             f"data directory {root} does not exist; pass one of {', '.join(DATA_NAMES)} or a "
@@ -161,42 +209,32 @@ def _folder_data(
             "files, or train/ and val/ sub-folders (classification: one folder per class; "
             "segmentation: images/ and masks/)"
         )
-    if task == "classification":
-        train = image_folder(
-            splits["train"], ClassificationTransform(input_size, mean, std, augment)
-        )
-        val = image_folder(splits["val"], ClassificationTransform(input_size, mean, std))
-        if train.classes != val.classes:
-            raise DataError(
-                f"{splits['train']} and {splits['val']} have different class folders: "
-                f"{train.classes} vs {val.classes}"
-            )
-        _check_num_classes(num_classes, len(train.classes), str(root))
-        return TaskData(
-            train=train,
-            val=val,
-            task=task,
-            num_classes=len(train.classes),
-            classes=tuple(train.classes),
-            description=f"image folders {root}: {len(train)} train / {len(val)} val",
-        )
-    if num_classes is None:
+    return splits
+
+
+def _image_folder_data(
+    root: Path,
+    splits: dict[str, Path],
+    input_size: Size,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int | None,
+    augment: bool,
+) -> TaskData:
+    """Class-per-folder classification data."""
+    train = image_folder(splits["train"], ClassificationTransform(input_size, mean, std, augment))
+    val = image_folder(splits["val"], ClassificationTransform(input_size, mean, std))
+    if train.classes != val.classes:
         raise DataError(
-            f"segmentation folders {root} need the number of classes (--num-classes): masks "
-            "hold class ids and nothing else tells how many there are"
+            f"{splits['train']} and {splits['val']} have different class folders: "
+            f"{train.classes} vs {val.classes}"
         )
-    train = SegmentationFolder(
-        splits["train"], num_classes, SegmentationTransform(input_size, mean, std, augment)
-    )
-    val = SegmentationFolder(
-        splits["val"], num_classes, SegmentationTransform(input_size, mean, std)
-    )
+    _check_num_classes(num_classes, len(train.classes), str(root))
     return TaskData(
         train=train,
         val=val,
-        task=task,
-        num_classes=num_classes,
-        classes=train.classes,
-        description=f"segmentation folders {root}: {len(train)} train / {len(val)} val",
-        ignore_index=IGNORE_INDEX,
+        task="classification",
+        num_classes=len(train.classes),
+        classes=tuple(train.classes),
+        description=f"image folders {root}: {len(train)} train / {len(val)} val",
     )

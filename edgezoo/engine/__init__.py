@@ -9,6 +9,7 @@ from edgezoo.engine.checkpoint import (
     load_checkpoint,
     prepare_run_dir,
     save_checkpoint,
+    seed_everything,
 )
 from edgezoo.engine.distributed import DistContext, cleanup_distributed, setup_distributed
 from edgezoo.engine.metrics import ClassificationMeter, SegmentationMeter, primary_metric
@@ -46,6 +47,7 @@ __all__ = [
     "prepare_run_dir",
     "primary_metric",
     "save_checkpoint",
+    "seed_everything",
     "setup_distributed",
     "weights_module",
 ]

@@ -11,10 +11,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgezoo.errors import RunExistsError, WeightsError
+from edgezoo.errors import RunExistsError
 from edgezoo.fileio import atomic_path
+from edgezoo.hub import load_checkpoint
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BEST",
+    "LAST",
+    "METRICS_CSV",
+    "METRICS_JSON",
+    "RUN_FILES",
+    "capture_rng_state",
+    "check_run_dir",
+    "clear_run_dir",
+    "holds_run",
+    "load_checkpoint",
+    "prepare_run_dir",
+    "restore_rng_state",
+    "save_checkpoint",
+    "seed_epoch",
+    "seed_everything",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -46,17 +67,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint this engine wrote (weights_only: tensors and plain Python only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"{path} is not a loadable checkpoint ({err})") from err
-
-
 def capture_rng_state() -> dict[str, Any]:
     """The state of every random generator the engine's runs draw from."""
     np_state = np.random.get_state()
@@ -79,6 +89,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy(), *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python and NumPy, e.g. before building a model from random initialisation."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:

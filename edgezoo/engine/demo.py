@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from edgezoo.data import TaskData, build_task_data
 from edgezoo.engine.checkpoint import LAST, check_run_dir, clear_run_dir, write_json_atomic
@@ -232,18 +233,78 @@ def _final(result: FitResult) -> dict[str, float]:
     return {k.removeprefix("val_"): v for k, v in result.final.items() if k.startswith("val_")}
 
 
-def run_demo(options: DemoOptions) -> DemoResult:
-    """Run float training, PTQ, QAT, evaluation, export and verification; write the report."""
-    started = time.perf_counter()
+@dataclass
+class _DemoPlan:
+    """What the demo runs: its model, data, folders and the settings of each stage."""
+
+    options: DemoOptions
+    defaults: TaskDefaults
+    data: TaskData
+    dirs: dict[str, Path]
+    input_size: int
+    batch_size: int
+    weights_kwargs: dict[str, Any]
+    weights_note: str
+
+    @property
+    def name(self) -> str:
+        return self.defaults.model
+
+    def config(self, mode: str, epochs: int, lr: float, max_batches: int | None) -> TrainConfig:
+        """The engine settings of one stage."""
+        return TrainConfig(
+            task=self.options.task,
+            mode=mode,
+            num_classes=self.data.num_classes,
+            ignore_index=self.data.ignore_index,
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=lr,
+            optimizer="adamw",
+            weight_decay=default_weight_decay("adamw"),
+            schedule="cosine",
+            warmup_epochs=1 if mode == "float" and epochs > 2 else 0,
+            max_batches=max_batches,
+            num_workers=self.options.num_workers,
+            seed=self.options.seed,
+            metadata={
+                "model": self.name,
+                "data": self.data.description,
+                "input_size": self.input_size,
+            },
+        )
+
+    def stage_configs(self) -> dict[str, TrainConfig]:
+        """Float training, PTQ calibration and QAT, with the demo's defaults filled in."""
+        options, defaults = self.options, self.defaults
+        calibration_batches = options.calibration_batches or defaults.calibration_batches
+        if options.max_batches is not None:
+            calibration_batches = min(calibration_batches, options.max_batches)
+        return {
+            "float": self.config(
+                "float",
+                options.float_epochs or defaults.float_epochs,
+                options.lr or defaults.lr,
+                options.max_batches,
+            ),
+            "ptq": self.config("calibrate", 1, 0.0, calibration_batches),
+            "qat": self.config(
+                "qat",
+                options.qat_epochs or defaults.qat_epochs,
+                options.qat_lr or defaults.qat_lr,
+                options.max_batches,
+            ),
+        }
+
+
+def _plan(options: DemoOptions) -> _DemoPlan:
+    """Check and clear the output folders, load the data, decide where the weights start."""
     defaults = DEFAULTS[options.task]
     out_dir = Path(options.out_dir).expanduser()
     _check_out_dir(out_dir, options.overwrite)
     dirs = {stage: clear_run_dir(path) for stage, path in _stage_dirs(out_dir).items()}
-
-    name = defaults.model
     input_size = options.input_size or defaults.input_size
-    batch_size = options.batch_size or defaults.batch_size
-    mean, std = preprocessing(name)
+    mean, std = preprocessing(defaults.model)
     data = build_task_data(
         defaults.full_data if options.full else defaults.data,
         options.task,
@@ -253,90 +314,74 @@ def run_demo(options: DemoOptions) -> DemoResult:
         composite_scenes=(None, None) if options.full else defaults.scenes,
     )
     logger.info("demo data: %s", data.description)
-    weights_kwargs, weights_note = _initial_weights(name, options.task, options.pretrained)
+    weights_kwargs, weights_note = _initial_weights(
+        defaults.model, options.task, options.pretrained
+    )
     logger.info("demo weights: %s", weights_note)
-    metric = primary_metric(options.task)
+    return _DemoPlan(
+        options,
+        defaults,
+        data,
+        dirs,
+        input_size,
+        options.batch_size or defaults.batch_size,
+        weights_kwargs,
+        weights_note,
+    )
 
-    def config(mode: str, epochs: int, lr: float, max_batches: int | None) -> TrainConfig:
-        return TrainConfig(
-            task=options.task,
-            mode=mode,
-            num_classes=data.num_classes,
-            ignore_index=data.ignore_index,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer="adamw",
-            weight_decay=default_weight_decay("adamw"),
-            schedule="cosine",
-            warmup_epochs=1 if mode == "float" and epochs > 2 else 0,
-            max_batches=max_batches,
-            num_workers=options.num_workers,
-            seed=options.seed,
-            metadata={"model": name, "data": data.description, "input_size": input_size},
-        )
 
+def _train_stages(plan: _DemoPlan) -> tuple[dict[str, FitResult], dict[str, float], nn.Module]:
+    """Float training, then PTQ and QAT from the float checkpoint; the QAT model is returned."""
+    configs = plan.stage_configs()
+    name, classes, size = plan.name, plan.data.num_classes, plan.input_size
+    float_checkpoint = plan.dirs["float"] / LAST
+    builders = {
+        "float": lambda: build_model(
+            name, classes, size, seed=plan.options.seed, **plan.weights_kwargs
+        ),
+        "ptq": lambda: build_model(
+            name, classes, size, mode="calibrate", checkpoint=float_checkpoint
+        ),
+        "qat": lambda: build_model(name, classes, size, mode="qat", checkpoint=float_checkpoint),
+    }
     results: dict[str, FitResult] = {}
     seconds: dict[str, float] = {}
-    float_epochs = options.float_epochs or defaults.float_epochs
-    qat_epochs = options.qat_epochs or defaults.qat_epochs
-    calibration_batches = options.calibration_batches or defaults.calibration_batches
-    if options.max_batches is not None:
-        calibration_batches = min(calibration_batches, options.max_batches)
+    model = None
+    for stage, build in builders.items():
+        clock = time.perf_counter()
+        model = build()
+        results[stage] = fit(
+            model,
+            plan.data.train,
+            plan.data.val,
+            configs[stage],
+            plan.dirs[stage],
+            progress=plan.options.progress,
+        )
+        seconds[stage] = time.perf_counter() - clock
+    return results, seconds, model
 
-    torch.manual_seed(options.seed)
-    clock = time.perf_counter()
-    model = build_model(name, data.num_classes, input_size, **weights_kwargs)
-    results["float"] = fit(
-        model,
-        data.train,
-        data.val,
-        config("float", float_epochs, options.lr or defaults.lr, options.max_batches),
-        dirs["float"],
-        progress=options.progress,
-    )
-    seconds["float"] = time.perf_counter() - clock
-    float_checkpoint = dirs["float"] / LAST
 
+def run_demo(options: DemoOptions) -> DemoResult:
+    """Run float training, PTQ, QAT, evaluation, export and verification; write the report."""
+    started = time.perf_counter()
+    plan = _plan(options)
+    out_dir = Path(options.out_dir).expanduser()
+    results, seconds, qat = _train_stages(plan)
     clock = time.perf_counter()
-    calibrated = build_model(
-        name, data.num_classes, input_size, mode="calibrate", checkpoint=float_checkpoint
-    )
-    results["ptq"] = fit(
-        calibrated,
-        data.train,
-        data.val,
-        config("calibrate", 1, 0.0, calibration_batches),
-        dirs["ptq"],
-        progress=options.progress,
-    )
-    seconds["ptq"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    qat = build_model(name, data.num_classes, input_size, mode="qat", checkpoint=float_checkpoint)
-    results["qat"] = fit(
-        qat,
-        data.train,
-        data.val,
-        config("qat", qat_epochs, options.qat_lr or defaults.qat_lr, options.max_batches),
-        dirs["qat"],
-        progress=options.progress,
-    )
-    seconds["qat"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    onnx_path = out_dir / f"{name}_qat.onnx"
-    export = _export(qat, onnx_path, data, name, mean, std)
+    onnx_path = out_dir / f"{plan.name}_qat.onnx"
+    mean, std = preprocessing(plan.name)
+    export = _export(qat, onnx_path, plan.data, plan.name, mean, std)
     seconds["export"] = time.perf_counter() - clock
-
+    metric = primary_metric(options.task)
     plot_path = out_dir / PLOT_PNG
-    write_plot(plot_path, results, metric, name, options.task)
+    write_plot(plot_path, results, metric, plan.name, options.task)
     result = DemoResult(
         task=options.task,
-        model=name,
-        data=data.description,
-        weights=weights_note,
-        input_size=input_size,
+        model=plan.name,
+        data=plan.data.description,
+        weights=plan.weights_note,
+        input_size=plan.input_size,
         metric=metric,
         metrics={stage: _final(r) for stage, r in results.items()},
         histories={stage: r.history for stage, r in results.items()},

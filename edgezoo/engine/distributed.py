@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from edgezoo.errors import DeviceUnavailableError
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,6 +42,11 @@ def setup_distributed(device: str | None = None) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"device {device!r} was asked for, but torch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of torch"
+        )
     if use_cuda:
         torch_device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(torch_device)

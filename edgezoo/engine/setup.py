@@ -9,15 +9,13 @@ import torch
 from torch import nn
 
 from edgezoo import hub
-from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from edgezoo.errors import CheckpointMismatchError
+from edgezoo.engine.checkpoint import seed_everything
+from edgezoo.quantization.modes import FLOAT_RUN, RUN_WRAPPER_MODES
 from edgezoo.registry import get_model, model_info
-from edgezoo.weights import LoadReport, load_weights, read_state_dict
+from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD
+from edgezoo.weights import load_checkpoint_into, read_state_dict
 
 logger = logging.getLogger(__name__)
-
-# Engine modes -> the edgezoo.quantization wrapper modes of get_model(qat=...).
-WRAPPER_MODES = {"qat": "train", "calibrate": "calibrate", "test": "test"}
 
 
 def model_task(name: str) -> str:
@@ -62,10 +60,11 @@ def build_model(
     num_classes: int,
     input_size: int,
     *,
-    mode: str = "float",
+    mode: str = FLOAT_RUN,
     pretrained: bool | str = False,
     pretrained_backbone: bool | str = False,
     checkpoint: str | os.PathLike | None = None,
+    seed: int | None = None,
 ) -> nn.Module:
     """The model of a run.
 
@@ -74,41 +73,30 @@ def build_model(
     checkpoint: a run's last.pth / best.pth or any state_dict of this model; it must fit exactly
     (CheckpointMismatchError names the keys that do not). A checkpoint holding range buffers
     (a QAT or calibrated run) needs a quantized mode and restores those ranges too.
+    seed: seed every generator first, so random initialisation (a re-initialised head too)
+    repeats exactly.
     """
-    model = get_model(
-        name,
-        pretrained=pretrained,
-        pretrained_backbone=pretrained_backbone,
-        num_classes=num_classes,
+    if seed is not None:
+        seed_everything(seed)
+    wrapper = None if mode == FLOAT_RUN else RUN_WRAPPER_MODES[mode]
+    example = torch.rand(1, 3, input_size, input_size)
+    if checkpoint is None:
+        return get_model(
+            name,
+            pretrained=pretrained,
+            pretrained_backbone=pretrained_backbone,
+            num_classes=num_classes,
+            qat=wrapper or False,
+            example_input=example,
+        )
+    model = get_model(name, num_classes=num_classes)
+    loaded = load_checkpoint_into(
+        model,
+        read_state_dict(checkpoint),
+        mode=wrapper,
+        example_input=example,
+        origin=str(checkpoint),
+        model_name=name,
     )
-    quant_state: dict[str, torch.Tensor] = {}
-    if checkpoint is not None:
-        state_dict = read_state_dict(checkpoint)
-        report = load_weights(model, state_dict, strict=False)
-        if report.missing or report.mismatched:
-            raise CheckpointMismatchError(
-                f"checkpoint {checkpoint} does not fit {name} with {num_classes} classes: "
-                f"{report}. Use a checkpoint of this model and number of classes"
-            )
-        if report.unexpected:
-            if mode == "float":
-                raise CheckpointMismatchError(
-                    f"checkpoint {checkpoint} holds keys {name} lacks "
-                    f"({LoadReport((), (), report.unexpected, ())}): a QAT or calibrated "
-                    "checkpoint needs a quantized mode (--qat), or it is from another model"
-                )
-            quant_state = {key: state_dict[key] for key in report.unexpected}
-        logger.info("loaded %s", checkpoint)
-    if mode == "float":
-        return model
-    from edgezoo.quantization import wrap_model
-
-    wrapped = wrap_model(model, WRAPPER_MODES[mode], torch.rand(1, 3, input_size, input_size))
-    if quant_state:
-        report = load_weights(wrapped.module, quant_state, strict=False)
-        if report.unexpected or report.mismatched:
-            raise CheckpointMismatchError(
-                f"checkpoint {checkpoint} holds keys neither {name} nor its quantization "
-                f"wrapper has: {LoadReport((), (), report.unexpected, report.mismatched)}"
-            )
-    return wrapped
+    logger.info("loaded %s", checkpoint)
+    return loaded

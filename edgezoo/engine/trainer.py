@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,14 @@ from edgezoo.engine.distributed import (
 from edgezoo.engine.history import write_history
 from edgezoo.engine.metrics import make_meter, primary_metric
 from edgezoo.engine.optim import build_optimizer, build_scheduler
-from edgezoo.errors import CheckpointMismatchError, DataError
+from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError
+from edgezoo.quantization.modes import RUN_MODES
+from edgezoo.tasks import TASKS
 from edgezoo.weights import load_weights
 
 logger = logging.getLogger(__name__)
 
-MODES = ("float", "qat", "calibrate")
+MODES = RUN_MODES
 CHECKPOINT_FORMAT = "edgezoo-run-1"
 
 
@@ -77,8 +80,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
-        if self.task not in ("classification", "segmentation"):
-            raise ValueError(f"unknown task {self.task!r}; use classification or segmentation")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
 
@@ -178,8 +181,9 @@ def run_epoch(
             loss = _loss(logits, targets, config)
         if grad:
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} at step {step}; lower the learning rate"
+                raise TrainingDivergedError(
+                    f"the loss became {loss.item()} at step {step}: lower the learning rate "
+                    "(--lr) or check the input data"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,10 +255,200 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
     if saved_model and model and saved_model != model:
         differ.append(f"model: saved {saved_model!r}, now {model!r}")
     if differ:
-        raise CheckpointMismatchError(
+        raise ResumeMismatchError(
             f"cannot resume {path}: the run was started with other settings ({'; '.join(differ)}); "
             "resume with the same settings or start a new run in another directory"
         )
+
+
+@dataclass
+class _Optimization:
+    """The optimizer and learning-rate schedule of a run (None for calibration)."""
+
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @classmethod
+    def build(cls, model: nn.Module, config: TrainConfig) -> "_Optimization":
+        if config.mode == "calibrate":
+            return cls()
+        optimizer = build_optimizer(
+            model, config.optimizer, config.lr, config.weight_decay, config.momentum
+        )
+        scheduler = build_scheduler(
+            optimizer,
+            config.schedule,
+            config.epochs,
+            config.warmup_epochs,
+            config.step_size,
+            config.gamma,
+        )
+        return cls(optimizer, scheduler)
+
+    def state(self) -> dict[str, Any]:
+        """The optimizer and scheduler states for a checkpoint."""
+        return {
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+        }
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: the epochs done, their records and the best one."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    epochs_done: int = 0
+
+
+def _resume(
+    out_dir: Path, owner: nn.Module, optimization: _Optimization, config: TrainConfig
+) -> _Progress:
+    """Load out_dir/last.pth into the model, optimizer and RNGs; return the run's progress."""
+    checkpoint = load_checkpoint(out_dir / LAST)
+    _check_resumable(checkpoint["config"], config, out_dir / LAST)
+    load_weights(owner, checkpoint["model"], strict=True)
+    optimization.load(checkpoint)
+    restore_rng_state(checkpoint["rng"])
+    logger.info("resuming %s after epoch %d of %d", out_dir, checkpoint["epoch"], config.epochs)
+    return _Progress(checkpoint["history"], checkpoint["best"], checkpoint["epoch"])
+
+
+def _checkpoint_state(
+    owner: nn.Module,
+    optimization: _Optimization,
+    progress: _Progress,
+    config: TrainConfig,
+    ctx: DistContext,
+) -> dict[str, Any]:
+    """Everything resume needs, as written to last.pth / best.pth."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": owner.state_dict(),
+        **optimization.state(),
+        "epoch": progress.epochs_done,
+        "world_size": ctx.world_size,
+        "rng": capture_rng_state(),
+        "config": config.to_dict(),
+        "history": progress.history,
+        "best": progress.best,
+    }
+
+
+@dataclass
+class _Run:
+    """What one fit() call trains with: model views, data, optimisation and where it writes."""
+
+    model: nn.Module
+    owner: nn.Module
+    step_module: nn.Module
+    train_loader: DataLoader
+    train_sampler: DistributedSampler
+    val_set: Dataset
+    config: TrainConfig
+    ctx: DistContext
+    optimization: _Optimization
+    out_dir: Path | None
+    progress_bars: bool
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """Train (or calibrate) one epoch, validate, and return the epoch's record."""
+        config, ctx = self.config, self.ctx
+        started = time.perf_counter()
+        seed_epoch(config.seed, epoch, ctx.rank)
+        self.train_sampler.set_epoch(epoch)
+        record: dict[str, Any] = {"epoch": epoch + 1, **_start_epoch(self.model, epoch, config)}
+        optimizer = self.optimization.optimizer
+        after_step = None
+        if ctx.distributed and optimizer is None:
+            # Calibration has no gradients for DDP to average: average the replicas instead.
+            after_step = partial(average_floating_state, self.owner)
+        train_metrics = run_epoch(
+            self.step_module,
+            self.train_loader,
+            config,
+            ctx.device,
+            optimizer=optimizer,
+            after_step=after_step,
+            progress=self.progress_bars,
+            desc=f"{config.mode} {'train' if optimizer else 'calibrate'} "
+            f"{epoch + 1}/{config.epochs}",
+        )
+        if optimizer is not None:
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            self.optimization.scheduler.step()
+        val_metrics = evaluate(self.model, self.val_set, config, ctx, progress=self.progress_bars)
+        record.update({f"train_{k}": v for k, v in train_metrics.items()})
+        record.update({f"val_{k}": v for k, v in val_metrics.items()})
+        if ctx.distributed:
+            record["replica_divergence"] = replica_divergence(self.owner)
+        record["time_s"] = time.perf_counter() - started
+        return record
+
+    def finish_epoch(self, progress: _Progress, record: dict[str, Any]) -> None:
+        """Add the record, keep the best epoch, log and (rank 0) write the checkpoints."""
+        metric = f"val_{primary_metric(self.config.task)}"
+        progress.history.append(record)
+        progress.epochs_done = record["epoch"]
+        improved = progress.best is None or record[metric] > progress.best[metric]
+        if improved:
+            progress.best = record
+        if not self.ctx.is_main:
+            return
+        logger.info(_describe(record, self.config))
+        if self.out_dir is not None:
+            state = _checkpoint_state(
+                self.owner, self.optimization, progress, self.config, self.ctx
+            )
+            _write_epoch(self.out_dir, state, improved)
+
+
+def _prepare_run(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    config: TrainConfig,
+    out_dir: Path | None,
+    progress: bool,
+) -> _Run:
+    """Move the model to its device, wrap it for DDP, and build its loader and optimizer."""
+    ctx = setup_distributed(config.device)
+    model.to(ctx.device)
+    owner = weights_module(model, config.mode)
+    optimization = _Optimization.build(model, config)
+    step_module = model
+    if ctx.distributed and optimization.optimizer is not None:
+        device_ids = [ctx.device] if ctx.device.type == "cuda" else None
+        step_module = DistributedDataParallel(model, device_ids=device_ids)
+    sampler = DistributedSampler(
+        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
+    )
+    # Calibration keeps every item; training drops a ragged last batch (BatchNorm needs > 1).
+    loader = _loader(train_set, config, sampler, drop_last=optimization.optimizer is not None)
+    if len(loader) == 0:
+        raise DataError(
+            f"the training set ({len(train_set)} items over {ctx.world_size} processes) is "
+            f"smaller than one batch of {config.batch_size}; lower --batch-size"
+        )
+    return _Run(
+        model,
+        owner,
+        step_module,
+        loader,
+        sampler,
+        val_set,
+        config,
+        ctx,
+        optimization,
+        out_dir,
+        progress and ctx.is_main,
+    )
 
 
 def fit(
@@ -273,118 +467,23 @@ def fit(
     metrics.csv / metrics.json; resume=True continues from out_dir/last.pth exactly where the
     interrupted run stopped. Under torchrun the same call trains with DistributedDataParallel.
     """
-    ctx = setup_distributed(config.device)
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
         raise ValueError("resume needs the out_dir that holds last.pth")
-    model.to(ctx.device)
-    owner = weights_module(model, config.mode)
-    calibrating = config.mode == "calibrate"
-    optimizer = scheduler = None
-    if not calibrating:
-        optimizer = build_optimizer(
-            model, config.optimizer, config.lr, config.weight_decay, config.momentum
-        )
-        scheduler = build_scheduler(
-            optimizer,
-            config.schedule,
-            config.epochs,
-            config.warmup_epochs,
-            config.step_size,
-            config.gamma,
-        )
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    start_epoch = 0
-    if resume:
-        checkpoint = load_checkpoint(out_dir / LAST)
-        _check_resumable(checkpoint["config"], config, out_dir / LAST)
-        load_weights(owner, checkpoint["model"], strict=True)
-        if optimizer is not None:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        restore_rng_state(checkpoint["rng"])
-        history, best, start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"]
-        logger.info("resuming %s after epoch %d of %d", out_dir, start_epoch, config.epochs)
-
-    # DDP averages gradients; calibration has none, so its replicas are averaged after each step.
-    step_module = model
-    if ctx.distributed and not calibrating:
-        device_ids = [ctx.device] if ctx.device.type == "cuda" else None
-        step_module = DistributedDataParallel(model, device_ids=device_ids)
-    after_step = (
-        (lambda: average_floating_state(owner)) if ctx.distributed and calibrating else None
-    )
-
-    train_sampler = DistributedSampler(
-        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
-    )
-    # Calibration keeps every item; training drops a ragged last batch (BatchNorm needs > 1).
-    train_loader = _loader(train_set, config, train_sampler, drop_last=not calibrating)
-    if len(train_loader) == 0:
-        raise DataError(
-            f"the training set ({len(train_set)} items over {ctx.world_size} processes) is "
-            f"smaller than one batch of {config.batch_size}; lower --batch-size"
-        )
-    metric = primary_metric(config.task)
-    show = progress and ctx.is_main
-    epoch = start_epoch
+    run = _prepare_run(model, train_set, val_set, config, out_dir, progress)
+    state = _resume(out_dir, run.owner, run.optimization, config) if resume else _Progress()
+    epoch = state.epochs_done
     try:
-        for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            seed_epoch(config.seed, epoch, ctx.rank)
-            train_sampler.set_epoch(epoch)
-            quant_state = _start_epoch(model, epoch, config)
-            phase = "calibrate" if calibrating else "train"
-            train_metrics = run_epoch(
-                step_module,
-                train_loader,
-                config,
-                ctx.device,
-                optimizer=optimizer,
-                after_step=after_step,
-                progress=show,
-                desc=f"{config.mode} {phase} {epoch + 1}/{config.epochs}",
-            )
-            record: dict[str, Any] = {"epoch": epoch + 1, **quant_state}
-            if optimizer is not None:
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-            val_metrics = evaluate(model, val_set, config, ctx, progress=show)
-            record.update({f"train_{k}": v for k, v in train_metrics.items()})
-            record.update({f"val_{k}": v for k, v in val_metrics.items()})
-            if ctx.distributed:
-                record["replica_divergence"] = replica_divergence(owner)
-            record["time_s"] = time.perf_counter() - started
-            history.append(record)
-            improved = best is None or record[f"val_{metric}"] > best[f"val_{metric}"]
-            if improved:
-                best = record
-            if ctx.is_main:
-                logger.info(_describe(record, config))
-                if out_dir is not None:
-                    state = {
-                        "format": CHECKPOINT_FORMAT,
-                        "model": owner.state_dict(),
-                        "optimizer": optimizer.state_dict() if optimizer else None,
-                        "scheduler": scheduler.state_dict() if scheduler else None,
-                        "epoch": epoch + 1,
-                        "world_size": ctx.world_size,
-                        "rng": capture_rng_state(),
-                        "config": config.to_dict(),
-                        "history": history,
-                        "best": best,
-                    }
-                    _write_epoch(out_dir, state, improved)
+        for epoch in range(state.epochs_done, config.epochs):
+            run.finish_epoch(state, run.epoch(epoch))
     except KeyboardInterrupt:
-        if ctx.is_main and out_dir is not None:
+        if run.ctx.is_main and out_dir is not None:
             saved = f"{out_dir / LAST} holds epoch {epoch}" if epoch else "no epoch had finished"
             logger.warning(
                 "interrupted during epoch %d; %s; continue with --resume", epoch + 1, saved
             )
         raise
-    return FitResult(history, best, out_dir)
+    return FitResult(state.history, state.best, out_dir)
 
 
 def _write_epoch(out_dir: Path, state: dict[str, Any], improved: bool) -> None:

@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 import edgezoo
-from edgezoo.errors import ExportVerificationError, TIDLRuleError
+from edgezoo.errors import ExportVerificationError, TIDLRuleError, UncalibratedRangesError
 from edgezoo.export import tidl_rules as rules
 from edgezoo.export.graph_tools import infer_shapes
 from edgezoo.export.report import ExportReport, VerifyReport
@@ -40,8 +40,10 @@ from edgezoo.quantization import (
     clip_only,
     convert_to_deploy,
     is_quantized,
+    named_activation_ranges,
 )
 from edgezoo.registry import model_info
+from edgezoo.text import preview
 
 __all__ = ["export_onnx", "onnxruntime_session"]
 
@@ -67,6 +69,7 @@ def export_onnx(
     preprocessing: Mapping[str, Any] | None = None,
     write_configs: bool = True,
     parity_tolerance: float = 1e-4,
+    allow_uncalibrated: bool = False,
 ) -> ExportReport:
     """Export a float edgezoo model or a QAT wrapper to one self-contained, verified ONNX file.
 
@@ -79,46 +82,99 @@ def export_onnx(
     breaks a TIDL rule or onnxruntime differs from PyTorch; False writes the file anyway and
     returns the failing report. model_name / task / preprocessing feed the TIDL files (written
     beside the ONNX unless write_configs=False); without them the task is guessed from the
-    output rank and ImageNet normalisation is assumed. The caller's train/eval modes are
-    restored afterwards.
+    output rank and ImageNet normalisation is assumed. A QAT model whose ranges never saw data
+    raises UncalibratedRangesError unless allow_uncalibrated (the graph then records how many
+    are untrained, for verify_onnx). The caller's train/eval modes are restored afterwards.
     """
     _check_opset(opset)
     path = Path(path)
     wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
+    untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
-    info = _model_info(model_name)
+    info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
     reference, proto = _reference_and_graph(model, example, opset, wrapped)
-    proto, aligned = _clean_graph(proto, simplify, quantized)
-    abs_diff, rel_diff = _parity(proto, example, reference)
-    if argmax:
-        proto = _append_argmax(proto)
-    proto = _infer_shapes(proto)
-    _stamp(proto, model_name or type(model).__name__, quantized)
+    proto, aligned, parity = _finished_graph(proto, example, reference, simplify, quantized, argmax)
+    _stamp(proto, model_name or type(model).__name__, quantized, len(untrained))
     verification = verify_onnx(
-        proto, quantized=quantized, input_clipped=wrapped and _quantizes_input(model)
-    )
-    report = ExportReport(
-        path=path,
-        opset=opset,
+        proto,
         quantized=quantized,
-        input_shape=tuple(example.shape),
-        verification=_named(verification, path),
-        parity_max_abs_diff=abs_diff,
-        parity_max_rel_diff=rel_diff,
-        parity_tolerance=parity_tolerance,
-        clip_count=sum(node.op_type == "Clip" for node in proto.graph.node),
-        aligned_weights=tuple(aligned),
+        input_clipped=wrapped and _quantizes_input(model),
+        allow_uncalibrated=allow_uncalibrated,
     )
-    if strict and not report.ok:
-        raise ExportVerificationError(_failure_message(report), report.verification)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, path, save_as_external_data=False)
+    report = _report(proto, path, tuple(example.shape), verification, parity, parity_tolerance)
+    report = dataclasses.replace(report, aligned_weights=tuple(aligned))
+    _write(proto, report, strict)
     if write_configs:
         spec = _input_spec(example, reference, info, task, preprocessing, argmax)
         report = dataclasses.replace(report, config_files=write_tidl_configs(path, spec, quantized))
     logger.info("exported %s", report)
     return report
+
+
+def _report(
+    proto: onnx.ModelProto,
+    path: Path,
+    input_shape: tuple[int, ...],
+    verification: VerifyReport,
+    parity: tuple[float, float],
+    parity_tolerance: float,
+) -> ExportReport:
+    """What the export measured and verified of the graph it is about to write."""
+    return ExportReport(
+        path=path,
+        opset=verification.opset,
+        quantized=verification.quantized,
+        input_shape=input_shape,
+        verification=dataclasses.replace(verification, source=str(path)),
+        parity_max_abs_diff=parity[0],
+        parity_max_rel_diff=parity[1],
+        parity_tolerance=parity_tolerance,
+        clip_count=_count(proto, "Clip"),
+    )
+
+
+def _finished_graph(
+    proto: onnx.ModelProto,
+    example: Tensor,
+    reference: Tensor,
+    simplify: bool,
+    quantized: bool,
+    argmax: bool,
+) -> tuple[onnx.ModelProto, list[str], tuple[float, float]]:
+    """The cleaned graph with its shapes, the weights nudged onto TIDL's grid, and the parity
+    with PyTorch (measured before an appended ArgMax)."""
+    proto, aligned = _clean_graph(proto, simplify, quantized)
+    parity = _parity(proto, example, reference)
+    if argmax:
+        proto = _append_argmax(proto)
+    return _infer_shapes(proto), aligned, parity
+
+
+def _write(proto: onnx.ModelProto, report: ExportReport, strict: bool) -> None:
+    """Save the graph, unless strict and it is not TIDL-ready (then raise, writing nothing)."""
+    if strict and not report.ok:
+        raise ExportVerificationError(_failure_message(report), report.verification)
+    report.path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, report.path, save_as_external_data=False)
+
+
+def _untrained_ranges(model: nn.Module, allow_uncalibrated: bool) -> list[str]:
+    """The ranges of a QAT model that never saw data; raise unless the caller allows them."""
+    source = getattr(model, "module", model)
+    untrained = [n for n, p in named_activation_ranges(source).items() if not p.trained]
+    if not untrained:
+        return []
+    shown = preview(untrained, 4)
+    if not allow_uncalibrated:
+        raise UncalibratedRangesError(
+            f"{len(untrained)} of the model's activation ranges never saw data ({shown}): their "
+            "clips are the initial +/-8, not the model's ranges, so the graph would not be "
+            "TIDL-ready. Train (QAT) or calibrate first, or load a QAT checkpoint; "
+            "allow_uncalibrated=True (--allow-uncalibrated) exports it for graph tests only"
+        )
+    logger.warning("exporting %d untrained activation ranges (%s)", len(untrained), shown)
+    return untrained
 
 
 def onnxruntime_session(
@@ -175,10 +231,6 @@ def _check_opset(opset: int) -> None:
         f"opset {opset!r} is not exported: Clip takes its min/max as inputs and Resize exists "
         f"only from opset 11; use opset {supported}"
     )
-
-
-def _model_info(model_name: str | None) -> dict[str, Any] | None:
-    return None if model_name is None else model_info(model_name)
 
 
 def _example_input(
@@ -362,17 +414,16 @@ def _append_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _stamp(proto: onnx.ModelProto, name: str, quantized: bool) -> None:
-    """Record what wrote the graph and how it is meant to be imported."""
+def _stamp(proto: onnx.ModelProto, name: str, quantized: bool, untrained: int) -> None:
+    """Record what wrote the graph, how it is meant to be imported, and untrained ranges."""
     proto.producer_name = "edgezoo"
     proto.producer_version = edgezoo.__version__
     proto.graph.name = name
     kind = "qat-clip-ranges" if quantized else "float-ptq"
-    onnx.helper.set_model_props(proto, {"edgezoo.quantization": kind})
-
-
-def _named(report: VerifyReport, path: Path) -> VerifyReport:
-    return dataclasses.replace(report, source=str(path))
+    props = {"edgezoo.quantization": kind}
+    if untrained:
+        props[rules.UNTRAINED_RANGES_PROP] = str(untrained)
+    onnx.helper.set_model_props(proto, props)
 
 
 def _quantizes_input(model: nn.Module) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import edgezoo
+from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -30,9 +31,6 @@ __all__ = [
     "model_config",
     "write_tidl_configs",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PTQ_CALIBRATION_FRAMES = 25
 PTQ_CALIBRATION_ITERATIONS = 25
@@ -49,7 +47,7 @@ _PTQ_NOTE = (
     f"{PTQ_CALIBRATION_FRAMES} frames and {PTQ_CALIBRATION_ITERATIONS} iterations); provide "
     "representative calibration images. Export a QAT model for Clip-range deployment."
 )
-_POST_PROC_TYPES = {"classification": 1, "segmentation": 3}
+_POST_PROC_TYPES = {CLASSIFICATION: 1, SEGMENTATION: 3}
 _TIDL_CALIBRATION_QAT = 64  # bias-range clipping only
 _TIDL_CALIBRATION_PTQ = 7  # activation range + weight range + bias calibration
 _TIDL_QUANT_STYLE_P2 = 3  # per-tensor power-of-two scales

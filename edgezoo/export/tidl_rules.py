@@ -22,6 +22,7 @@ __all__ = [
     "TIDL_DEPTHWISE_KERNEL_STRIDE",
     "TIDL_OPSETS",
     "TIDL_SUPPORTED_OPS",
+    "UNTRAINED_RANGES_PROP",
 ]
 
 TIDL_SUPPORTED_OPS: frozenset[str] = frozenset(
@@ -89,3 +90,6 @@ RANGE_CONSUMERS: frozenset[str] = RANGE_PRODUCERS
 
 QUANTIZED_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm"})
 """Ops whose weights TIDL re-quantizes per tensor with a power-of-two scale."""
+
+UNTRAINED_RANGES_PROP = "edgezoo.untrained_ranges"
+"""Model property an export writes when its QAT ranges never saw data (their number)."""

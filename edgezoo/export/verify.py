@@ -14,13 +14,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgezoo.errors import ModelFileNotFoundError, UnreadableModelError
 from edgezoo.export import tidl_rules as rules
 from edgezoo.export.graph_tools import check_model, infer_shapes
 from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
 from edgezoo.quantization.grid import ceil2
 
-__all__ = ["verify_onnx"]
+__all__ = ["load_onnx", "verify_onnx"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -29,6 +30,7 @@ def verify_onnx(
     model: str | os.PathLike | onnx.ModelProto,
     quantized: bool = True,
     input_clipped: bool | None = None,
+    allow_uncalibrated: bool = False,
 ) -> VerifyReport:
     """Check a graph (path or ModelProto) against TIDL's rules and report every violation.
 
@@ -36,15 +38,18 @@ def verify_onnx(
     weights on TIDL's grid); pass False for a float model that TIDL will calibrate (PTQ).
     input_clipped: require a Clip between the graph input and the first Conv (default: equal to
     quantized; pass False for a QAT model trained with quantize_input=False).
+    allow_uncalibrated: do not report the untrained ranges an export recorded in the graph.
     """
     if isinstance(model, onnx.ModelProto):
         proto, source = model, model.graph.name or "<ModelProto>"
     else:
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX file at {path}")
-        proto, source = onnx.load(path), str(path)
-    checker = _GraphChecker(proto, quantized, quantized if input_clipped is None else input_clipped)
+        proto, source = load_onnx(model), str(model)
+    checker = _GraphChecker(
+        proto,
+        quantized,
+        quantized if input_clipped is None else input_clipped,
+        allow_uncalibrated,
+    )
     return VerifyReport(
         source=source,
         opset=checker.opset,
@@ -54,13 +59,37 @@ def verify_onnx(
     )
 
 
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file; ModelFileNotFoundError / UnreadableModelError say what went wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileNotFoundError(f"no ONNX file at {path}; check the path")
+    try:
+        proto = onnx.load(path)
+    except Exception as err:
+        raise UnreadableModelError(
+            f"{path} is not a readable ONNX model ({type(err).__name__}): a truncated or "
+            "corrupt file, or another format; export it again"
+        ) from err
+    if not proto.graph.node:
+        raise UnreadableModelError(f"{path} holds no ONNX graph (no nodes); export it again")
+    return proto
+
+
 class _GraphChecker:
     """One pass over a graph: indexes producers, consumers, constants and shapes, then checks."""
 
-    def __init__(self, proto: onnx.ModelProto, quantized: bool, input_clipped: bool) -> None:
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        quantized: bool,
+        input_clipped: bool,
+        allow_uncalibrated: bool = False,
+    ) -> None:
         self.proto = proto
         self.quantized = quantized
         self.input_clipped = input_clipped
+        self.allow_uncalibrated = allow_uncalibrated
         self.opset = next(
             (o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), None
         )
@@ -108,6 +137,7 @@ class _GraphChecker:
         if self.quantized:
             yield from self._check_range_coverage()
             yield from self._check_weight_grid()
+            yield from self._check_trained_ranges()
         if self.input_clipped:
             yield from self._check_input_clipped()
 
@@ -452,6 +482,17 @@ class _GraphChecker:
                     "run the weights QAT trained; export the QAT model with "
                     "edgezoo.export_onnx, or verify a float model with quantized=False",
                 )
+
+    def _check_trained_ranges(self) -> Iterator[GraphViolation]:
+        props = {p.key: p.value for p in self.proto.metadata_props}
+        untrained = props.get(rules.UNTRAINED_RANGES_PROP)
+        if untrained and not self.allow_uncalibrated:
+            yield GraphViolation(
+                "untrained-ranges",
+                "<graph>",
+                f"{untrained} of the exported QAT ranges never saw data (initial clips +/-8): "
+                "train or calibrate the model and export it again",
+            )
 
     # Helpers.
 

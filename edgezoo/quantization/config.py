@@ -17,6 +17,9 @@ class QuantizationConfig:
     is per-tensor). quantize_input: a range on the model input (TIDL's input Clip).
     quantize_output: a range on the model output too. range_shrink_percentile: the share (in
     percent, per tail) of each batch's histogram trimmed before its range is taken.
+    max_range_update_gap: in QAT, at most this many training batches between two measurements
+    of a range while its power-of-two clip stays put (PACT2's max_update_gap; 1 measures every
+    batch as TI does; calibration always measures every batch).
     """
 
     bitwidth_weights: int = 8
@@ -25,6 +28,7 @@ class QuantizationConfig:
     quantize_input: bool = True
     quantize_output: bool = False
     range_shrink_percentile: float = 0.01
+    max_range_update_gap: int = 4
 
     def __post_init__(self) -> None:
         check_bitwidth(self.bitwidth_weights)
@@ -33,6 +37,12 @@ class QuantizationConfig:
             raise QuantizationConfigError(
                 f"range_shrink_percentile is a percentage per tail in [0, 50), got "
                 f"{self.range_shrink_percentile!r}; TI's default is 0.01"
+            )
+        gap = self.max_range_update_gap
+        if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+            raise QuantizationConfigError(
+                f"max_range_update_gap is a number of batches >= 1, got {gap!r}; 1 measures "
+                "every batch"
             )
 
     @property

@@ -104,12 +104,27 @@ class PACT2(SavedFlagsMixin, nn.Module):
     Under torch.distributed the batch statistics are reduced across ranks, so all ranks keep
     identical clips, equal to one process seeing the whole batch.
 
+    max_update_gap: how many training batches may pass between two measurements. A batch's
+    statistics are measured when due; after a measurement that leaves the power-of-two clip
+    unchanged the gap doubles (up to max_update_gap), after one that changes it the gap is 1
+    again, so ranges are measured every batch while they move. A measurement counts for the
+    batches since the previous one: the running range is the same batch-weighted mean (then EMA,
+    after 1/MIN_RUNNING_FACTOR batches) as when every batch is measured. 1: every batch (TI).
+
     keep_when_missing: a state_dict without any of this range's entries (a float or torchvision
     checkpoint) leaves the range as it is instead of failing a strict load; False makes such a
-    load fail, as evaluating needs trained ranges. `range_frozen` and `rounding` are saved.
+    load fail, as evaluating needs trained ranges. The freeze and rounding switches and the
+    measurement schedule are saved with the range.
     """
 
-    FLAGS = ("range_frozen", "rounding")
+    FLAGS = (
+        "range_frozen",
+        "rounding",
+        "_updates",
+        "_update_gap",
+        "_countdown",
+        "_since_update",
+    )
 
     clips_act: Tensor
     running_min: Tensor
@@ -123,6 +138,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
         range_shrink_percentile: float = 0.01,
         power2: bool = True,
         keep_when_missing: bool = True,
+        max_update_gap: int = 1,
     ) -> None:
         super().__init__()
         if not power2:
@@ -135,7 +151,17 @@ class PACT2(SavedFlagsMixin, nn.Module):
                 f"range_shrink_percentile is a per-tail percentage in [0, 50), got "
                 f"{range_shrink_percentile}; the default 0.01 trims 0.01 % from each tail"
             )
+        if (
+            isinstance(max_update_gap, bool)
+            or not isinstance(max_update_gap, int)
+            or (max_update_gap < 1)
+        ):
+            raise QuantizationConfigError(
+                f"max_update_gap is a number of batches >= 1, got {max_update_gap!r}; 1 measures "
+                "every batch"
+            )
         self.signed = signed
+        self.max_update_gap = max_update_gap
         self.bitwidth = check_bitwidth(bitwidth)
         self.range_shrink_percentile = float(range_shrink_percentile)
         self.power2 = power2
@@ -144,8 +170,14 @@ class PACT2(SavedFlagsMixin, nn.Module):
         # Reduce statistics across ranks when distributed; turn off for single-rank passes
         # (e.g. calibrating on rank 0 only), where a collective would wait for the others.
         self.sync_ranks = True
-        # Host copy of num_batches_tracked: picks the subsampling phase without a device sync.
+        # Host copy of num_batches_tracked (training batches counted), read without a sync.
         self._batches_tracked = 0
+        # The measurement schedule: measurements so far (the subsampling phase), the current
+        # gap, batches until the next measurement, and batches the next one stands for.
+        self._updates = 0
+        self._update_gap = 1
+        self._countdown = 0
+        self._since_update = 1
         self._warned_non_finite = False
         initial_min = 0.0 if signed is False else -INITIAL_CLIP
         self.register_buffer("clips_act", torch.tensor([initial_min, INITIAL_CLIP]))
@@ -159,10 +191,10 @@ class PACT2(SavedFlagsMixin, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Update the range (training, not frozen), then clip and fake-quantize x."""
         if self.training and not self.range_frozen:
-            self._update_range(x.detach())
-        return fake_quantize_activation(
-            x, self.clips_act[0], self.clips_act[1], self.bitwidth, rounding=self.rounding
-        )
+            self._track_batch(x.detach())
+        # On CPU the clip is read once as host floats; elsewhere it stays on the device.
+        clip_min, clip_max = self.clip_range() if x.device.type == "cpu" else self.clips_act
+        return fake_quantize_activation(x, clip_min, clip_max, self.bitwidth, self.rounding)
 
     def freeze_range(self, frozen: bool = True) -> None:
         """Stop (or, with frozen=False, resume) range updates; clipping and rounding go on."""
@@ -175,12 +207,34 @@ class PACT2(SavedFlagsMixin, nn.Module):
 
     @property
     def trained(self) -> bool:
-        """Whether the range has seen data (in training or calibration), or holds the initial clip."""
+        """Whether the range has seen data (training or calibration); False: the initial clip."""
         return self._batches_tracked > 0
 
     @torch.no_grad()
-    def _update_range(self, x: Tensor) -> None:
-        sample = _subsample(x, self._batches_tracked)
+    def _track_batch(self, x: Tensor) -> None:
+        """Count a training batch, measuring its statistics when the schedule says so."""
+        if self._countdown > 0:
+            self._countdown -= 1
+            self._since_update += 1
+            self._count_batch()
+            return
+        clip_before = self.clips_act.clone()
+        if not self._update_range(x, represented=self._since_update):
+            return  # NaN/Inf or no elements: not counted; the next batch is measured
+        unchanged = torch.equal(self.clips_act, clip_before)
+        self._updates += 1
+        self._update_gap = min(2 * self._update_gap, self.max_update_gap) if unchanged else 1
+        self._countdown = self._update_gap - 1
+        self._since_update = 1
+        self._count_batch()
+
+    def _count_batch(self) -> None:
+        self._batches_tracked += 1
+        self.num_batches_tracked.add_(1)
+
+    def _update_range(self, x: Tensor, represented: int) -> bool:
+        """Fold one batch's trimmed range into the running range; False if it had none."""
+        sample = _subsample(x, self._updates)
         # Packed for one MAX all-reduce: [-min, max, non-finite flag]; -inf is MAX's identity.
         stats = torch.full((3,), float("-inf"), dtype=sample.dtype, device=sample.device)
         stats[2] = 0.0
@@ -195,20 +249,21 @@ class PACT2(SavedFlagsMixin, nn.Module):
         neg_low, high, non_finite = stats.tolist()
         if non_finite:
             self._warn_non_finite()
-            return
+            return False
         low = -neg_low
         if not low <= high:  # no elements on any rank
-            return
+            return False
         counts = _bin_counts(sample, low, high, HISTOGRAM_BINS)
         if self.sync_ranks:
             sync_histogram_(counts)
         new_low, new_high = trimmed_range(counts, low, high, self.range_shrink_percentile)
-        self._batches_tracked += 1
-        factor = max(1.0 / self._batches_tracked, MIN_RUNNING_FACTOR)
+        # Batch-weighted: this batch stands for `represented` of the batches counted so far.
+        batches = self._batches_tracked + 1
+        factor = min(1.0, max(represented / batches, MIN_RUNNING_FACTOR * represented))
         self.running_min.lerp_(new_low.to(self.running_min.dtype), factor)
         self.running_max.lerp_(new_high.to(self.running_max.dtype), factor)
-        self.num_batches_tracked.add_(1)
         self._update_clips()
+        return True
 
     def _update_clips(self) -> None:
         """clips_act = ceil2 of the running range, signed (-c, c) or unsigned (0, c)."""

@@ -28,7 +28,7 @@ from edgezoo.errors import ModuleOnlyViolationError, QuantizationConfigError
 from edgezoo.layers import AddBlock, CatBlock, ResizeWith
 from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
 from edgezoo.quantization.config import QuantizationConfig
-from edgezoo.quantization.graph import LeafGraph, LeafNode, iter_tensors, trace_leaf_graph
+from edgezoo.quantization.graph import LeafGraph, LeafNode, trace_leaf_graph
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import QuantizedLayer
 from edgezoo.quantization.weight_layers import (
@@ -103,11 +103,13 @@ class _Planner:
         model: nn.Module,
         config: QuantizationConfig,
         keep_missing_ranges: bool,
+        range_update_gap: int,
     ) -> None:
         self.graph = graph
         self.model = model
         self.config = config
         self.keep_missing_ranges = keep_missing_ranges
+        self.range_update_gap = range_update_gap
         self.device = _device_of(model)
         self.kinds = {name: layer_kind(node.module) for name, node in graph.nodes.items()}
         self.bn_of_conv = self._pair_conv_bn()
@@ -122,6 +124,7 @@ class _Planner:
             bitwidth=self.config.bitwidth_activations,
             range_shrink_percentile=self.config.range_shrink_percentile,
             keep_when_missing=self.keep_missing_ranges,
+            max_update_gap=self.range_update_gap,
         ).to(self.device)
         pact.train(like.training)
         return pact
@@ -294,16 +297,19 @@ def insert_quantization(
     example_input: Tensor | tuple[Any, ...],
     config: QuantizationConfig,
     keep_missing_ranges: bool = True,
+    range_update_gap: int | None = None,
 ) -> nn.Module:
     """Quantize `model` in place (same object, same state_dict keys plus ranges) and return it.
 
     keep_missing_ranges: whether a later load of a state_dict without some range's entries
     keeps that range (float checkpoints into a model to train) or fails (evaluation).
+    range_update_gap: the ranges' max_update_gap (default: config.max_range_update_gap).
     """
+    gap = config.max_range_update_gap if range_update_gap is None else range_update_gap
     refuse_quantized(model)
     graph = trace_leaf_graph(model, example_input)
     _validate(model, graph)
-    planner = _Planner(graph, model, config, keep_missing_ranges)
+    planner = _Planner(graph, model, config, keep_missing_ranges, gap)
     planner.plan_ranges()
     slots, left_float = planner.build()
     for name, module in slots.items():

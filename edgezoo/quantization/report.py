@@ -116,6 +116,15 @@ def _following_ranges(
     return following
 
 
+def _store_in(outputs: dict[int, Tensor]):
+    """An observer that keeps each layer's output by index."""
+
+    def store(index: int, _unit: QuantWeightMixin, output: Tensor) -> None:
+        outputs[index] = output
+
+    return store
+
+
 def _accumulate(
     model: nn.Module, units: list[QuantWeightMixin], inputs: Any, sums: dict[str, list[float]]
 ) -> None:
@@ -123,10 +132,9 @@ def _accumulate(
     float_outputs: dict[int, Tensor] = {}
     quant_outputs: dict[int, Tensor] = {}
     with torch.no_grad():
-        with observing_pre_range_outputs(units, lambda i, _u, y: float_outputs.__setitem__(i, y)):
-            with float_reference(model):
-                reference = list(iter_tensors(model(inputs)))
-        with observing_pre_range_outputs(units, lambda i, _u, y: quant_outputs.__setitem__(i, y)):
+        with observing_pre_range_outputs(units, _store_in(float_outputs)), float_reference(model):
+            reference = list(iter_tensors(model(inputs)))
+        with observing_pre_range_outputs(units, _store_in(quant_outputs)):
             quantized = list(iter_tensors(model(inputs)))
     for index, float_output in float_outputs.items():
         error = float_output - quant_outputs[index]

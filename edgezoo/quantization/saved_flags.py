@@ -1,9 +1,10 @@
-"""Boolean switches of a quantization module, saved in its state_dict as `_extra_state`.
+"""Host-side switches and counters of a quantization module, saved as its `_extra_state`.
 
-Freezing and rounding change what a module computes, so they travel with its weights: a model
-reloaded from `q.module.state_dict()` computes what the saved one did. The flags are stored as a
-small bool tensor (loadable with torch.load(weights_only=True)); a checkpoint written before the
-flags existed, or a float checkpoint, loads with the module's current flags.
+Freezing, rounding and the range-statistics schedule change what a module computes, so they
+travel with its weights: a model reloaded from `q.module.state_dict()` computes what the saved
+one did. They are stored as one small int64 tensor (loadable with torch.load(weights_only=True));
+a checkpoint written before they existed, or a float checkpoint, loads with the module's
+current values.
 """
 
 from typing import Any, ClassVar
@@ -17,29 +18,29 @@ EXTRA_STATE_KEY = "_extra_state"
 
 
 class SavedFlagsMixin:
-    """Save the attributes named in FLAGS with the module (nn.Module mixin)."""
+    """Save the bool or int attributes named in FLAGS with the module (nn.Module mixin)."""
 
     FLAGS: ClassVar[tuple[str, ...]] = ()
 
     def _init_saved_flags(self) -> None:
-        # Runs after the flags are set; a load without the key keeps the current values.
+        # Runs after the attributes are set; a load without the key keeps the current values.
         self.register_load_state_dict_pre_hook(_keep_flags_when_missing)
 
     def get_extra_state(self) -> Tensor:
-        return torch.tensor([bool(getattr(self, name)) for name in self.FLAGS], dtype=torch.bool)
+        return torch.tensor([int(getattr(self, name)) for name in self.FLAGS], dtype=torch.long)
 
     def set_extra_state(self, state: Any) -> None:
         values = torch.as_tensor(state).tolist()
         if len(values) != len(self.FLAGS):
             raise CheckpointMismatchError(
-                f"{type(self).__name__} saves {len(self.FLAGS)} flags ({', '.join(self.FLAGS)}), "
+                f"{type(self).__name__} saves {len(self.FLAGS)} values ({', '.join(self.FLAGS)}), "
                 f"the checkpoint holds {len(values)}: it was written by another version of this "
                 "layer; load it with the edgezoo version that wrote it"
             )
         for name, value in zip(self.FLAGS, values, strict=True):
-            setattr(self, name, bool(value))
+            setattr(self, name, type(getattr(self, name))(value))
 
 
 def _keep_flags_when_missing(module: SavedFlagsMixin, state_dict: dict, prefix: str, *_) -> None:
-    """Load pre-hook: a state_dict without this module's flags keeps its current ones."""
+    """Load pre-hook: a state_dict without this module's values keeps its current ones."""
     state_dict.setdefault(prefix + EXTRA_STATE_KEY, module.get_extra_state())

@@ -33,6 +33,8 @@ class _QuantWrapper(nn.Module):
 
     # Whether loading a checkpoint without some range's entries keeps that range.
     _keep_missing_ranges = True
+    # Whether ranges may skip measuring batches while their clip stays put (QAT only).
+    _sparse_range_updates = False
 
     def __init__(
         self,
@@ -51,7 +53,11 @@ class _QuantWrapper(nn.Module):
         refuse_quantized(module)
         check_model(module, dummy_input, tidl_rules=False).raise_if_failed()
         self.module = insert_quantization(
-            module, dummy_input, self.config, keep_missing_ranges=self._keep_missing_ranges
+            module,
+            dummy_input,
+            self.config,
+            keep_missing_ranges=self._keep_missing_ranges,
+            range_update_gap=self.config.max_range_update_gap if self._sparse_range_updates else 1,
         )
         self.training = module.training
 
@@ -67,7 +73,11 @@ class QuantTrainModule(_QuantWrapper):
     the quantizers. eval() evaluates the quantized network; train() resumes range learning.
     With `total_epochs`, call `start_epoch(epoch)` at the start of every epoch to freeze BN
     (from epoch total_epochs//2 - 1) and ranges (from total_epochs//2 + 1) as TI does.
+    Ranges are measured every batch while their clip moves, and at least every
+    config.max_range_update_gap batches while it stays put.
     """
+
+    _sparse_range_updates = True
 
     def __init__(
         self,

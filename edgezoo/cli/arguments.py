@@ -1,0 +1,104 @@
+"""Argument types and shared options of the `edgezoo` subcommands, checked when parsed.
+
+A bad value stops the command before any work with argparse's one-line error and exit status
+2, naming the option and what it accepts.
+"""
+
+import argparse
+import math
+from pathlib import Path
+
+DATA_HELP = (
+    "'embedded' (the Fashion-MNIST subset shipped with edgezoo), 'fashion-mnist' (the full set "
+    "at /usr/share/datasets/fashion-mnist), 'composite' (COMPOSITE segmentation scenes of "
+    "Fashion-MNIST items), or a directory: Fashion-MNIST idx files, or train/ and val/ "
+    "sub-folders (classification: one folder per class; segmentation: images/ + masks/)"
+)
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates)."""
+    return _finite_float(text, positive=True)
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (weight decay)."""
+    return _finite_float(text, positive=False)
+
+
+def _finite_float(text: str, positive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "a finite number > 0" if positive else "a finite number >= 0"
+        raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}")
+    return value
+
+
+def add_input_size_hw(parser: argparse.ArgumentParser) -> None:
+    """--input-size H W (each >= 1)."""
+    parser.add_argument(
+        "--input-size",
+        nargs=2,
+        type=positive_int,
+        metavar=("H", "W"),
+        help="input height and width (default: the model's default input size)",
+    )
+
+
+def add_weights_source(parser: argparse.ArgumentParser, *, backbone: bool) -> None:
+    """--pretrained [TAG_OR_PATH] | --pretrained-backbone [TAG] | --checkpoint FILE."""
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="TAG_OR_PATH",
+        help="manifest weights (default tag, or a tag / file); a head of another size is "
+        "re-initialised",
+    )
+    if backbone:
+        weights.add_argument(
+            "--pretrained-backbone",
+            nargs="?",
+            const=True,
+            default=False,
+            metavar="TAG",
+            help="ImageNet weights for a segmentation model's backbone",
+        )
+    weights.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a run's last.pth / best.pth or a state_dict of this model (must fit exactly)",
+    )
+
+
+def output_dir(text: str) -> Path:
+    """A folder to write into: missing (it is created) or a folder, never a file."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder; choose a folder")
+    return path
