@@ -11,7 +11,7 @@ from torch import nn
 
 from edgezoo import hub
 from edgezoo.errors import CheckpointMismatchError
-from edgezoo.quantization import named_activation_ranges, wrap_model
+from edgezoo.quantization import QuantizationConfig, named_activation_ranges, wrap_model
 from edgezoo.quantization.modes import TEST
 from edgezoo.text import preview
 
@@ -153,6 +153,7 @@ def load_checkpoint_into(
     origin: str,
     model_name: str,
     head: str | None = None,
+    config: QuantizationConfig | None = None,
 ) -> nn.Module:
     """Load a float or quantized checkpoint into a float model, wrapping it for `mode` first.
 
@@ -163,7 +164,8 @@ def load_checkpoint_into(
     may have another number of classes (they are skipped with a warning); None: exact fit.
     A quantized checkpoint needs a mode. A float checkpoint wrapped for "train" or "calibrate"
     starts its ranges from their initial clip (they learn from data); for "test" a checkpoint
-    without trained ranges raises CheckpointMismatchError naming them.
+    without ranges raises CheckpointMismatchError naming them. config: how the wrapper
+    quantizes (default QuantizationConfig()).
     """
     report = load_weights(model, state_dict, strict=False)
     skipped = [m for m in report.mismatched if head is not None and m.key.startswith(f"{head}.")]
@@ -187,7 +189,7 @@ def load_checkpoint_into(
         )
     if mode is None:
         return model
-    wrapped = wrap_model(model, mode, example_input)
+    wrapped = wrap_model(model, mode, example_input, config=config)
     _load_range_state(wrapped.module, {k: state_dict[k] for k in report.unexpected}, origin, mode)
     return wrapped
 
@@ -205,9 +207,9 @@ def _load_range_state(
             f"weights {origin} hold keys that neither the float model nor its quantization "
             f"wrapper has: {LoadReport((), (), report.unexpected, report.mismatched)}"
         )
-    missing = set(report.missing)
+    # Named by their state_dict keys (a range after a folded BN is saved under the BN's name).
+    absent = [k.removesuffix(".clips_act") for k in report.missing if k.endswith(".clips_act")]
     ranges = named_activation_ranges(module)
-    absent = [name for name in ranges if f"{name}.clips_act" in missing]
     if mode == TEST and absent:
         raise CheckpointMismatchError(
             f"weights {origin} hold no range for {len(absent)} activation range(s) "

@@ -6,6 +6,7 @@ import dataclasses
 import torch
 
 from edgezoo.check import check_model
+from edgezoo.cli.arguments import add_input_size_hw
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,13 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("name", help="model name or alias, as `edgezoo list` shows it")
-    parser.add_argument(
-        "--input-size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="input height and width (default: the model's default input size)",
-    )
+    add_input_size_hw(parser)
     parser.set_defaults(func=run_check)
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from edgezoo import hub
 from edgezoo.engine.checkpoint import seed_everything
+from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import FLOAT_RUN, RUN_WRAPPER_MODES
 from edgezoo.registry import get_model, model_info
 from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD
@@ -65,6 +66,7 @@ def build_model(
     pretrained_backbone: bool | str = False,
     checkpoint: str | os.PathLike | None = None,
     seed: int | None = None,
+    config: QuantizationConfig | None = None,
 ) -> nn.Module:
     """The model of a run.
 
@@ -74,21 +76,20 @@ def build_model(
     (CheckpointMismatchError names the keys that do not). A checkpoint holding range buffers
     (a QAT or calibrated run) needs a quantized mode and restores those ranges too.
     seed: seed every generator first, so random initialisation (a re-initialised head too)
-    repeats exactly.
+    repeats exactly. config: how a quantized mode quantizes (default QuantizationConfig()).
     """
     if seed is not None:
         seed_everything(seed)
     wrapper = None if mode == FLOAT_RUN else RUN_WRAPPER_MODES[mode]
     example = torch.rand(1, 3, input_size, input_size)
     if checkpoint is None:
-        return get_model(
+        model = get_model(
             name,
             pretrained=pretrained,
             pretrained_backbone=pretrained_backbone,
             num_classes=num_classes,
-            qat=wrapper or False,
-            example_input=example,
         )
+        return model if wrapper is None else wrap_model(model, wrapper, example, config=config)
     model = get_model(name, num_classes=num_classes)
     loaded = load_checkpoint_into(
         model,
@@ -97,6 +98,7 @@ def build_model(
         example_input=example,
         origin=str(checkpoint),
         model_name=name,
+        config=config,
     )
     logger.info("loaded %s", checkpoint)
     return loaded
