@@ -41,6 +41,10 @@ class DeviceUnavailableError(EdgezooError, RuntimeError):
     """A device was asked for that this machine does not have (e.g. CUDA without a GPU)."""
 
 
+class DistributedError(EdgezooError, RuntimeError):
+    """A multi-process job that cannot go on: a rank is stuck, stopped or gone."""
+
+
 class InputShapeError(EdgezooError, ValueError):
     """An input tensor whose shape the model cannot process (e.g. not a multiple of its stride)."""
 

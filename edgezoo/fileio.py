@@ -1,10 +1,27 @@
-"""Atomic file replacement: an interrupted write leaves the old file or the new, never half."""
+"""Atomic file replacement: an interrupted write leaves the old file or the new, never half.
+
+A write goes to a temporary `.<name>.<pid>.<random>.partial` beside its target, then
+os.replace moves it into place. A process killed mid-write leaves that file behind;
+remove_stale_partials deletes the ones whose writing process no longer runs.
+"""
 
 import contextlib
+import errno
+import logging
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from edgezoo.errors import DiskFullError
+
+logger = logging.getLogger(__name__)
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{32}\.partial$")
+_LEGACY_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.partial$")
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
@@ -15,9 +32,76 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
     try:
         yield temp
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def remove_stale_partials(folder: str | os.PathLike, names: set[str] | None = None) -> list[Path]:
+    """Delete the temporary files in folder left by writers that are no longer running.
+
+    names: only the partials of these target file names (default: every partial). Returns the
+    files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _PARTIAL.match(entry.name) or _LEGACY_PARTIAL.match(entry.name)
+        if match is None or (names is not None and match["name"] not in names):
+            continue
+        pid = match.groupdict().get("pid")
+        if pid is not None and _is_running(int(pid)):
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d stale partial file(s) in %s", len(removed), folder)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_disk_full(err: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether a failed write was (most likely) the disk running full.
+
+    torch.save reports a full disk as a RuntimeError ("unexpected pos ..."), so besides
+    ENOSPC/EDQUOT a write error on a folder with (almost) no space left counts too.
+    """
+    if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
+        return True
+    if isinstance(err, OSError | RuntimeError):
+        return free_bytes(folder) < 1 << 20
+    return False
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free bytes on the filesystem holding folder (its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def disk_full_error(path: Path, needed_bytes: int, kept: str) -> DiskFullError:
+    """The DiskFullError for a write of about needed_bytes to path; kept says what is intact."""
+    free_mb = free_bytes(path.parent) / 2**20
+    return DiskFullError(
+        f"the disk holding {path.parent} is full ({free_mb:.0f} MB free) while writing "
+        f"{path.name} (about {needed_bytes / 2**20:.0f} MB needed); {kept}. Free some space, "
+        "then run again"
+    )

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from edgezoo.errors import DownloadError, HashMismatchError, WeightsError
-from edgezoo.fileio import atomic_path
+from edgezoo.fileio import atomic_path, remove_stale_partials
 from edgezoo.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -257,20 +257,42 @@ def fetch_weights(
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> Path:
-    """Return the verified cached file of a manifest record, downloading it first if needed."""
-    path = cache_dir() / record["file_name"]
+    """Return the verified cached file of a manifest record, downloading it first if needed.
+
+    A cached file with the wrong hash (a bad copy placed by hand, a corrupt download) is moved
+    aside to `<name>.bad`, saying where, and the file is downloaded again.
+    """
+    path = cache_path(record["file_name"])
+    remove_stale_partials(path.parent, {path.name})
     expected = record["sha256_prefix"]
     if path.is_file():
         actual = _sha256_of(path)
         if actual.startswith(expected):
             logger.debug("using cached %s", path)
             return path
-        path.unlink()
-        raise HashMismatchError(
-            f"cached weights {path} have sha256 {actual}, expected a hash starting with "
-            f"{expected}; the bad file was removed, so the next call downloads it again"
+        bad = path.with_name(path.name + ".bad")
+        os.replace(path, bad)
+        logger.warning(
+            "cached weights %s have sha256 %s, expected a hash starting with %s; moved the file "
+            "to %s and downloading it again",
+            path,
+            actual,
+            expected,
+            bad,
         )
     download(weights_url(record, base_url), path, expected, progress=progress, timeout=timeout)
+    return path
+
+
+def cache_path(file_name: str) -> Path:
+    """Where a weights file lives in the cache; refuses names that would leave the cache."""
+    folder = cache_dir().resolve()
+    path = (folder / file_name).resolve()
+    if path.parent != folder or not file_name or file_name.startswith("."):
+        raise WeightsError(
+            f"weights file name {file_name!r} does not name a file inside the cache folder "
+            f"{folder}; a manifest file name is a plain name such as resnet18-f37072fd.pth"
+        )
     return path
 
 

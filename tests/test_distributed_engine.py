@@ -11,7 +11,7 @@ import torch
 from edgezoo.engine import LAST, METRICS_JSON, load_checkpoint
 
 
-@pytest.mark.parametrize("command", ["train --qat", "calibrate"])
+@pytest.mark.parametrize("command", ["train", "train --qat", "calibrate"])
 def test_two_process_run_keeps_replicas_identical(tmp_path, command):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -51,8 +51,11 @@ def test_two_process_run_keeps_replicas_identical(tmp_path, command):
     # Every parameter and buffer (weights, BN statistics, activation ranges) of rank 1 equals
     # rank 0's after the epoch.
     assert record["replica_divergence"] == 0.0
+    # (Float training updates BatchNorm statistics on each rank's shard; they are averaged over
+    # the ranks at the end of the epoch, so its replicas are identical too.)
     state = checkpoint["model"]
     ranges = [key.removesuffix("clips_act") for key in state if key.endswith("clips_act")]
-    assert ranges and all(torch.isfinite(state[f"{r}clips_act"]).all() for r in ranges)
-    assert all(int(state[f"{r}num_batches_tracked"]) == 2 for r in ranges)  # both batches seen
+    if command != "train":
+        assert ranges and all(torch.isfinite(state[f"{r}clips_act"]).all() for r in ranges)
+        assert all(int(state[f"{r}num_batches_tracked"]) == 2 for r in ranges)  # both seen
     assert not list(out.glob("*.partial"))

@@ -4,6 +4,7 @@ import copy
 import hashlib
 import io
 import logging
+import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -167,13 +168,68 @@ def test_wrong_expected_hash_is_refused(cache, server, resnet18_file):
     assert _files(cache) == []
 
 
-def test_corrupted_cached_file_is_refused_and_removed(cache, resnet18_file):
+def test_a_bad_cached_file_is_moved_aside_and_downloaded_again(
+    cache, server, resnet18_file, caplog
+):
+    # A copy placed in the cache by hand with the wrong content is kept as <name>.bad, the
+    # warning says where, and the same call downloads the right file from the mirror.
     name, data = resnet18_file
     cache.mkdir(parents=True)
     (cache / name).write_bytes(data[: len(data) // 2])
-    with pytest.raises(HashMismatchError, match="removed"):
-        get_model("resnet18", pretrained=True, progress=False)
-    assert _files(cache) == []
+    get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    assert (cache / name).read_bytes() == data
+    assert (cache / f"{name}.bad").read_bytes() == data[: len(data) // 2]
+    assert f"moved the file to {cache / name}.bad and downloading it again" in caplog.text
+    assert _files(cache) == [name, f"{name}.bad"]
+
+
+def test_a_bad_cached_file_is_kept_aside_when_the_download_fails(cache, server, resnet18_file):
+    name, _ = resnet18_file
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(b"hand-made copy")
+    server.files.clear()
+    with pytest.raises(DownloadError, match="404"):
+        get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    assert _files(cache) == [f"{name}.bad"] and (cache / f"{name}.bad").read_bytes() == (
+        b"hand-made copy"
+    )
+
+
+def test_cache_paths_never_leave_the_cache(cache, server, resnet18_file, tmp_path):
+    name, _ = resnet18_file
+    record = {
+        "url": f"https://example.invalid/{name}",
+        "file_name": f"../../{name}",
+        "sha256_prefix": hub.hash_prefix_of(name),
+    }
+    with pytest.raises(WeightsError, match="inside the cache folder"):
+        hub.fetch_weights(record, base_url=server.base_url, progress=False)
+    assert not any(tmp_path.glob(f"**/{name}")) and server.requests == []
+
+
+def test_stale_partial_downloads_are_removed_on_the_next_fetch(cache, server, resnet18_file):
+    name, _ = resnet18_file
+    cache.mkdir(parents=True)
+    dead = cache / f".{name}.999999.{'a' * 32}.partial"  # pid 999999: no such process
+    alive = cache / f".{name}.{os.getpid()}.{'b' * 32}.partial"  # this process: still writing
+    dead.write_bytes(b"x")
+    alive.write_bytes(b"y")
+    get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    assert not dead.exists() and alive.exists()
+
+
+def test_a_pickle_that_holds_code_is_refused_in_plain_words(tmp_path):
+    class RunsCode:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    path = tmp_path / "evil.pth"
+    torch.save({"weights": RunsCode()}, path)
+    with pytest.raises(WeightsError) as info:
+        get_model("resnet18", pretrained=path)
+    message = str(info.value)
+    assert "holds objects that are not tensors and is refused for safety" in message
+    assert "weights_only" not in message and "\n" not in message
 
 
 def test_dropped_connection_leaves_no_partial_file(cache, server, resnet18_file):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from edgezoo.errors import RunExistsError
-from edgezoo.fileio import atomic_path
+from edgezoo.fileio import atomic_path, disk_full_error, is_disk_full, remove_stale_partials
 from edgezoo.hub import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ __all__ = [
     "holds_run",
     "load_checkpoint",
     "prepare_run_dir",
+    "remove_stale_run_partials",
     "restore_rng_state",
     "save_checkpoint",
     "seed_epoch",
@@ -44,22 +45,48 @@ METRICS_JSON = "metrics.json"
 RUN_FILES = (LAST, BEST, METRICS_CSV, METRICS_JSON)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call write(file) on a temp file beside path, fsync it, then os.replace it onto path."""
-    with atomic_path(path) as temp, open(temp, "xb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+def _atomic_write(path: Path, write: Any, needed_bytes: int) -> None:
+    """Call write(file) on a temp file beside path, fsync it, then os.replace it onto path.
+
+    A full disk raises DiskFullError saying where, how much the file needs, and that the file
+    it would have replaced is intact.
+    """
+    try:
+        with atomic_path(path) as temp, open(temp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err, path.parent):
+            raise
+        kept = (
+            f"the previous {path.name} is intact (continue with --resume once there is room)"
+            if path.exists()
+            else f"no {path.name} was written"
+        )
+        raise disk_full_error(path, needed_bytes, kept) from err
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """torch.save a checkpoint dict atomically."""
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    _atomic_write(Path(path), lambda f: torch.save(state, f), _tensor_bytes(state))
+
+
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor inside nested dicts and lists (a checkpoint's size, roughly)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
-    _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+    data = text.encode("utf-8")
+    _atomic_write(Path(path), lambda f: f.write(data), len(data))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -134,6 +161,11 @@ def check_run_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
             "--overwrite to replace it, or choose another --out"
         )
     return out_dir
+
+
+def remove_stale_run_partials(out_dir: str | os.PathLike) -> None:
+    """Delete the temporary files a killed process left while writing this run's files."""
+    remove_stale_partials(out_dir, set(RUN_FILES))
 
 
 def clear_run_dir(out_dir: str | os.PathLike) -> Path:

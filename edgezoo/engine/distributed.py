@@ -3,14 +3,19 @@
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from edgezoo.errors import DeviceUnavailableError
+from edgezoo.errors import DeviceUnavailableError, DistributedError
 
 logger = logging.getLogger(__name__)
+
+TIMEOUT_ENV = "EDGEZOO_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
+"""How long a collective waits for the other ranks before the job fails (gloo's own: 30 min)."""
 
 
 @dataclass(frozen=True)
@@ -33,11 +38,13 @@ class DistContext:
         return self.rank == 0
 
 
-def setup_distributed(device: str | None = None) -> DistContext:
+def setup_distributed(device: str | None = None, timeout_s: float | None = None) -> DistContext:
     """Join the process group torchrun describes (WORLD_SIZE > 1), else run as one process.
 
     gloo on CPU, nccl on CUDA (one GPU per local rank). device: "cpu", "cuda" or None (CUDA when
-    present). Calling it again in a process that already joined a group reuses that group.
+    present). timeout_s: how long a collective waits for a stuck or lost rank before the job
+    fails (default $EDGEZOO_DIST_TIMEOUT, else 300 s). Calling it again in a process that already
+    joined a group reuses that group.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -54,13 +61,64 @@ def setup_distributed(device: str | None = None) -> DistContext:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend)
+        timeout = timeout_s if timeout_s is not None else dist_timeout_s()
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
         logger.info(
             "rank %d of %d joined the %s process group", dist.get_rank(), world_size, backend
         )
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     return DistContext(rank, world_size, local_rank, torch_device)
+
+
+def dist_timeout_s() -> float:
+    """The collective timeout: $EDGEZOO_DIST_TIMEOUT seconds, else DEFAULT_TIMEOUT_S."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise DistributedError(
+            f"{TIMEOUT_ENV}={text!r} is not a number of seconds > 0; unset it for the default "
+            f"{DEFAULT_TIMEOUT_S:g} s"
+        )
+    return value
+
+
+def as_distributed_error(err: BaseException, rank: int) -> "DistributedError | None":
+    """A clear error for a collective that failed because another rank is stuck or gone."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not any(word in text for word in _LOST_RANK_WORDS):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return DistributedError(
+        f"rank {rank}: another process of the job stopped answering ({first[:160]}); the job "
+        f"stops instead of waiting (timeout {dist_timeout_s():g} s, ${TIMEOUT_ENV}). The last "
+        "finished epoch is in last.pth: restart the job with --resume"
+    )
+
+
+_LOST_RANK_WORDS = ("Timed out", "timed out", "Connection closed", "Connection reset", "peer")
+
+
+def average_buffers(module: nn.Module) -> None:
+    """Make every rank hold the mean over ranks of each floating-point buffer.
+
+    Each rank updates BatchNorm running statistics on its own shard, so after an epoch they
+    differ by rank; their mean is the statistic of the whole data seen, and afterwards every
+    replica is identical (activation ranges are already synchronised, so they stay unchanged).
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for tensor in module.buffers():
+            if tensor.is_floating_point():
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+                tensor.div_(world)
 
 
 def cleanup_distributed() -> None:

@@ -27,12 +27,15 @@ from edgezoo.engine.checkpoint import (
     LAST,
     capture_rng_state,
     load_checkpoint,
+    remove_stale_run_partials,
     restore_rng_state,
     save_checkpoint,
     seed_epoch,
 )
 from edgezoo.engine.distributed import (
     DistContext,
+    as_distributed_error,
+    average_buffers,
     average_floating_state,
     replica_divergence,
     setup_distributed,
@@ -383,6 +386,8 @@ class _Run:
         if optimizer is not None:
             record["lr"] = optimizer.param_groups[0]["lr"]
             self.optimization.scheduler.step()
+        if ctx.distributed:
+            average_buffers(self.owner)  # BN statistics: one per rank's shard -> their mean
         val_metrics = evaluate(self.model, self.val_set, config, ctx, progress=self.progress_bars)
         record.update({f"train_{k}": v for k, v in train_metrics.items()})
         record.update({f"val_{k}": v for k, v in val_metrics.items()})
@@ -471,11 +476,18 @@ def fit(
     if resume and out_dir is None:
         raise ValueError("resume needs the out_dir that holds last.pth")
     run = _prepare_run(model, train_set, val_set, config, out_dir, progress)
+    if run.ctx.is_main and out_dir is not None:
+        remove_stale_run_partials(out_dir)
     state = _resume(out_dir, run.owner, run.optimization, config) if resume else _Progress()
     epoch = state.epochs_done
     try:
         for epoch in range(state.epochs_done, config.epochs):
             run.finish_epoch(state, run.epoch(epoch))
+    except RuntimeError as err:
+        lost = as_distributed_error(err, run.ctx.rank) if run.ctx.distributed else None
+        if lost is None:
+            raise
+        raise lost from err
     except KeyboardInterrupt:
         if run.ctx.is_main and out_dir is not None:
             saved = f"{out_dir / LAST} holds epoch {epoch}" if epoch else "no epoch had finished"

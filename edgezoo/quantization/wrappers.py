@@ -7,6 +7,7 @@ checkpoint and float checkpoints load into `q.module` before or after wrapping. 
 is a QuantizationConfig (`config=`), or its fields as keyword arguments.
 """
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from edgezoo.check import check_model
-from edgezoo.errors import QuantizationConfigError, QuantizationModeError
+from edgezoo.errors import QuantizationConfigError, QuantizationModeError, TIDLRuleError
 from edgezoo.quantization.bias_calibration import BiasCalibration
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.freeze import QATSchedule
@@ -41,6 +42,8 @@ class _QuantWrapper(nn.Module):
         module: nn.Module,
         dummy_input: ExampleInput,
         config: QuantizationConfig | None = None,
+        *,
+        tidl_rules: bool = True,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -51,7 +54,7 @@ class _QuantWrapper(nn.Module):
             )
         self.config = QuantizationConfig.resolve(config, **settings)
         refuse_quantized(module)
-        check_model(module, dummy_input, tidl_rules=False).raise_if_failed()
+        _check_before_wrapping(module, dummy_input, tidl_rules)
         self.module = insert_quantization(
             module,
             dummy_input,
@@ -63,6 +66,28 @@ class _QuantWrapper(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
+
+
+def _check_before_wrapping(module: nn.Module, dummy_input: ExampleInput, tidl_rules: bool) -> None:
+    """Module-only rules must hold; TIDL's rules too, unless tidl_rules=False (then a warning),
+    so a layer TIDL cannot import is named before hours of training, not at export."""
+    report = check_model(module, dummy_input, tidl_rules=True)
+    tidl = [v for v in report.violations if v.rule.startswith("tidl-")]
+    module_only = [v for v in report.violations if v not in tidl]
+    if module_only:
+        dataclasses.replace(report, violations=module_only).raise_if_failed()
+    if not tidl:
+        return
+    listing = "\n".join(f"  {violation}" for violation in tidl)
+    if tidl_rules:
+        raise TIDLRuleError(
+            f"{type(module).__name__} has layers TIDL cannot import, so its export would be "
+            f"refused after training:\n{listing}\nfix them, or pass tidl_rules=False to train "
+            "for another target anyway"
+        )
+    logger.warning(
+        "%s: layers TIDL cannot import (tidl_rules=False):\n%s", type(module).__name__, listing
+    )
 
 
 class QuantTrainModule(_QuantWrapper):
