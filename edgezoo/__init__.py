@@ -18,6 +18,7 @@ from edgezoo.errors import (
     QuantizationModeError,
     ResumeMismatchError,
     RunExistsError,
+    SimulationError,
     TIDLRuleError,
     TrainingDivergedError,
     UncalibratedRangesError,
@@ -42,6 +43,7 @@ from edgezoo.quantization import (
     wrap_model,
 )
 from edgezoo.registry import get_model, list_models, model_info
+from edgezoo.simulation import simulate_tidl
 from edgezoo.weights import LoadReport, load_weights
 
 __version__ = "0.1.0"
@@ -72,6 +74,7 @@ __all__ = [
     "QuantizationModeError",
     "ResumeMismatchError",
     "RunExistsError",
+    "SimulationError",
     "TIDLRuleError",
     "TrainingDivergedError",
     "UncalibratedRangesError",
@@ -92,6 +95,7 @@ __all__ = [
     "list_models",
     "load_weights",
     "model_info",
+    "simulate_tidl",
     "unfreeze_bn",
     "unfreeze_quant_range",
     "verify_onnx",

@@ -85,6 +85,10 @@ class DiskFullError(EdgezooError, OSError):
     """A write failed because the disk (or quota) is full; earlier files are intact."""
 
 
+class SimulationError(EdgezooError, ValueError):
+    """A graph the TIDL integer simulation cannot run (an unsupported op, a missing Clip)."""
+
+
 class DataError(EdgezooError, ValueError):
     """A dataset directory, file or label that cannot be used as given."""
 

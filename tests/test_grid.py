@@ -162,11 +162,13 @@ def test_zero_weights_stay_zero():
 
 @pytest.mark.parametrize("bitwidth", [8, 16])
 def test_bias_saturates_at_joint_scale(bitwidth):
-    scale = torch.tensor(2.0**-3) * torch.tensor(2.0**5)  # input scale x weight scale
+    # float64: 2^31 - 1 (the 16-bit saturation) has no float32 value.
+    scale = torch.tensor(2.0**-3, dtype=torch.float64) * torch.tensor(2.0**5)
     limit = 2 ** (2 * bitwidth - 1)
-    b = torch.tensor([1e12, -1e12, 0.3, -2.5 / 4, 5 / 4])
+    b = torch.tensor([1e12, -1e12, 0.3, -2.5 / 4, 5 / 4], dtype=torch.float64)
     q = fake_quantize_bias(b, scale, bitwidth) * scale
-    assert q.tolist() == [limit, -limit, 1, -3, 5]
+    # A signed 2b-bit integer, as TIDL stores biases: [-32768, 32767] at 8 bits.
+    assert q.tolist() == [limit - 1, -limit, 1, -3, 5]
 
 
 def test_outlier_constraint_clips_only_real_outliers():

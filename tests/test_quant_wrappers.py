@@ -32,6 +32,7 @@ from edgezoo.quantization import (
     weight_scale,
     wrap_model,
 )
+from edgezoo.quantization.parameter_free import InputGridLayer
 
 IMAGE_SHAPE = (4, 3, 16, 16)
 
@@ -110,7 +111,10 @@ def test_ranges_are_inserted_where_ti_puts_them_and_keys_are_kept():
     assert m.conv3.input_grid is m.pool.output_quant
     assert m.fc.input_grid is m.relu3  # through global pool and flatten
     assert m.fc.output_quant is None  # quantize_output=False
-    assert isinstance(m.avgpool, nn.AdaptiveAvgPool2d) and isinstance(m.flatten, nn.Flatten)
+    # The global pool gets no range of its own: its output is rounded onto relu3's grid, as
+    # the integer graph keeps it at its input's scale.
+    assert isinstance(m.avgpool, InputGridLayer) and m.avgpool.input_grid is m.relu3
+    assert isinstance(m.avgpool.module, nn.AdaptiveAvgPool2d) and isinstance(m.flatten, nn.Flatten)
     keys = list(m.state_dict())
     assert [k for k in keys if k in float_keys] == float_keys
     new = [k for k in keys if k not in float_keys]

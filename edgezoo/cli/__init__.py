@@ -9,7 +9,7 @@ from edgezoo.errors import EdgezooError
 
 # Each module contributes its subcommands through `register(subparsers)`; keeping the list here
 # makes the command set explicit without any import-time side effects.
-_COMMAND_MODULES: tuple[str, ...] = ("check", "models", "export", "train", "demo")
+_COMMAND_MODULES: tuple[str, ...] = ("check", "models", "export", "simulate", "train", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

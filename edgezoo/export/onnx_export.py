@@ -27,7 +27,12 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 import edgezoo
-from edgezoo.errors import ExportVerificationError, TIDLRuleError, UncalibratedRangesError
+from edgezoo.errors import (
+    ExportVerificationError,
+    SimulationError,
+    TIDLRuleError,
+    UncalibratedRangesError,
+)
 from edgezoo.export import tidl_rules as rules
 from edgezoo.export.graph_tools import infer_shapes
 from edgezoo.export.report import ExportReport, VerifyReport
@@ -37,12 +42,15 @@ from edgezoo.export.weight_grid import align_to_tidl_grid
 from edgezoo.quantization import (
     QUANT_WRAPPERS,
     Clip,
+    GraphQuantization,
     clip_only,
     convert_to_deploy,
+    graph_quantization,
     is_quantized,
     named_activation_ranges,
 )
 from edgezoo.registry import model_info
+from edgezoo.simulation import simulate_tidl
 from edgezoo.text import preview
 
 __all__ = ["export_onnx", "onnxruntime_session"]
@@ -93,9 +101,11 @@ def export_onnx(
     quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
-    reference, proto = _reference_and_graph(model, example, opset, wrapped)
-    proto, aligned, parity = _finished_graph(proto, example, reference, simplify, quantized, argmax)
-    _stamp(proto, model_name or type(model).__name__, quantized, len(untrained))
+    reference, quantized_output, proto = _reference_and_graph(model, example, opset, wrapped)
+    settings = graph_quantization(getattr(model, "module", model)) if wrapped else None
+    grid_bits = settings.weight_bits if settings else (8 if quantized else None)
+    proto, aligned, parity = _finished_graph(proto, example, reference, simplify, grid_bits, argmax)
+    _stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings)
     verification = verify_onnx(
         proto,
         quantized=quantized,
@@ -104,6 +114,8 @@ def export_onnx(
     )
     report = _report(proto, path, tuple(example.shape), verification, parity, parity_tolerance)
     report = dataclasses.replace(report, aligned_weights=tuple(aligned))
+    if quantized_output is not None:
+        report = _with_integer_figure(report, proto, argmax, example, quantized_output)
     _write(proto, report, strict)
     if write_configs:
         spec = _input_spec(example, reference, info, task, preprocessing, argmax)
@@ -134,17 +146,65 @@ def _report(
     )
 
 
+def integer_parity(
+    proto: onnx.ModelProto, example: Tensor, quantized_output: Tensor
+) -> tuple[float, float]:
+    """How far TIDL's integer arithmetic (simulate_tidl) is from the QAT model's eval output:
+    (max difference in output steps, share of output elements that differ)."""
+    (device,) = simulate_tidl(proto, example.detach().cpu(), return_integers=True)
+    qat = quantized_output.detach().cpu().double().numpy() * device.scale
+    apart = np.abs(qat - device.integers)
+    return float(apart.max(initial=0.0)), float((apart > 0).mean()) if apart.size else 0.0
+
+
+def _with_integer_figure(
+    report: ExportReport,
+    proto: onnx.ModelProto,
+    argmax: bool,
+    example: Tensor,
+    quantized_output: Tensor,
+) -> ExportReport:
+    """The report with integer_parity of the graph's logits; unchanged (logged) for a graph
+    TIDL's arithmetic is not defined on (e.g. a QAT model trained without an input range)."""
+    try:
+        steps, share = integer_parity(_without_argmax(proto, argmax), example, quantized_output)
+    except SimulationError as err:
+        logger.info("no integer simulation of this graph: %s", err)
+        return report
+    return dataclasses.replace(report, integer_max_steps=steps, integer_share_differing=share)
+
+
+def _without_argmax(proto: onnx.ModelProto, argmax: bool) -> onnx.ModelProto:
+    """The graph up to the logits (an appended ArgMax removed)."""
+    if not argmax:
+        return proto
+    logits = onnx.ModelProto()
+    logits.CopyFrom(proto)
+    graph = logits.graph
+    (last,) = [
+        node
+        for node in graph.node
+        if node.op_type == "ArgMax" and node.output[0] == graph.output[0].name
+    ]
+    graph.node.remove(last)
+    del graph.output[:]
+    graph.output.append(
+        onnx.helper.make_tensor_value_info(last.input[0], onnx.TensorProto.FLOAT, None)
+    )
+    return logits
+
+
 def _finished_graph(
     proto: onnx.ModelProto,
     example: Tensor,
     reference: Tensor,
     simplify: bool,
-    quantized: bool,
+    grid_bits: int | None,
     argmax: bool,
 ) -> tuple[onnx.ModelProto, list[str], tuple[float, float]]:
-    """The cleaned graph with its shapes, the weights nudged onto TIDL's grid, and the parity
-    with PyTorch (measured before an appended ArgMax)."""
-    proto, aligned = _clean_graph(proto, simplify, quantized)
+    """The cleaned graph with its shapes, the weights nudged onto TIDL's grid (grid_bits: their
+    bit width; None for a float graph), and the parity with PyTorch (before an ArgMax)."""
+    proto, aligned = _clean_graph(proto, simplify, grid_bits)
     parity = _parity(proto, example, reference)
     if argmax:
         proto = _append_argmax(proto)
@@ -195,15 +255,18 @@ def onnxruntime_session(
 
 def _reference_and_graph(
     model: nn.Module, example: Tensor, opset: int, wrapped: bool
-) -> tuple[Tensor, onnx.ModelProto]:
-    """PyTorch's output (clip-only for QAT) and the exported graph, in eval; modes restored."""
+) -> tuple[Tensor, Tensor | None, onnx.ModelProto]:
+    """PyTorch's output (clip-only for QAT: the float graph's arithmetic), a QAT model's
+    quantized eval output (None for a float model) and the exported graph; modes restored."""
     modes = {module: module.training for module in model.modules()}
+    quantized = None
     try:
         model.eval()
         with torch.no_grad():
             if wrapped:
                 with clip_only(model):
                     reference = model(example)
+                quantized = _single_output(model(example))
                 deploy = convert_to_deploy(model)
             else:
                 reference = model(example)
@@ -212,7 +275,7 @@ def _reference_and_graph(
     finally:
         for module, training in modes.items():
             module.train(training)
-    return _single_output(reference), proto
+    return _single_output(reference), quantized, proto
 
 
 def _check_opset(opset: int) -> None:
@@ -288,7 +351,7 @@ def _torchscript_export(model: nn.Module, example: Tensor, opset: int) -> onnx.M
 
 
 def _clean_graph(
-    proto: onnx.ModelProto, simplify: bool, quantized: bool
+    proto: onnx.ModelProto, simplify: bool, grid_bits: int | None
 ) -> tuple[onnx.ModelProto, list[str]]:
     """onnxsim, constants to initializers, no Identity, weights fixed under TIDL's grid."""
     clips = _count(proto, "Clip")
@@ -311,7 +374,7 @@ def _clean_graph(
     _constants_to_initializers(proto.graph)
     _remove_identities(proto.graph)
     _remove_unused_initializers(proto.graph)
-    aligned = _align_weights(proto.graph) if quantized else []
+    aligned = _align_weights(proto.graph, grid_bits) if grid_bits else []
     return proto, aligned
 
 
@@ -362,7 +425,7 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
-def _align_weights(graph: onnx.GraphProto) -> list[str]:
+def _align_weights(graph: onnx.GraphProto, bitwidth: int) -> list[str]:
     """Keep every QAT weight fixed under TIDL's re-quantization; return the nodes adjusted."""
     initializers = {init.name: init for init in graph.initializer}
     adjusted = []
@@ -372,7 +435,7 @@ def _align_weights(graph: onnx.GraphProto) -> list[str]:
         init = initializers.get(node.input[1])
         if init is None:
             continue
-        aligned, moved = align_to_tidl_grid(numpy_helper.to_array(init))
+        aligned, moved = align_to_tidl_grid(numpy_helper.to_array(init), bitwidth)
         if moved:
             init.CopyFrom(numpy_helper.from_array(aligned, init.name))
             adjusted.append(node.name or node.input[1])
@@ -414,13 +477,24 @@ def _append_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _stamp(proto: onnx.ModelProto, name: str, quantized: bool, untrained: int) -> None:
-    """Record what wrote the graph, how it is meant to be imported, and untrained ranges."""
+def _stamp(
+    proto: onnx.ModelProto,
+    name: str,
+    quantized: bool,
+    untrained: int,
+    settings: GraphQuantization | None,
+) -> None:
+    """Record what wrote the graph, how it is meant to be imported and quantized, and how many
+    of its ranges are untrained."""
     proto.producer_name = "edgezoo"
     proto.producer_version = edgezoo.__version__
     proto.graph.name = name
     kind = "qat-clip-ranges" if quantized else "float-ptq"
     props = {"edgezoo.quantization": kind}
+    if settings is not None:
+        props[rules.WEIGHT_BITS_PROP] = str(settings.weight_bits)
+        props[rules.ACTIVATION_BITS_PROP] = str(settings.activation_bits)
+        props[rules.ROUNDING_PROP] = settings.activation_rounding
     if untrained:
         props[rules.UNTRAINED_RANGES_PROP] = str(untrained)
     onnx.helper.set_model_props(proto, props)

@@ -56,7 +56,9 @@ class ExportReport:
 
     parity_max_abs_diff / parity_max_rel_diff compare onnxruntime on the written graph (before
     an appended ArgMax) with the PyTorch model (in clip-only mode for QAT models); the relative
-    difference is max|ort - torch| / max|torch|.
+    difference is max|ort - torch| / max|torch|. For a QAT model, integer_max_steps and
+    integer_share_differing compare edgezoo.simulate_tidl (TIDL's integer arithmetic) on the
+    graph with the QAT model's eval output, in steps of the output's scale (goal 0).
     """
 
     path: Path
@@ -70,6 +72,8 @@ class ExportReport:
     clip_count: int
     aligned_weights: tuple[str, ...] = ()
     config_files: dict[str, Path] = field(default_factory=dict)
+    integer_max_steps: float | None = None
+    integer_share_differing: float | None = None
 
     @property
     def node_counts(self) -> dict[str, int]:
@@ -96,6 +100,11 @@ class ExportReport:
             f"  parity vs PyTorch: max abs {self.parity_max_abs_diff:.3g}, max rel "
             f"{self.parity_max_rel_diff:.3g} (tolerance {self.parity_tolerance:g}): {parity}",
         ]
+        if self.integer_max_steps is not None:
+            lines.append(
+                f"  TIDL integer simulation vs QAT: max {self.integer_max_steps:g} output steps "
+                f"apart, {100 * (self.integer_share_differing or 0.0):.3g} % of outputs differ"
+            )
         if self.aligned_weights:
             lines.append(f"  weights nudged onto TIDL's grid: {', '.join(self.aligned_weights)}")
         lines += [f"  {role}: {path}" for role, path in self.config_files.items()]

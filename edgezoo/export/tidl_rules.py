@@ -11,6 +11,7 @@ the module lint and the graph check agree.
 from edgezoo.check import TIDL_DEPTHWISE_KERNEL_STRIDE
 
 __all__ = [
+    "ACTIVATION_BITS_PROP",
     "CONSTANT_OPS",
     "EXPORT_OPSETS",
     "MAX_STRIDE2_KERNEL",
@@ -19,10 +20,14 @@ __all__ = [
     "RANGE_PRODUCERS",
     "RESIZE_COORDINATE_MODES",
     "RESIZE_MODES",
+    "ROUNDING_PROP",
     "TIDL_DEPTHWISE_KERNEL_STRIDE",
     "TIDL_OPSETS",
     "TIDL_SUPPORTED_OPS",
     "UNTRAINED_RANGES_PROP",
+    "WEIGHT_BITS_PROP",
+    "graph_bits",
+    "graph_properties",
 ]
 
 TIDL_SUPPORTED_OPS: frozenset[str] = frozenset(
@@ -91,5 +96,21 @@ RANGE_CONSUMERS: frozenset[str] = RANGE_PRODUCERS
 QUANTIZED_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm"})
 """Ops whose weights TIDL re-quantizes per tensor with a power-of-two scale."""
 
+WEIGHT_BITS_PROP = "edgezoo.weight_bits"
+ACTIVATION_BITS_PROP = "edgezoo.activation_bits"
+ROUNDING_PROP = "edgezoo.activation_rounding"
+"""Model properties a QAT export records: its bit widths and its activation rounding."""
+
 UNTRAINED_RANGES_PROP = "edgezoo.untrained_ranges"
 """Model property an export writes when its QAT ranges never saw data (their number)."""
+
+
+def graph_properties(proto) -> dict[str, str]:
+    """The metadata properties of an ONNX model."""
+    return {prop.key: prop.value for prop in proto.metadata_props}
+
+
+def graph_bits(proto) -> tuple[int, int]:
+    """(weight bits, activation bits) an export recorded; 8 and 8 when it recorded none."""
+    props = graph_properties(proto)
+    return int(props.get(WEIGHT_BITS_PROP, 8)), int(props.get(ACTIVATION_BITS_PROP, 8))

@@ -90,6 +90,7 @@ class _GraphChecker:
         self.quantized = quantized
         self.input_clipped = input_clipped
         self.allow_uncalibrated = allow_uncalibrated
+        self.weight_bits = rules.graph_bits(proto)[0]
         self.opset = next(
             (o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), None
         )
@@ -472,7 +473,7 @@ class _GraphChecker:
             weight = self.constants.get(node.input[1])
             if weight is None:
                 continue
-            error = grid_error_steps(weight)
+            error = grid_error_steps(weight, self.weight_bits)
             if error > GRID_TOLERANCE_STEPS:
                 yield GraphViolation(
                     "weight-grid",

@@ -37,7 +37,9 @@ from edgezoo.quantization.modes import WRAPPER_MODES
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import QuantizedLayer
 from edgezoo.quantization.planner import (
+    GraphQuantization,
     activation_ranges,
+    graph_quantization,
     is_quantized,
     named_activation_ranges,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "QUANT_WRAPPERS",
     "WRAPPER_MODES",
     "Clip",
+    "GraphQuantization",
     "LayerReport",
     "LayerStats",
     "QATSchedule",
@@ -78,6 +81,7 @@ __all__ = [
     "fake_quantize_weight",
     "freeze_bn",
     "freeze_quant_range",
+    "graph_quantization",
     "is_quantized",
     "layer_report",
     "named_activation_ranges",

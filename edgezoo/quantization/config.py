@@ -5,7 +5,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.grid import check_bitwidth
+from edgezoo.quantization.grid import (
+    DEFAULT_ACTIVATION_ROUNDING,
+    check_activation_rounding,
+    check_bitwidth,
+)
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,13 @@ class QuantizationConfig:
     percent, per tail) of each batch's histogram trimmed before its range is taken.
     max_range_update_gap: in QAT, at most this many training batches between two measurements
     of a range while its power-of-two clip stays put (PACT2's max_update_gap; 1 measures every
-    batch as TI does; calibration always measures every batch).
+    batch as TI does; calibration always measures every batch). activation_rounding: how
+    activations round onto their grid, "half_up" (floor(x + 0.5), the default) or "half_away"
+    (grid.ACTIVATION_ROUNDINGS); the export records it for the integer simulation.
+    exact_eval: evaluate (eval mode) in float64, so every product and sum is exact and the
+    result equals the integer graph bit for bit; None means "when a bit width exceeds 8",
+    where float32's 24-bit mantissa cannot hold the integer sums (at 8 bits float32 is exact
+    for realistic layers, and faster).
     """
 
     bitwidth_weights: int = 8
@@ -29,8 +39,11 @@ class QuantizationConfig:
     quantize_output: bool = False
     range_shrink_percentile: float = 0.01
     max_range_update_gap: int = 4
+    activation_rounding: str = DEFAULT_ACTIVATION_ROUNDING
+    exact_eval: bool | None = None
 
     def __post_init__(self) -> None:
+        check_activation_rounding(self.activation_rounding)
         check_bitwidth(self.bitwidth_weights)
         check_bitwidth(self.bitwidth_activations)
         if not 0.0 <= self.range_shrink_percentile < 50.0:
@@ -44,6 +57,13 @@ class QuantizationConfig:
                 f"max_range_update_gap is a number of batches >= 1, got {gap!r}; 1 measures "
                 "every batch"
             )
+
+    @property
+    def evaluates_exactly(self) -> bool:
+        """Whether eval runs in float64 (exact_eval, or its default by bit width)."""
+        if self.exact_eval is not None:
+            return self.exact_eval
+        return max(self.bitwidth_weights, self.bitwidth_activations) > 8
 
     @property
     def bias_bitwidth(self) -> int:

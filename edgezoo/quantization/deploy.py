@@ -17,7 +17,7 @@ from edgezoo.errors import QuantizationConfigError
 from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
 from edgezoo.quantization.clip import Clip
 from edgezoo.quantization.pact2 import PACT2
-from edgezoo.quantization.parameter_free import QuantizedLayer
+from edgezoo.quantization.parameter_free import InputGridLayer, QuantizedLayer
 from edgezoo.quantization.planner import is_quantized
 from edgezoo.quantization.weight_layers import (
     QuantConv2d,
@@ -82,6 +82,8 @@ def _deploy_module(module: nn.Module) -> nn.Module | None:
         return _deploy_batch_norm(module)
     if isinstance(module, QuantizedLayer):
         return _with_clips(module, module.module)
+    if isinstance(module, InputGridLayer):
+        return module.module  # TIDL keeps the output on the input's grid by itself
     if isinstance(module, PACT2):
         return range_to_clip(module)
     return None

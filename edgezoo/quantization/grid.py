@@ -19,6 +19,8 @@ from torch import Tensor
 from edgezoo.errors import QuantizationConfigError
 
 __all__ = [
+    "ACTIVATION_ROUNDINGS",
+    "DEFAULT_ACTIVATION_ROUNDING",
     "MAX_BITWIDTH",
     "MIN_BITWIDTH",
     "MIN_CLIP",
@@ -26,8 +28,9 @@ __all__ = [
     "activation_grid",
     "activation_scale",
     "apply_outlier_constraint",
-    "bias_limit",
+    "bias_limits",
     "ceil2",
+    "check_activation_rounding",
     "check_bitwidth",
     "fake_quantize_activation",
     "fake_quantize_bias",
@@ -37,6 +40,8 @@ __all__ = [
     "quantize_weight_ste",
     "round_half_away",
     "round_half_up",
+    "rounding_divide",
+    "rounding_shift",
     "weight_integers",
     "weight_scale",
 ]
@@ -76,10 +81,13 @@ def quant_limits(bitwidth: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bitwidth - 1
 
 
-def bias_limit(bitwidth: int) -> float:
-    """Saturation of a bias on the joint (input x weight) grid: +/-2^(2b-1)."""
+def bias_limits(bitwidth: int) -> tuple[int, int]:
+    """Saturation of a bias on the joint (input x weight) grid: a signed 2b-bit integer.
+
+    At 8 bits [-32768, 32767]: TIDL keeps biases in 16 bits ("bias-range clipping").
+    """
     check_bitwidth(bitwidth)
-    return float(2 ** (2 * bitwidth - 1))
+    return -(2 ** (2 * bitwidth - 1)), 2 ** (2 * bitwidth - 1) - 1
 
 
 @overload
@@ -116,6 +124,46 @@ def round_half_away(x: Tensor) -> Tensor:
 def round_half_up(x: Tensor) -> Tensor:
     """Round to nearest, ties towards +inf: floor(x + 0.5) (activations, as TIDL does)."""
     return torch.floor(x + 0.5)
+
+
+HALF_UP = "half_up"
+HALF_AWAY = "half_away"
+ACTIVATION_ROUNDINGS = (HALF_UP, HALF_AWAY)
+DEFAULT_ACTIVATION_ROUNDING = HALF_UP
+"""How an activation is rounded onto its grid: floor(x + 0.5) (TI's PACT2 and the usual
+fixed-point `(acc + 2^(s-1)) >> s`), or half away from zero. TIDL does not document its rule;
+this is the one assumption about it, recorded in each exported graph, and the QAT forward and
+the integer simulation both follow it (QuantizationConfig.activation_rounding switches it)."""
+
+
+def check_activation_rounding(mode: str) -> str:
+    """Return mode if it is one of ACTIVATION_ROUNDINGS, else raise QuantizationConfigError."""
+    if mode not in ACTIVATION_ROUNDINGS:
+        raise QuantizationConfigError(
+            f"activation rounding {mode!r} is not one of {', '.join(ACTIVATION_ROUNDINGS)}"
+        )
+    return mode
+
+
+def rounding_shift(acc: Tensor, shift: int, mode: str = DEFAULT_ACTIVATION_ROUNDING) -> Tensor:
+    """Integers acc / 2^shift rounded as `mode` rounds (shift <= 0: an exact left shift)."""
+    if shift <= 0:
+        return acc * (1 << -shift)
+    half = 1 << (shift - 1)
+    if mode == HALF_UP:
+        return torch.div(acc + half, 1 << shift, rounding_mode="floor")
+    magnitude = torch.div(acc.abs() + half, 1 << shift, rounding_mode="floor")
+    return torch.where(acc < 0, -magnitude, magnitude)
+
+
+def rounding_divide(
+    num: Tensor, den: Tensor | int, mode: str = DEFAULT_ACTIVATION_ROUNDING
+) -> Tensor:
+    """Integers num / den (den > 0) rounded as `mode` rounds, exactly (average pooling)."""
+    if mode == HALF_UP:
+        return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+    magnitude = torch.div(2 * num.abs() + den, 2 * den, rounding_mode="floor")
+    return torch.where(num < 0, -magnitude, magnitude)
 
 
 # Weights.
@@ -240,19 +288,20 @@ class _StraightThroughRound(torch.autograd.Function):
     """round_half_away(x * scale) saturated and rescaled; identity gradient (STE)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, limit: float) -> Tensor:
-        return round_half_away(x * scale).clamp_(-limit, limit).div_(scale)
+    def forward(ctx, x: Tensor, scale: Tensor, low: int, high: int) -> Tensor:
+        return round_half_away(x * scale).clamp_(low, high).div_(scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return grad, None, None
+        return grad, None, None, None
 
 
 def fake_quantize_bias(b: Tensor, scale: Tensor, bitwidth: int = 8) -> Tensor:
-    """Bias on the joint grid (input scale x weight scale), saturated to +/-2^(2b-1); STE."""
-    limit = bias_limit(bitwidth)
+    """Bias on the joint grid (input scale x weight scale), saturated as TIDL does (bias_limits);
+    straight-through gradient."""
+    low, high = bias_limits(bitwidth)
     scale = torch.as_tensor(scale, dtype=b.dtype, device=b.device).detach()
-    return _StraightThroughRound.apply(b, scale, limit)
+    return _StraightThroughRound.apply(b, scale, low, high)
 
 
 def apply_outlier_constraint(w: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -328,6 +377,7 @@ class _FakeQuantActivation(torch.autograd.Function):
         bitwidth: int,
         rounding: bool,
         host_scalars: bool,
+        mode: str,
     ) -> Tensor:
         ctx.host_scalars = host_scalars
         if host_scalars:
@@ -337,6 +387,8 @@ class _FakeQuantActivation(torch.autograd.Function):
             if not rounding:
                 return torch.clamp(x, cmin, cmax)
             scale, low, high = _host_grid(cmin, cmax, bitwidth)
+            if mode == HALF_AWAY:
+                return round_half_away(x * scale).clamp_(low, high).mul_(1.0 / scale)
             # 0.5 + scale * x in one pass; exact, as scale is a power of two.
             y = torch.add(x.new_full((), 0.5), x, alpha=scale)
             return y.clamp_(low + 0.5, high + 0.5).floor_().mul_(1.0 / scale)
@@ -344,6 +396,9 @@ class _FakeQuantActivation(torch.autograd.Function):
         if not rounding:
             return torch.clamp(x, clip_min, clip_max)
         scale, low, high = activation_grid(clip_min, clip_max, bitwidth)
+        if mode == HALF_AWAY:
+            rounded = torch.clamp(round_half_away(x * scale), low, high)
+            return rounded.mul_(torch.reciprocal(scale))
         y = torch.addcmul(x.new_full((), 0.5), x, scale)
         return y.clamp_(low + 0.5, high + 0.5).floor_().mul_(torch.reciprocal(scale))
 
@@ -355,7 +410,7 @@ class _FakeQuantActivation(torch.autograd.Function):
         else:
             x, clip_min, clip_max = ctx.saved_tensors
             grad_x = torch.where((x > clip_min) & (x < clip_max), grad, 0.0)
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 def fake_quantize_activation(
@@ -364,14 +419,16 @@ def fake_quantize_activation(
     clip_max: Tensor | float,
     bitwidth: int = 8,
     rounding: bool = True,
+    mode: str = DEFAULT_ACTIVATION_ROUNDING,
 ) -> Tensor:
     """Clamp x to [clip_min, clip_max] and, if rounding, snap it to the power-of-two grid.
 
     Signed (clip_min < 0): scale 2^(b-1)/c with c = max(-clip_min, clip_max), integers in
     [-2^(b-1), 2^(b-1)-1]; unsigned: scale 2^b/clip_max, integers in [0, 2^b-1]. Rounding is
-    floor(x*scale + 0.5). The gradient is 1 strictly inside (clip_min, clip_max), 0 outside.
+    floor(x*scale + 0.5) (mode "half_up") or half away from zero ("half_away"). The gradient is
+    1 strictly inside (clip_min, clip_max), 0 outside.
     """
-    return _fake_quantize_activation(x, clip_min, clip_max, bitwidth, rounding, None)
+    return _fake_quantize_activation(x, clip_min, clip_max, bitwidth, rounding, None, mode)
 
 
 def _fake_quantize_activation(
@@ -381,6 +438,7 @@ def _fake_quantize_activation(
     bitwidth: int,
     rounding: bool,
     host_scalars: bool | None,
+    mode: str = DEFAULT_ACTIVATION_ROUNDING,
 ) -> Tensor:
     """fake_quantize_activation with the host-scalar path forced on or off (None: by device)."""
     check_bitwidth(bitwidth)
@@ -393,6 +451,6 @@ def _fake_quantize_activation(
         clip_min = torch.as_tensor(clip_min, device=x.device).to(compute_dtype)
         clip_max = torch.as_tensor(clip_max, device=x.device).to(compute_dtype)
     y = _FakeQuantActivation.apply(
-        x.to(compute_dtype), clip_min, clip_max, bitwidth, rounding, host_scalars
+        x.to(compute_dtype), clip_min, clip_max, bitwidth, rounding, host_scalars, mode
     )
     return y.to(x.dtype)

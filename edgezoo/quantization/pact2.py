@@ -14,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.grid import ceil2, check_bitwidth, fake_quantize_activation
+from edgezoo.quantization.grid import (
+    DEFAULT_ACTIVATION_ROUNDING,
+    ceil2,
+    check_activation_rounding,
+    check_bitwidth,
+    fake_quantize_activation,
+)
 from edgezoo.quantization.range_sync import sync_extrema_, sync_histogram_
 from edgezoo.quantization.saved_flags import SavedFlagsMixin
 
@@ -139,6 +145,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
         power2: bool = True,
         keep_when_missing: bool = True,
         max_update_gap: int = 1,
+        rounding_mode: str = DEFAULT_ACTIVATION_ROUNDING,
     ) -> None:
         super().__init__()
         if not power2:
@@ -162,6 +169,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
             )
         self.signed = signed
         self.max_update_gap = max_update_gap
+        self.rounding_mode = check_activation_rounding(rounding_mode)
         self.bitwidth = check_bitwidth(bitwidth)
         self.range_shrink_percentile = float(range_shrink_percentile)
         self.power2 = power2
@@ -194,7 +202,9 @@ class PACT2(SavedFlagsMixin, nn.Module):
             self._track_batch(x.detach())
         # On CPU the clip is read once as host floats; elsewhere it stays on the device.
         clip_min, clip_max = self.clip_range() if x.device.type == "cpu" else self.clips_act
-        return fake_quantize_activation(x, clip_min, clip_max, self.bitwidth, self.rounding)
+        return fake_quantize_activation(
+            x, clip_min, clip_max, self.bitwidth, self.rounding, self.rounding_mode
+        )
 
     def freeze_range(self, frozen: bool = True) -> None:
         """Stop (or, with frozen=False, resume) range updates; clipping and rounding go on."""

@@ -1,10 +1,15 @@
-"""QuantizedLayer: a parameter-free layer (add, concat, pool, ...) with its activation ranges."""
+"""Parameter-free layers in a quantized model: with ranges of their own (QuantizedLayer: add,
+concat, pool) or kept on their input's grid (InputGridLayer: global average pool, bilinear
+resize)."""
 
 from typing import Any
 
 from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
+from edgezoo.layers import ResizeWith
+from edgezoo.quantization.grid import fake_quantize_activation
+from edgezoo.quantization.input_grid import attach_input_grid
 from edgezoo.quantization.pact2 import PACT2
 
 
@@ -23,12 +28,7 @@ class QuantizedLayer(nn.Module):
         output_quant: PACT2 | None = None,
     ) -> None:
         super().__init__()
-        if next(iter(module.state_dict()), None) is not None:
-            raise QuantizationConfigError(
-                f"QuantizedLayer only wraps parameter-free layers (wrapping would rename their "
-                f"state_dict keys); {type(module).__name__} has "
-                f"{', '.join(module.state_dict())}"
-            )
+        _refuse_state(module, type(self).__name__)
         self.module = module
         self.input_quant = input_quant
         self.output_quant = output_quant
@@ -46,3 +46,47 @@ class QuantizedLayer(nn.Module):
         if self.output_quant is not None:
             out = self.output_quant(out)
         return out
+
+
+class InputGridLayer(nn.Module):
+    """A parameter-free layer whose output stays on its input's grid: it rounds it there.
+
+    A global average pool and a bilinear resize make values between their input's grid points.
+    The integer graph keeps such an output at its input's scale (an integer sum and a rounding
+    division, fixed-point interpolation weights), so QAT rounds it onto that grid too, with the
+    input range's rounding (off inside clip_only). Max pools, nearest resizes and flatten only
+    move values and need no such layer.
+    """
+
+    input_grid: PACT2
+
+    def __init__(self, module: nn.Module, input_grid: PACT2) -> None:
+        super().__init__()
+        _refuse_state(module, type(self).__name__)
+        self.module = module
+        attach_input_grid(self, input_grid)
+        self.train(module.training)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        out = self.module(*args, **kwargs)
+        grid = self.input_grid
+        clip_min, clip_max = grid.clip_range() if out.device.type == "cpu" else grid.clips_act
+        return fake_quantize_activation(
+            out, clip_min, clip_max, grid.bitwidth, grid.rounding, grid.rounding_mode
+        )
+
+
+def makes_new_values(module: nn.Module) -> bool:
+    """Whether a pass-through layer's output holds values between its input's grid points."""
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return True
+    mode = getattr(module, "mode", None)
+    return isinstance(module, ResizeWith | nn.Upsample) and mode in ("bilinear", "linear")
+
+
+def _refuse_state(module: nn.Module, wrapper: str) -> None:
+    if next(iter(module.state_dict()), None) is not None:
+        raise QuantizationConfigError(
+            f"{wrapper} only wraps parameter-free layers (wrapping would rename their "
+            f"state_dict keys); {type(module).__name__} has {', '.join(module.state_dict())}"
+        )

@@ -19,6 +19,7 @@ name). No hook runs in the training path.
 """
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMix
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.graph import LeafGraph, LeafNode, trace_leaf_graph
 from edgezoo.quantization.pact2 import PACT2
-from edgezoo.quantization.parameter_free import QuantizedLayer
+from edgezoo.quantization.parameter_free import InputGridLayer, QuantizedLayer, makes_new_values
 from edgezoo.quantization.weight_layers import (
     QuantConv2d,
     QuantLinear,
@@ -63,7 +64,13 @@ _PASSTHROUGH_TYPES = (
     nn.Upsample,
 )
 _POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
-_QUANTIZATION_TYPES = (PACT2, QuantWeightMixin, QuantBatchNormMixin, QuantizedLayer)
+_QUANTIZATION_TYPES = (
+    PACT2,
+    QuantWeightMixin,
+    QuantBatchNormMixin,
+    QuantizedLayer,
+    InputGridLayer,
+)
 
 
 def is_global_pool(module: nn.Module) -> bool:
@@ -125,6 +132,7 @@ class _Planner:
             range_shrink_percentile=self.config.range_shrink_percentile,
             keep_when_missing=self.keep_missing_ranges,
             max_update_gap=self.range_update_gap,
+            rounding_mode=self.config.activation_rounding,
         ).to(self.device)
         pact.train(like.training)
         return pact
@@ -222,6 +230,10 @@ class _Planner:
                 slots[name] = QuantizedLayer(
                     module, self.input_ranges.get(name), self.output_ranges.get(name)
                 )
+            elif kind == PASSTHROUGH and makes_new_values(module) and node.inputs:
+                grid = self.range_of_output(node.inputs[0])
+                if grid is not None:
+                    slots[name] = InputGridLayer(module, grid)
             if kind == OTHER:
                 left_float.append(f"{name} ({type(module).__name__})")
         return slots, left_float
@@ -334,6 +346,28 @@ def quant_batch_norms(model: nn.Module) -> list[QuantBatchNormMixin]:
 def activation_ranges(model: nn.Module) -> list[PACT2]:
     """Every PACT2 of a quantized model, once each."""
     return [m for m in model.modules() if isinstance(m, PACT2)]
+
+
+@dataclass(frozen=True)
+class GraphQuantization:
+    """How a quantized model's deployed graph is quantized (recorded in its export)."""
+
+    weight_bits: int
+    activation_bits: int
+    activation_rounding: str
+
+
+def graph_quantization(model: nn.Module) -> GraphQuantization:
+    """The bit widths and rounding a quantized model (wrapper or its .module) computes with."""
+    ranges = activation_ranges(model)
+    units = [m for m in model.modules() if isinstance(m, QuantWeightMixin)]
+    if not ranges:
+        raise QuantizationConfigError(f"{type(model).__name__} holds no activation ranges")
+    return GraphQuantization(
+        weight_bits=max((u.bitwidth for u in units), default=8),
+        activation_bits=max(p.bitwidth for p in ranges),
+        activation_rounding=ranges[0].rounding_mode,
+    )
 
 
 def named_activation_ranges(model: nn.Module) -> dict[str, PACT2]:

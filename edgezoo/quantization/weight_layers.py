@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgezoo.quantization.batch_norm import QuantBatchNorm2d
+from edgezoo.quantization.exact import exact_conv2d
 from edgezoo.quantization.grid import (
     activation_scale,
     apply_outlier_constraint,
@@ -145,11 +146,19 @@ class QuantWeightMixin(SavedFlagsMixin):
         weight = self.weight * scale.reshape(self._channel_shape)
         return weight, bn_folded_bias(self.bn, self.bias, scale)
 
-    def quantized_weight_bias(self) -> tuple[Tensor, Tensor | None]:
-        """Folded weights on the power-of-two grid and bias on the joint (input x weight) grid."""
+    def quantized_weight_bias(
+        self, bias_dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Folded weights on the power-of-two grid and bias on the joint (input x weight) grid.
+
+        bias_dtype: quantize the bias in this precision (float64 holds every 2b-bit integer
+        bias exactly; float32 rounds the 16-bit saturation 2^31 - 1 to 2^31).
+        """
         weight, bias = self.folded_weight_bias()
         if not self.quantize_weights:
             return weight, bias
+        if bias is not None and bias_dtype is not None:
+            bias = bias.to(bias_dtype)
         quant_weight, scale = quantize_weight_ste(
             weight, self.bitwidth, self.per_channel, None, self._channel_shape
         )
@@ -186,6 +195,18 @@ class QuantWeightMixin(SavedFlagsMixin):
             )
         return self.bn(self._layer_op(x, weight, self.bias))
 
+    def _forward_folded(self, x: Tensor) -> Tensor:
+        """The deployed arithmetic: conv(x, fq(W'), fq(b')).
+
+        With a float64 input every product and sum is computed exactly (the quantized weights
+        and biases are float32 values on their grids and convert exactly): the integer
+        graph's arithmetic, without float32's accumulation rounding.
+        """
+        if x.dtype == torch.float64:
+            return self._exact_op(x, *self.quantized_weight_bias(bias_dtype=torch.float64))
+        weight, bias = self.quantized_weight_bias()
+        return self._layer_op(x, weight, bias)
+
     def calibration_bias(self) -> nn.Parameter | None:
         """The parameter that shifts this layer's folded bias: the BN's beta, else the bias."""
         if self.bn is not None:
@@ -205,7 +226,7 @@ class QuantWeightMixin(SavedFlagsMixin):
         if self.bn is not None and self.bn.uses_batch_statistics:
             y = self._forward_batch_statistics(x)
         else:
-            y = self._layer_op(x, *self.quantized_weight_bias())
+            y = self._forward_folded(x)
         if self.output_quant is not None:
             y = self.output_quant(y)
         return y
@@ -285,6 +306,11 @@ class QuantConv2d(QuantWeightMixin, nn.Conv2d):
     def _layer_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return self._conv_forward(x, weight, bias)
 
+    def _exact_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return self._conv_forward(x, weight.double(), _double(bias))
+        return exact_conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
 
 class QuantLinear(QuantWeightMixin, nn.Linear):
     """Linear unit: power-of-two fake-quantized weights and a bias on the joint grid."""
@@ -298,6 +324,13 @@ class QuantLinear(QuantWeightMixin, nn.Linear):
 
     def _layer_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
+
+    def _exact_op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight.double(), _double(bias))
+
+
+def _double(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.double()
 
 
 def is_depthwise(conv: nn.Conv2d) -> bool:

@@ -65,7 +65,26 @@ class _QuantWrapper(nn.Module):
         self.training = module.training
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
+        """The model's forward; in eval with config.evaluates_exactly, in float64 (exact)."""
+        if self.training or not self.config.evaluates_exactly:
+            return self.module(*args, **kwargs)
+        return _in_float64(self.module, args, kwargs)
+
+
+def _in_float64(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """module(*args) with float inputs in float64; its outputs stay float64 (exact values)."""
+    return module(*_floats_to(args, torch.float64), **_floats_to(kwargs, torch.float64))
+
+
+def _floats_to(value: Any, dtype: torch.dtype) -> Any:
+    """value with every floating tensor inside (tuples, lists, dicts) converted to dtype."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, tuple | list):
+        return type(value)(_floats_to(item, dtype) for item in value)
+    if isinstance(value, dict):
+        return {key: _floats_to(item, dtype) for key, item in value.items()}
+    return value
 
 
 def _check_before_wrapping(module: nn.Module, dummy_input: ExampleInput, tidl_rules: bool) -> None:

@@ -1,0 +1,55 @@
+"""Inputs for a graph alone: images from a data set at the graph's input size, or random."""
+
+from collections.abc import Iterator
+from itertools import islice
+
+import onnx
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from edgezoo.errors import UnknownModelError
+from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
+
+
+def graph_input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
+    """The static (N, C, H, W) of the graph's input."""
+    initializers = {init.name for init in proto.graph.initializer}
+    (graph_input,) = [i for i in proto.graph.input if i.name not in initializers]
+    return tuple(d.dim_value for d in graph_input.type.tensor_type.shape.dim)
+
+
+def graph_task(proto: onnx.ModelProto) -> str:
+    """Segmentation when the graph ends in ArgMax or a 4-d output, else classification."""
+    if proto.graph.node and proto.graph.node[-1].op_type == "ArgMax":
+        return SEGMENTATION
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    return SEGMENTATION if len(dims) == 4 else CLASSIFICATION
+
+
+def graph_normalisation(proto: onnx.ModelProto) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of the zoo model the graph was exported from (its name), else ImageNet's."""
+    from edgezoo.engine.setup import preprocessing
+
+    try:
+        return preprocessing(proto.graph.name)
+    except UnknownModelError:
+        return IMAGENET_MEAN, IMAGENET_STD
+
+
+def graph_batches(
+    proto: onnx.ModelProto, data: str | None, batches: int, batch_size: int
+) -> Iterator[Tensor]:
+    """Input batches for the graph: validation images of `data`, else seeded random normals."""
+    _, channels, height, width = graph_input_shape(proto)
+    if data is None:
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(batches):
+            yield torch.randn(batch_size, channels, height, width, generator=generator)
+        return
+    from edgezoo.data import build_task_data
+
+    mean, std = graph_normalisation(proto)
+    dataset = build_task_data(data, graph_task(proto), height, mean, std).val
+    for images, _ in islice(DataLoader(dataset, batch_size=batch_size), batches):
+        yield images

@@ -1,0 +1,269 @@
+"""Walk an exported QAT Clip graph node by node in one arithmetic (integer or QAT float).
+
+Every Conv, Gemm, Add and Concat reads tensors that lie on an activation range's grid: the
+graph input after its Clip, or the output of a Clip (or of an op that keeps its input's grid).
+A node that reads an accumulator no Clip requantized, or an op with no integer definition,
+raises SimulationError naming the node.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import Tensor
+
+from edgezoo.errors import SimulationError
+from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
+from edgezoo.simulation.values import Grid, Value
+
+__all__ = ["GraphRun", "run_graph"]
+
+_PENDING_OPS = frozenset({"AveragePool", "GlobalAveragePool", "Resize"})
+_SUPPORTED = frozenset(
+    {
+        "Clip",
+        "Conv",
+        "Gemm",
+        "Add",
+        "Concat",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Resize",
+        "Flatten",
+        "Reshape",
+        "ArgMax",
+    }
+)
+
+
+@dataclass
+class GraphRun:
+    """The graph outputs and, by node name, what each node computed."""
+
+    outputs: list[Value | Tensor]
+    nodes: dict[str, tuple[str, Value | Tensor]] = field(default_factory=dict)
+
+
+class _Runner:
+    """One pass over the graph in one arithmetic."""
+
+    def __init__(self, proto: onnx.ModelProto, arithmetic: Any) -> None:
+        self.graph = proto.graph
+        self.arithmetic = arithmetic
+        self.bitwidth = arithmetic.bits.activations
+        self.opset = next(
+            (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 11
+        )
+        self.constants = {
+            init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
+            for init in self.graph.initializer
+        }
+        self.consumers: dict[str, list[str]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node.op_type)
+        self.values: dict[str, Value | Tensor] = {}
+
+    def run(self, inputs: dict[str, Tensor], record: bool) -> GraphRun:
+        self.values.update(inputs)
+        run = GraphRun([])
+        for index, node in enumerate(self.graph.node):
+            name = node.name or f"{node.op_type}_{index}"
+            if node.op_type not in _SUPPORTED:
+                raise SimulationError(
+                    f"node {name} ({node.op_type}) has no definition in edgezoo's TIDL integer "
+                    f"simulation (it runs {', '.join(sorted(_SUPPORTED))}); export the model "
+                    "with edgezoo.export_onnx from a module-only QAT model"
+                )
+            out = getattr(self, f"_{node.op_type.lower()}")(node, name)
+            self.values[node.output[0]] = out
+            if record:
+                run.nodes[name] = (node.op_type, out)
+        run.outputs = [self.values[o.name] for o in self.graph.output]
+        return run
+
+    # Helpers.
+
+    def _ranged(self, node: onnx.NodeProto, name: str, position: int = 0) -> Value:
+        value = self.values[node.input[position]]
+        if isinstance(value, Tensor) or not value.ranged:
+            source = "the graph input" if isinstance(value, Tensor) else "an accumulator"
+            raise SimulationError(
+                f"node {name} ({node.op_type}) reads {source} ({node.input[position]!r}) that no "
+                "Clip quantized: TIDL has no range for it. Export the QAT model with "
+                "edgezoo.export_onnx, which gives every Conv/Gemm/Add/Concat output a Clip"
+            )
+        return value
+
+    def _pending(self, node: onnx.NodeProto, value: Value, grid: Grid) -> Value:
+        """A value between grid points: kept for the Clip(s) that read it, else rounded onto
+        its input's grid right away (as QAT's InputGridLayer does)."""
+        readers = self.consumers.get(node.output[0], [])
+        if readers and all(op == "Clip" for op in readers):
+            return value
+        return self.arithmetic.settle(value, grid)
+
+    # Ops.
+
+    def _clip(self, node: onnx.NodeProto, name: str) -> Value:
+        low, high = self._clip_bounds(node, name)
+        grid = Grid.of_clip(low, high, self.bitwidth)
+        value = self.values[node.input[0]]
+        if isinstance(value, Tensor):
+            return self.arithmetic.quantize_input(value, grid)
+        return self.arithmetic.clip(value, grid)
+
+    def _conv(self, node: onnx.NodeProto, name: str) -> Value:
+        value = self._ranged(node, name)
+        attrs = _attributes(node)
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if attrs.get("auto_pad", "NOTSET") != "NOTSET" or pads[:2] != pads[2:]:
+            raise SimulationError(f"node {name} (Conv) has asymmetric or automatic padding {pads}")
+        spec = ConvSpec(
+            tuple(attrs.get("strides", [1, 1])),
+            (pads[0], pads[1]),
+            tuple(attrs.get("dilations", [1, 1])),
+            attrs.get("group", 1),
+        )
+        weight, bias = self._weight_and_bias(node, name)
+        return self.arithmetic.conv(value, weight, bias, spec)
+
+    def _gemm(self, node: onnx.NodeProto, name: str) -> Value:
+        value = self._ranged(node, name)
+        attrs = _attributes(node)
+        if (
+            attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
+            raise SimulationError(f"node {name} (Gemm) needs transA=0, alpha=beta=1")
+        weight, bias = self._weight_and_bias(node, name)
+        if not attrs.get("transB", 0):
+            weight = weight.t()
+        return self.arithmetic.gemm(value, weight, bias)
+
+    def _add(self, node: onnx.NodeProto, name: str) -> Value:
+        return self.arithmetic.add(self._ranged(node, name, 0), self._ranged(node, name, 1))
+
+    def _concat(self, node: onnx.NodeProto, name: str) -> Value:
+        values = [self._ranged(node, name, i) for i in range(len(node.input))]
+        return self.arithmetic.concat(values, _attributes(node)["axis"])
+
+    def _maxpool(self, node: onnx.NodeProto, name: str) -> Value:
+        return self.arithmetic.max_pool(self._ranged(node, name), _pool_spec(node, name))
+
+    def _averagepool(self, node: onnx.NodeProto, name: str) -> Value:
+        value = self._ranged(node, name)
+        pooled = self.arithmetic.average_pool(value, _pool_spec(node, name))
+        return self._pending(node, pooled, value.grid)
+
+    def _globalaveragepool(self, node: onnx.NodeProto, name: str) -> Value:
+        value = self._ranged(node, name)
+        return self._pending(node, self.arithmetic.global_average_pool(value), value.grid)
+
+    def _resize(self, node: onnx.NodeProto, name: str) -> Value:
+        value = self._ranged(node, name)
+        mode, scale = _resize_mode_and_scale(node, name, self.constants, self.opset)
+        resized = self.arithmetic.resize(value, scale, mode)
+        return resized if mode == "nearest" else self._pending(node, resized, value.grid)
+
+    def _flatten(self, node: onnx.NodeProto, name: str) -> Value:
+        value = self._ranged(node, name)
+        return replace(value, data=value.data.flatten(_attributes(node).get("axis", 1)))
+
+    def _reshape(self, node: onnx.NodeProto, name: str) -> Value:
+        value = self._ranged(node, name)
+        shape = self.constants.get(node.input[1])
+        if shape is None:
+            raise SimulationError(f"node {name} (Reshape) has no constant shape")
+        return replace(value, data=value.data.reshape([int(v) for v in shape.tolist()]))
+
+    def _argmax(self, node: onnx.NodeProto, name: str) -> Tensor:
+        value = self.values[node.input[0]]
+        return self.arithmetic.argmax(value, _attributes(node).get("axis", 0))
+
+    def _weight_and_bias(self, node: onnx.NodeProto, name: str) -> tuple[Tensor, Tensor | None]:
+        weight = self.constants.get(node.input[1])
+        if weight is None:
+            raise SimulationError(f"node {name} ({node.op_type}) has no constant weight")
+        bias = self.constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        return weight, bias
+
+    def _clip_bounds(self, node: onnx.NodeProto, name: str) -> tuple[float, float]:
+        if self.opset < 11:
+            attrs = _attributes(node)
+            return float(attrs["min"]), float(attrs["max"])
+        try:
+            return tuple(float(self.constants[node.input[i]].reshape(-1)[0]) for i in (1, 2))
+        except (KeyError, IndexError):
+            raise SimulationError(f"node {name} (Clip) has no constant min and max") from None
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    values = {}
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        values[attr.name] = value.decode() if isinstance(value, bytes) else value
+    return values
+
+
+def _pool_spec(node: onnx.NodeProto, name: str) -> PoolSpec:
+    attrs = _attributes(node)
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:] or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        raise SimulationError(f"node {name} ({node.op_type}) has asymmetric padding or dilation")
+    kernel = tuple(attrs["kernel_shape"])
+    return PoolSpec(
+        kernel,
+        tuple(attrs.get("strides", kernel)),
+        (pads[0], pads[1]),
+        bool(attrs.get("ceil_mode", 0)),
+        bool(attrs.get("count_include_pad", 0)),
+    )
+
+
+def _resize_mode_and_scale(
+    node: onnx.NodeProto, name: str, constants: dict[str, Tensor], opset: int
+) -> tuple[str, int]:
+    attrs = _attributes(node)
+    mode = attrs.get("mode", "nearest")
+    coordinates = attrs.get("coordinate_transformation_mode", "half_pixel")
+    scales_name = node.input[1] if opset < 11 else (node.input[2] if len(node.input) > 2 else "")
+    scales = constants.get(scales_name)
+    square = scales is not None and scales.numel() == 4 and float(scales[2]) == float(scales[3])
+    factor = float(scales[-1]) if square else 0.0
+    legal_coordinates = (
+        coordinates in ("half_pixel", "pytorch_half_pixel") if mode == "linear" else True
+    )
+    if scales is None or factor < 1 or factor != int(factor) or int(factor) & (int(factor) - 1):
+        raise SimulationError(
+            f"node {name} (Resize) needs constant power-of-two scales, equal for H and W"
+        )
+    if mode not in ("nearest", "linear") or not legal_coordinates:
+        raise SimulationError(
+            f"node {name} (Resize {mode}, {coordinates}) is not a TIDL resize: nearest, or "
+            "linear with half_pixel coordinates"
+        )
+    return mode, int(factor)
+
+
+def run_graph(
+    proto: onnx.ModelProto,
+    inputs: Tensor | np.ndarray,
+    arithmetic: Any,
+    record: bool = False,
+) -> GraphRun:
+    """Run the graph's nodes in `arithmetic` on one input batch."""
+    graph_inputs = [i.name for i in proto.graph.input if i.name not in _initializer_names(proto)]
+    if len(graph_inputs) != 1:
+        raise SimulationError(f"the graph has {len(graph_inputs)} inputs; edgezoo simulates one")
+    batch = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+    return _Runner(proto, arithmetic).run({graph_inputs[0]: batch}, record)
+
+
+def _initializer_names(proto: onnx.ModelProto) -> set[str]:
+    return {init.name for init in proto.graph.initializer}

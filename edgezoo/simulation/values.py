@@ -1,0 +1,84 @@
+"""The tensors of a simulated graph: integers at a power-of-two scale, or float values.
+
+An IntegerValue is data * 2^-exponent with int64 data. It is `ranged` when it lies on an
+activation range's grid (it came out of a Clip, or out of an op that keeps its input's grid);
+a Conv, Gemm, Add or Concat output is an accumulator until a Clip requantizes it.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from edgezoo.quantization.grid import activation_grid
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An activation range's grid: value = integer * 2^-exponent, integers in [low, high]."""
+
+    exponent: int
+    low: int
+    high: int
+    clip_min: float
+    clip_max: float
+
+    @classmethod
+    def of_clip(cls, clip_min: float, clip_max: float, bitwidth: int) -> "Grid":
+        """The grid of Clip(clip_min, clip_max) at `bitwidth` (its max must be a power of two)."""
+        bounds = torch.tensor([clip_min, clip_max], dtype=torch.float64)
+        scale, low, high = (float(v) for v in activation_grid(bounds[0], bounds[1], bitwidth))
+        mantissa, exponent = math.frexp(scale)
+        if mantissa != 0.5:
+            raise ValueError(f"Clip({clip_min:g}, {clip_max:g}) has no power-of-two grid")
+        return cls(exponent - 1, int(low), int(high), clip_min, clip_max)
+
+
+@dataclass(frozen=True)
+class IntegerValue:
+    """An integer tensor at scale 2^exponent; grid set when it lies on an activation range."""
+
+    data: Tensor
+    exponent: int
+    grid: Grid | None = None
+    divisor: Tensor | int = 1
+    """A pending division (an average pool's count): value = data * 2^-exponent / divisor."""
+
+    @property
+    def ranged(self) -> bool:
+        return self.grid is not None
+
+    def dequantize(self) -> Tensor:
+        """The real values, in float64 (exact up to a pending division)."""
+        values = self.data.double() * 2.0 ** (-self.exponent)
+        return (
+            values if isinstance(self.divisor, int) and self.divisor == 1 else values / self.divisor
+        )
+
+    def steps(self) -> Tensor:
+        """The values in steps of this tensor's grid (its integers)."""
+        return self.data
+
+
+@dataclass(frozen=True)
+class FloatValue:
+    """A float tensor, on an activation range's grid when grid is set (the QAT arithmetic)."""
+
+    data: Tensor
+    grid: Grid | None = None
+
+    @property
+    def ranged(self) -> bool:
+        return self.grid is not None
+
+    def dequantize(self) -> Tensor:
+        return self.data.double()
+
+
+Value = IntegerValue | FloatValue
+
+
+def as_steps(value: Tensor, exponent: int) -> Tensor:
+    """Real values expressed in steps of 2^-exponent (float64)."""
+    return value.double() * 2.0**exponent
