@@ -23,7 +23,9 @@ from edgezoo.errors import (
     TrainingDivergedError,
     UncalibratedRangesError,
     UnknownModelError,
+    UnknownTargetError,
     UnreadableModelError,
+    UsageError,
     WeightsError,
 )
 from edgezoo.export import ExportReport, GraphViolation, VerifyReport, export_onnx, verify_onnx
@@ -79,7 +81,9 @@ __all__ = [
     "TrainingDivergedError",
     "UncalibratedRangesError",
     "UnknownModelError",
+    "UnknownTargetError",
     "UnreadableModelError",
+    "UsageError",
     "VerifyReport",
     "Violation",
     "WeightsError",

@@ -45,6 +45,10 @@ class DistributedError(EdgezooError, RuntimeError):
     """A multi-process job that cannot go on: a rank is stuck, stopped or gone."""
 
 
+class UsageError(EdgezooError, ValueError):
+    """Options of a command that do not go together (the message says which to add)."""
+
+
 class InputShapeError(EdgezooError, ValueError):
     """An input tensor whose shape the model cannot process (e.g. not a multiple of its stride)."""
 
@@ -95,3 +99,7 @@ class DataError(EdgezooError, ValueError):
 
 class RunExistsError(EdgezooError, FileExistsError):
     """An output directory that already holds a training run (resume or overwrite it)."""
+
+
+class UnknownTargetError(EdgezooError, ValueError):
+    """A target device edgezoo does not know (the message lists the close matches)."""

@@ -13,7 +13,7 @@ from torch import nn
 from edgezoo import hub
 from edgezoo.errors import CheckpointMismatchError, UnknownModelError, WeightsError
 from edgezoo.models import BUILDERS
-from edgezoo.quantization import wrap_model
+from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import wrapper_mode
 from edgezoo.tasks import TASKS
 from edgezoo.weights import load_checkpoint_into, load_weights, read_state_dict
@@ -81,6 +81,7 @@ def get_model(
     weights_url: str | None = None,
     progress: bool = True,
     example_input: torch.Tensor | None = None,
+    quantization: QuantizationConfig | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model by name, load its weights, and (with qat) wrap it for quantization.
@@ -91,7 +92,8 @@ def get_model(
     pretrained_backbone (segmentation models): True or a tag loads torchvision ImageNet weights
     into model.backbone. qat: False for the float model, True/"train", "calibrate" or "test" for
     the wrapper edgezoo.wrap_model builds (traced with example_input, default a random batch of
-    the model's default input size). weights_url: a mirror to download from instead of the
+    the model's default input size) with `quantization` (a QuantizationConfig; default the
+    defaults). weights_url: a mirror to download from instead of the
     manifest's URL (default: $EDGEZOO_WEIGHTS_URL). Other kwargs go to the builder.
     """
     canonical = resolve_name(name)
@@ -123,10 +125,11 @@ def get_model(
             origin=origin,
             model_name=canonical,
             head=entry["head"],
+            config=quantization,
         )
         logger.info("loaded %s", origin)
         return loaded
-    return model if mode is None else wrap_model(model, mode, example_input)
+    return model if mode is None else wrap_model(model, mode, example_input, config=quantization)
 
 
 def _example(canonical: str) -> torch.Tensor:

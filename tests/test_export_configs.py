@@ -35,9 +35,12 @@ def test_qat_files(tmp_path, imagenet_spec):
     assert options["tensor_bits"] == 8
     assert options["accuracy_level"] == 0
     assert options["advanced_options:quantization_scale_type"] == 1
-    assert options["advanced_options:calibration_frames"] == 1
-    assert options["advanced_options:calibration_iterations"] == 1
+    # TIDL ignores calibration frames and iterations at accuracy_level 0: not written.
+    assert "advanced_options:calibration_frames" not in options
+    assert "advanced_options:calibration_iterations" not in options
     assert compile_file["quantization"].startswith("QAT export")
+    assert compile_file["target_device"] == "tda4vm" and compile_file["soc"] == "am68pa"
+    assert set(compile_file["option_meanings"]) == set(options)
 
     entries = read_import_config(paths["import_config"])
     assert entries["modelType"] == "2"

@@ -72,13 +72,32 @@ class GraphBuilder:
         return model
 
 
+NEAREST_FLOOR = {
+    "mode": "nearest",
+    "coordinate_transformation_mode": "asymmetric",
+    "nearest_mode": "floor",
+}
+"""What torch exports for a nearest x2 upsample (and TIDL takes)."""
+
+
+def test_half_pixel_resizes_need_round_prefer_ceil():
+    g, out = clean_graph(nearest_mode="round_prefer_floor")
+    report, found = violations(g.build(out))
+    assert found == [("resize", "/up")]
+    assert "round_prefer_ceil" in report.violations[0].message
+
+
 def clean_graph(**resize_attrs):
     """input -> Clip -> Conv -> Clip -> dw Conv -> Clip -> Resize x2 -> Concat -> Conv -> Clip."""
     g = GraphBuilder()
     x = g.clip("input", -4.0, 4.0, "/input_clip")
     a = g.clip(g.conv(x, 3, 8, "/conv1"), 0.0, 8.0, "/act1")
     d = g.clip(g.conv(a, 8, 8, "/dw", stride=2, group=8), -2.0, 2.0, "/act2")
-    attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"} | resize_attrs
+    attrs = {
+        "mode": "linear",
+        "coordinate_transformation_mode": "half_pixel",
+        "nearest_mode": "round_prefer_ceil",
+    } | resize_attrs
     up = g.node("Resize", [d, g.const([]), g.const([1, 1, 2, 2])], "/up", **attrs)
     cat = g.clip(g.node("Concat", [a, up], "/cat", axis=1), 0.0, 8.0, "/cat_clip")
     out = g.clip(g.conv(cat, 16, 4, "/head", kernel=1), -16.0, 16.0, "/out_clip")
@@ -135,7 +154,7 @@ def test_cubic_resize_is_named():
 def test_bad_resize_scales_are_named(scales, shape_ok):
     g = GraphBuilder()
     x = g.clip("input", -4.0, 4.0, "/input_clip")
-    up = g.node("Resize", [x, g.const([]), g.const(scales)], "/up", mode="nearest")
+    up = g.node("Resize", [x, g.const([]), g.const(scales)], "/up", **NEAREST_FLOOR)
     report, found = violations(g.build(up))
     assert ("resize", "/up") in found
     message = next(v.message for v in report.violations if v.rule == "resize")
@@ -146,7 +165,7 @@ def test_resize_sizes_input_is_named():
     g = GraphBuilder()
     x = g.clip("input", -4.0, 4.0, "/input_clip")
     sizes = g.const([1, 3, 16, 16], dtype=np.int64)
-    up = g.node("Resize", [x, g.const([]), g.const([]), sizes], "/up", mode="nearest")
+    up = g.node("Resize", [x, g.const([]), g.const([]), sizes], "/up", **NEAREST_FLOOR)
     report, found = violations(g.build(up))
     assert found == [("resize", "/up")]
     assert "'sizes' input" in report.violations[0].message

@@ -61,6 +61,17 @@ def test_positive_half_range_peak_is_nudged_back_onto_the_identity(scale):
     assert grid_error_steps(w) > GRID_TOLERANCE_STEPS
 
 
+def test_a_16_bit_half_range_peak_is_nudged_by_less_than_a_step():
+    scale = 2.0**20
+    w = grid_weights(2**14, scale, seed=2)
+    assert grid_error_steps(w, 16) > GRID_TOLERANCE_STEPS
+    aligned, moved = align_to_tidl_grid(w, 16)
+    assert moved == 1
+    np.testing.assert_array_equal(tidl_requantize(aligned, 16), w)
+    assert tidl_weight_scale(aligned, 16) == scale
+    assert grid_error_steps(aligned, 16) <= GRID_TOLERANCE_STEPS
+
+
 def test_float_weights_are_left_for_the_grid_check():
     w = np.random.default_rng(3).normal(size=(8, 4, 3, 3)).astype(np.float32)
     aligned, moved = align_to_tidl_grid(w)

@@ -1,5 +1,7 @@
 """The TIDL integer simulation: hand-computed integer cases, and QAT equal to it bit for bit."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +16,7 @@ from edgezoo.layers import AddBlock, CatBlock, ResizeWith
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantTrainModule
 from edgezoo.simulation import parity_report, simulate_tidl
+from edgezoo.simulation.values import Grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,7 +149,7 @@ def test_bilinear_resizes_use_fixed_point_weights_then_round_to_the_input_grid(s
     assert exponent == 6 and values == expected * scale  # every row the same (one input row)
 
 
-def test_a_missing_clip_or_an_unknown_op_names_the_node():
+def test_a_missing_clip_or_an_unknown_op_names_the_node(tmp_path, capsys):
     node_in, init_in = clip("x", "q", -4.0, 4.0)
     conv = helper.make_node("Conv", ["q", "w"], ["acc"], name="conv7", kernel_shape=[1, 1])
     add = helper.make_node("Add", ["acc", "q"], ["y"], name="add3")
@@ -156,6 +159,9 @@ def test_a_missing_clip_or_an_unknown_op_names_the_node():
     sigmoid = helper.make_node("Sigmoid", ["q"], ["y"], name="sig")
     with pytest.raises(SimulationError, match=r"node sig \(Sigmoid\) has no definition"):
         simulate_tidl(graph([node_in, sigmoid], init_in, [1, 1, 1, 1]), np.zeros((1, 1, 1, 1)))
+    onnx.save(model, tmp_path / "unclipped.onnx")
+    assert main(["simulate", str(tmp_path / "unclipped.onnx"), "--batches", "1"]) == 2
+    assert "node add3 (Add) reads an accumulator" in capsys.readouterr().err
 
 
 class Everything(nn.Module):
@@ -234,6 +240,39 @@ def test_qat_eval_equals_the_integer_graph_bit_for_bit(tmp_path, name, size, bit
 def test_the_cli_reports_parity_layer_by_layer(tmp_path, capsys):
     path = tmp_path / "m.onnx"
     edgezoo.export_onnx(trained(Everything(), 16), path, input_size=(16, 16), write_configs=False)
-    assert main(["simulate", str(path), "--batches", "2", "--batch-size", "3"]) == 0
+    layers = tmp_path / "layers.npz"
+    args = ["simulate", str(path), "--batches", "2", "--batch-size", "3"]
+    assert main([*args, "--save-layers", str(layers)]) == 0
     out = capsys.readouterr().out
     assert "/conv3/Conv" in out and "19 layers over 2 batches: exact" in out
+    saved = np.load(layers)
+    clips = [n for n in onnx.load(path).graph.node if n.op_type == "Clip"]
+    assert {n.output[0] for n in clips} <= set(saved.files)
+    for clip in clips:
+        low, high = (float(numpy_helper.to_array(t)) for t in _clip_constants(path, clip))
+        grid = Grid.of_clip(low, high, 8)
+        integers = saved[clip.output[0]]
+        assert int(saved[f"{clip.output[0]}.exponent"]) == grid.exponent
+        assert integers.min() >= grid.low and integers.max() <= grid.high and integers.any()
+
+
+def _clip_constants(path, clip):
+    constants = {t.name: t for t in onnx.load(path).graph.initializer}
+    return [constants[name] for name in clip.input[1:]]
+
+
+def test_evaluate_reports_the_integer_accuracy_beside_the_qat_model(tmp_path, capsys):
+    run = tmp_path / "qat"
+    quick = ["--model", "mobilenetv2", "--batch-size", "8", "--max-batches", "2", "--no-progress"]
+    assert main(["train", *quick, "--qat", "--epochs", "1", "--out", str(run)]) == 0
+    checkpoint = str(run / "last.pth")
+    export = ["export", "mobilenetv2", "--qat", "--checkpoint", checkpoint, "--num-classes", "10"]
+    assert main([*export, "--input-size", "32", "32", "-o", str(tmp_path)]) == 0
+    onnx_path = str(tmp_path / "mobilenetv2_qat.onnx")
+    evaluate = ["evaluate", *quick, "--checkpoint", checkpoint, "--onnx", onnx_path]
+    assert main([*evaluate, "--simulate", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "eval.json").read_text())
+    assert record["integer_simulation"]["top1"] == record["top1"]
+    assert record["integer_simulation"]["loss"] == pytest.approx(record["loss"], rel=1e-5)
+    without_graph = ["evaluate", *quick, "--checkpoint", checkpoint, "--simulate"]
+    assert main(without_graph) == 2 and "pass --onnx FILE.onnx" in capsys.readouterr().err

@@ -102,3 +102,36 @@ def output_dir(text: str) -> Path:
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a file, not a folder; choose a folder")
     return path
+
+
+def add_quantization_scheme(parser: argparse.ArgumentParser) -> None:
+    """--target, --per-channel-weights, --asymmetric-activations: the device and its scheme."""
+    from edgezoo.targets import TARGETS
+
+    parser.add_argument(
+        "--target",
+        help=f"the TI device ({', '.join(TARGETS)}; default tda4vm): sets the export format, "
+        "the compile options and the schemes allowed",
+    )
+    parser.add_argument(
+        "--per-channel-weights",
+        action="store_true",
+        help="a power-of-two weight scale per output channel (QDQ devices, not tda4vm)",
+    )
+    parser.add_argument(
+        "--asymmetric-activations",
+        action="store_true",
+        help="affine activation ranges with zero points (QDQ devices, not tda4vm)",
+    )
+
+
+def quantization_config(args: argparse.Namespace, **settings):
+    """The QuantizationConfig the scheme options ask for (settings: more of its fields)."""
+    from edgezoo.quantization import QuantizationConfig
+
+    return QuantizationConfig(
+        target=getattr(args, "target", None),
+        per_channel_weights=getattr(args, "per_channel_weights", False),
+        asymmetric_activations=getattr(args, "asymmetric_activations", False),
+        **settings,
+    )

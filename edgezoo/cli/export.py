@@ -8,10 +8,18 @@ import argparse
 import logging
 import sys
 
-from edgezoo.cli.arguments import add_input_size_hw, add_weights_source, output_dir, positive_int
+from edgezoo.cli.arguments import (
+    add_input_size_hw,
+    add_quantization_scheme,
+    add_weights_source,
+    output_dir,
+    positive_int,
+    quantization_config,
+)
 from edgezoo.errors import ExportVerificationError
 from edgezoo.export import export_onnx, verify_onnx
 from edgezoo.export.tidl_rules import EXPORT_OPSETS
+from edgezoo.targets import EXPORT_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +55,15 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--opset",
         type=int,
-        default=11,
         choices=EXPORT_OPSETS,
-        help="ONNX opset (default 11, TI's QAT recipe)",
+        help="ONNX opset (default 11, TI's QAT recipe; 13 for QDQ)",
+    )
+    add_quantization_scheme(export)
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="clip (TDA4VM's QAT Clip graph) or qdq (prequantized QuantizeLinear/"
+        "DequantizeLinear graph); default: the target's",
     )
     export.add_argument(
         "--argmax", action="store_true", help="append ArgMax over the classes (segmentation)"
@@ -94,6 +108,12 @@ def _register_verify(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not report ranges the export recorded as untrained (graph tests only)",
     )
+    verify.add_argument(
+        "--batches",
+        type=positive_int,
+        default=8,
+        help="QDQ graphs: seeded random images to run in onnxruntime's int8 kernels (default 8)",
+    )
     verify.set_defaults(func=run_verify)
 
 
@@ -111,7 +131,11 @@ def run_export(args: argparse.Namespace) -> int:
             name,
         )
     model = get_model(
-        name, pretrained=pretrained, num_classes=args.num_classes, qat="test" if args.qat else False
+        name,
+        pretrained=pretrained,
+        num_classes=args.num_classes,
+        qat="test" if args.qat else False,
+        quantization=quantization_config(args) if args.qat else None,
     )
     channels, height, width = default_input_size(name)
     if args.input_size:
@@ -128,6 +152,8 @@ def run_export(args: argparse.Namespace) -> int:
             strict=not args.no_strict,
             model_name=name,
             allow_uncalibrated=args.allow_uncalibrated,
+            format=args.format,
+            target=args.target,
         )
     except ExportVerificationError as err:
         print(err, file=sys.stderr)
@@ -137,7 +163,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Print the verification report of one file; 0 when clean, 1 with violations."""
+    """Print the verification report of one file (and, for a QDQ graph, how onnxruntime's
+    int8 kernels agree with the graph's QDQ semantics); 0 when clean, 1 with violations."""
+    from edgezoo.export.qdq_check import graph_agreement
+    from edgezoo.export.verify import load_onnx
+
     report = verify_onnx(
         args.path,
         quantized=not args.float,
@@ -145,4 +175,6 @@ def run_verify(args: argparse.Namespace) -> int:
         allow_uncalibrated=args.allow_uncalibrated,
     )
     print(report)
+    if report.ok and "QuantizeLinear" in report.node_counts:
+        print(graph_agreement(load_onnx(args.path), args.batches))
     return 0 if report.ok else 1

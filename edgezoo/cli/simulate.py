@@ -25,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--bitwidth", type=positive_int, help="bit width (default: what the export recorded)"
     )
+    parser.add_argument(
+        "--save-layers",
+        metavar="FILE.npz",
+        help=(
+            "also write the integers of every tensor on an activation grid for the first "
+            "batch, by ONNX tensor name, to compare with TIDL's fixed-point layer traces"
+        ),
+    )
     parser.set_defaults(func=run_simulate)
 
 
@@ -35,7 +43,26 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgezoo.simulation.inputs import graph_batches
 
     proto = load_onnx(args.path)
-    batches = graph_batches(proto, args.data, args.batches, args.batch_size)
+    batches = list(graph_batches(proto, args.data, args.batches, args.batch_size))
     report = parity_report(proto, batches, bitwidth=args.bitwidth)
     print(report)
+    if args.save_layers:
+        _save_layers(proto, batches[0], args.bitwidth, args.save_layers)
     return 0 if report.exact else 1
+
+
+def _save_layers(proto, batch, bitwidth: int | None, path: str) -> None:
+    """Write each grid tensor's integers (and its scale exponent) for one batch."""
+    import numpy as np
+
+    from edgezoo.fileio import atomic_path
+    from edgezoo.simulation import TIDLSimulator
+
+    layers = TIDLSimulator(proto, bitwidth).layers(batch)
+    arrays = {}
+    for name, tensor in layers.items():
+        arrays[name] = tensor.integers
+        arrays[f"{name}.exponent"] = np.asarray(tensor.exponent)
+    with atomic_path(path) as partial, open(partial, "wb") as handle:
+        np.savez(handle, **arrays)
+    print(f"wrote the integers of {len(layers)} tensors to {path}")

@@ -3,18 +3,21 @@ shell, on one process or under torchrun."""
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from edgezoo.cli.arguments import (
     DATA_HELP,
+    add_quantization_scheme,
     add_weights_source,
     non_negative_float,
     non_negative_int,
     output_dir,
     positive_float,
     positive_int,
+    quantization_config,
 )
-from edgezoo.errors import ResumeMismatchError
+from edgezoo.errors import ResumeMismatchError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ _FIXED_ON_RESUME = {
     "weight_decay": "--weight-decay",
     "warmup_epochs": "--warmup-epochs",
     "max_batches": "--max-batches",
+    "quantization": "--target / --per-channel-weights / --asymmetric-activations",
 }
 
 
@@ -99,6 +103,13 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate quantized (implied by a QAT or calibrated checkpoint)",
     )
     evaluate.add_argument("--out", type=output_dir, help="also write the metrics to OUT/eval.json")
+    evaluate.add_argument("--onnx", type=Path, help="the exported QAT graph of this model")
+    evaluate.add_argument(
+        "--simulate",
+        action="store_true",
+        help="with --onnx: also evaluate the graph in TIDL's integer arithmetic "
+        "(edgezoo.simulate_tidl), beside the PyTorch model",
+    )
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -126,6 +137,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: CUDA when present")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_quantization_scheme(parser)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -196,8 +208,18 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
             "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "pretrained": args.pretrained,
             "pretrained_backbone": args.pretrained_backbone,
+            "quantization": _scheme(args),
         },
     )
+
+
+def _scheme(args: argparse.Namespace) -> dict[str, Any]:
+    """The quantization scheme options of a command line, as run metadata."""
+    return {
+        "target": args.target,
+        "per_channel_weights": args.per_channel_weights,
+        "asymmetric_activations": args.asymmetric_activations,
+    }
 
 
 def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -218,6 +240,8 @@ def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
     }
     if getattr(args, "qat", False):
         given["mode"] = "qat"
+    if args.target or args.per_channel_weights or args.asymmetric_activations:
+        given["quantization"] = _scheme(args)
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -286,8 +310,15 @@ def run_train(args: argparse.Namespace) -> int:
     weights = {} if args.resume else _weights(args)
     input_size = config.metadata["input_size"]
     # Seeded before building, so a run from random initialisation repeats exactly.
+    scheme = argparse.Namespace(**config.metadata.get("quantization") or _scheme(args))
     model = build_model(
-        name, config.num_classes, input_size, mode=config.mode, seed=config.seed, **weights
+        name,
+        config.num_classes,
+        input_size,
+        mode=config.mode,
+        seed=config.seed,
+        config=quantization_config(scheme),
+        **weights,
     )
     result = fit(
         model,
@@ -349,7 +380,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not quantized:
         quantized = is_quantized_state(name, read_state_dict(args.checkpoint), data.num_classes)
     model = build_model(
-        name, data.num_classes, input_size, mode="test" if quantized else "float", **_weights(args)
+        name,
+        data.num_classes,
+        input_size,
+        mode="test" if quantized else "float",
+        config=quantization_config(args),
+        **_weights(args),
     )
     config = TrainConfig(
         task=task,
@@ -361,13 +397,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
     )
     metrics = evaluate(model, data.val, config, ctx, progress=not args.no_progress)
-    if ctx.is_main:
-        kind = "quantized" if quantized else "float"
-        _print_metrics(f"{name} ({kind}) on {data.description}", metrics)
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(
-                args.out / "eval.json",
-                {"model": name, "quantized": quantized, "data": data.description, **metrics},
-            )
+    if not ctx.is_main:
+        return 0
+    kind = "quantized" if quantized else "float"
+    _print_metrics(f"{name} ({kind}) on {data.description}", metrics)
+    record = {"model": name, "quantized": quantized, "data": data.description, **metrics}
+    if args.simulate:
+        record["integer_simulation"] = _simulated(args, data, config)
+        _print_metrics(f"{args.onnx} in TIDL's integer arithmetic", record["integer_simulation"])
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out / "eval.json", record)
     return 0
+
+
+def _simulated(args: argparse.Namespace, data: Any, config: Any) -> dict[str, float]:
+    """The --onnx graph's metrics in TIDL's integer arithmetic."""
+    from edgezoo.simulation import simulated_metrics
+
+    if args.onnx is None:
+        raise UsageError("--simulate evaluates the exported graph: pass --onnx FILE.onnx too")
+    return simulated_metrics(
+        args.onnx,
+        data.val,
+        config.task,
+        config.num_classes,
+        batch_size=config.batch_size,
+        max_batches=config.max_batches,
+        ignore_index=config.ignore_index,
+        progress=not args.no_progress,
+    )

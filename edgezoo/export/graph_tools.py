@@ -12,7 +12,7 @@ import math
 import onnx
 from onnx import helper
 
-__all__ = ["check_model", "infer_shapes", "weightless_view"]
+__all__ = ["check_model", "infer_shapes", "weightless_view", "without_argmax"]
 
 _KEEP_BYTES = 4096
 
@@ -80,3 +80,17 @@ def _copy_fields(source: object, target: object, skip: str) -> None:
             destination.CopyFrom(value)
         else:
             setattr(target, field.name, value)
+
+
+def without_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph up to its logits: a copy without a final ArgMax (the graph itself if none)."""
+    last = proto.graph.node[-1] if proto.graph.node else None
+    if last is None or last.op_type != "ArgMax" or last.output[0] != proto.graph.output[0].name:
+        return proto
+    logits = onnx.ModelProto()
+    logits.CopyFrom(proto)
+    graph = logits.graph
+    graph.node.remove(graph.node[-1])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(last.input[0], onnx.TensorProto.FLOAT, None))
+    return logits

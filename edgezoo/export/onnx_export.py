@@ -16,6 +16,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,26 @@ from torch import Tensor, nn
 import edgezoo
 from edgezoo.errors import (
     ExportVerificationError,
+    QuantizationConfigError,
     SimulationError,
     TIDLRuleError,
     UncalibratedRangesError,
 )
 from edgezoo.export import tidl_rules as rules
-from edgezoo.export.graph_tools import infer_shapes
+from edgezoo.export.graph_tools import infer_shapes, without_argmax
+from edgezoo.export.qdq import QDQ_MIN_OPSET, to_qdq
+from edgezoo.export.qdq_check import (
+    ProbeRunner,
+    RuntimeAgreement,
+    agreement,
+    probes,
+    qat_probe_values,
+    stack_runs,
+)
+from edgezoo.export.qdq_rules import is_qdq_graph
 from edgezoo.export.report import ExportReport, VerifyReport
-from edgezoo.export.tidl_config import TIDLInputSpec, write_tidl_configs
-from edgezoo.export.verify import verify_onnx
+from edgezoo.export.tidl_config import TIDLCompilation, TIDLInputSpec, write_tidl_configs
+from edgezoo.export.verify import input_range, normalised_input_range, verify_onnx
 from edgezoo.export.weight_grid import align_to_tidl_grid
 from edgezoo.quantization import (
     QUANT_WRAPPERS,
@@ -49,24 +61,34 @@ from edgezoo.quantization import (
     is_quantized,
     named_activation_ranges,
 )
+from edgezoo.quantization.grid import HALF_EVEN
 from edgezoo.registry import model_info
 from edgezoo.simulation import simulate_tidl
+from edgezoo.targets import (
+    CLIP_FORMAT,
+    QDQ_FORMAT,
+    TargetDevice,
+    check_export_format,
+    check_scheme,
+    resolve_target,
+)
 from edgezoo.text import preview
 
-__all__ = ["export_onnx", "onnxruntime_session"]
+__all__ = ["ExportPlan", "export_onnx", "export_plan", "int8_agreement", "onnxruntime_session"]
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _LOGITS_NAME = "logits"
+_QAT_CHUNK = 32
 
 
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     example_input: Tensor | None = None,
-    opset: int = 11,
+    opset: int | None = None,
     simplify: bool = True,
     argmax: bool = False,
     input_size: Sequence[int] | None = None,
@@ -78,14 +100,19 @@ def export_onnx(
     write_configs: bool = True,
     parity_tolerance: float = 1e-4,
     allow_uncalibrated: bool = False,
+    format: str | None = None,
+    target: str | None = None,
 ) -> ExportReport:
     """Export a float edgezoo model or a QAT wrapper to one self-contained, verified ONNX file.
 
     model: a float model, or a QuantTrainModule / QuantCalibrateModule / QuantTestModule or its
     `.module` (its deploy form is exported; the QAT model is not changed). example_input, or
     input_size as (H, W) or (C, H, W), or model_name's default size fixes the static input shape.
-    opset: 11 (TI's QAT recipe) to 17, through the TorchScript exporter; other values raise
-    TIDLRuleError. argmax: append ArgMax(axis=1, keepdims=1) for segmentation deployment.
+    target: the TI device (edgezoo.targets.TARGETS; default the QAT config's target, else
+    TDA4VM). format: "clip" (TDA4VM's QAT Clip graph) or "qdq" (QuantizeLinear /
+    DequantizeLinear with integer weights, for prequantized import); default: the target's.
+    opset: 11 (TI's QAT recipe; 13 for QDQ) to 17, through the TorchScript exporter; other
+    values raise TIDLRuleError. argmax: append ArgMax(axis=1, keepdims=1) for segmentation.
     strict: raise ExportVerificationError (with `.report`) and write nothing when the graph
     breaks a TIDL rule or onnxruntime differs from PyTorch; False writes the file anyway and
     returns the failing report. model_name / task / preprocessing feed the TIDL files (written
@@ -94,34 +121,89 @@ def export_onnx(
     raises UncalibratedRangesError unless allow_uncalibrated (the graph then records how many
     are untrained, for verify_onnx). The caller's train/eval modes are restored afterwards.
     """
-    _check_opset(opset)
     path = Path(path)
     wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
+    settings = graph_quantization(model) if wrapped else None
+    plan = export_plan(settings, target, format, opset)
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
-    reference, quantized_output, proto = _reference_and_graph(model, example, opset, wrapped)
-    settings = graph_quantization(getattr(model, "module", model)) if wrapped else None
+    reference, quantized_output, proto = _reference_and_graph(model, example, plan.opset, wrapped)
     grid_bits = settings.weight_bits if settings else (8 if quantized else None)
+    if plan.export_format == QDQ_FORMAT:
+        grid_bits = None  # the QDQ rewrite writes the QAT integers itself
     proto, aligned, parity = _finished_graph(proto, example, reference, simplify, grid_bits, argmax)
-    _stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings)
+    spec = _input_spec(example, reference, info, task, preprocessing, argmax)
+    if plan.export_format == QDQ_FORMAT and quantized:
+        proto = _infer_shapes(to_qdq(proto, settings.activation_bits, settings.activation_scales))
+    _stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings, plan)
+    _record_normalisation(proto, spec)
     verification = verify_onnx(
         proto,
         quantized=quantized,
         input_clipped=wrapped and _quantizes_input(model),
         allow_uncalibrated=allow_uncalibrated,
     )
+    _warn_about_inputs_and_rounding(proto, settings, plan)
     report = _report(proto, path, tuple(example.shape), verification, parity, parity_tolerance)
-    report = dataclasses.replace(report, aligned_weights=tuple(aligned))
+    report = dataclasses.replace(report, aligned_weights=tuple(aligned), target=plan.target.name)
     if quantized_output is not None:
-        report = _with_integer_figure(report, proto, argmax, example, quantized_output)
+        report = _with_device_figures(report, proto, argmax, example, quantized_output, model)
     _write(proto, report, strict)
     if write_configs:
-        spec = _input_spec(example, reference, info, task, preprocessing, argmax)
-        report = dataclasses.replace(report, config_files=write_tidl_configs(path, spec, quantized))
+        compilation = plan.compilation(quantized, settings)
+        files = write_tidl_configs(path, spec, quantized, compilation)
+        report = dataclasses.replace(report, config_files=files)
     logger.info("exported %s", report)
     return report
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Where and how a graph is exported: the device, the format and the opset."""
+
+    target: TargetDevice
+    export_format: str
+    opset: int
+
+    def compilation(self, quantized: bool, settings: GraphQuantization | None) -> TIDLCompilation:
+        """The TIDL compile settings of this plan for the exported graph."""
+        bits = settings.activation_bits if settings and quantized else 8
+        affine = bool(settings and (settings.per_channel_weights or settings.affine))
+        return TIDLCompilation(self.target, quantized, self.export_format, bits, affine)
+
+
+def export_plan(
+    settings: GraphQuantization | None,
+    target: str | None = None,
+    export_format: str | None = None,
+    opset: int | None = None,
+) -> ExportPlan:
+    """Resolve the device, format and opset of an export; refuse a combination that the
+    device, the format or the model's quantization scheme rules out."""
+    device = resolve_target(target or (settings.target if settings else None))
+    if settings is None:
+        if export_format == QDQ_FORMAT:
+            raise QuantizationConfigError(
+                "a float model has no QDQ form: wrap it for QAT (QuantTrainModule) or "
+                "calibrate it (QuantCalibrateModule) first, or export it as a float graph for "
+                "TIDL's own calibration (format=None)"
+            )
+        export_format = CLIP_FORMAT
+    else:
+        export_format = check_export_format(device, export_format)
+        # A device that runs these schemes imports QDQ graphs only, so no Clip graph has them.
+        check_scheme(device, settings.per_channel_weights, settings.affine)
+    if opset is None:
+        opset = QDQ_MIN_OPSET if export_format == QDQ_FORMAT else rules.EXPORT_OPSETS[0]
+    _check_opset(opset)
+    if export_format == QDQ_FORMAT and opset < QDQ_MIN_OPSET:
+        raise TIDLRuleError(
+            f"a QDQ export needs opset {QDQ_MIN_OPSET} or later (per-channel DequantizeLinear), "
+            f"got {opset}"
+        )
+    return ExportPlan(device, export_format, opset)
 
 
 def _report(
@@ -157,6 +239,48 @@ def integer_parity(
     return float(apart.max(initial=0.0)), float((apart > 0).mean()) if apart.size else 0.0
 
 
+def _with_device_figures(
+    report: ExportReport,
+    proto: onnx.ModelProto,
+    argmax: bool,
+    example: Tensor,
+    quantized_output: Tensor,
+    model: nn.Module,
+) -> ExportReport:
+    """The report with what the device would compute against the QAT model: the TIDL integer
+    simulation for a Clip graph, onnxruntime's int8 kernels for a QDQ graph."""
+    if is_qdq_graph(proto):
+        return dataclasses.replace(
+            report,
+            int8=int8_agreement(proto, model, example),
+            qdq_semantics=int8_agreement(proto, model, example, fused=False),
+        )
+    return _with_integer_figure(report, proto, argmax, example, quantized_output)
+
+
+def int8_agreement(
+    proto: onnx.ModelProto, model: nn.Module, images: Tensor, fused: bool = True
+) -> RuntimeAgreement:
+    """onnxruntime on a QDQ graph against the QAT model's eval forward, one image at a time
+    (the graph's static batch): its int8 kernels when `fused`, else the graph's literal QDQ
+    semantics (every fusion off), which for power-of-two grids must agree exactly."""
+    probe_list = probes(proto)
+    int8 = ProbeRunner(proto, probe_list, optimize=fused)
+    runtime, reference = [], []
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    images = images.detach().cpu()
+    try:
+        for image in images.split(1):
+            runtime.append(int8(image.numpy()))
+        for chunk in images.split(_QAT_CHUNK):
+            reference.append(qat_probe_values(model, chunk, probe_list))
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    return agreement(probe_list, stack_runs(runtime), stack_runs(reference), "the QAT model", fused)
+
+
 def _with_integer_figure(
     report: ExportReport,
     proto: onnx.ModelProto,
@@ -167,31 +291,13 @@ def _with_integer_figure(
     """The report with integer_parity of the graph's logits; unchanged (logged) for a graph
     TIDL's arithmetic is not defined on (e.g. a QAT model trained without an input range)."""
     try:
-        steps, share = integer_parity(_without_argmax(proto, argmax), example, quantized_output)
+        steps, share = integer_parity(
+            without_argmax(proto) if argmax else proto, example, quantized_output
+        )
     except SimulationError as err:
         logger.info("no integer simulation of this graph: %s", err)
         return report
     return dataclasses.replace(report, integer_max_steps=steps, integer_share_differing=share)
-
-
-def _without_argmax(proto: onnx.ModelProto, argmax: bool) -> onnx.ModelProto:
-    """The graph up to the logits (an appended ArgMax removed)."""
-    if not argmax:
-        return proto
-    logits = onnx.ModelProto()
-    logits.CopyFrom(proto)
-    graph = logits.graph
-    (last,) = [
-        node
-        for node in graph.node
-        if node.op_type == "ArgMax" and node.output[0] == graph.output[0].name
-    ]
-    graph.node.remove(last)
-    del graph.output[:]
-    graph.output.append(
-        onnx.helper.make_tensor_value_info(last.input[0], onnx.TensorProto.FLOAT, None)
-    )
-    return logits
 
 
 def _finished_graph(
@@ -205,6 +311,7 @@ def _finished_graph(
     """The cleaned graph with its shapes, the weights nudged onto TIDL's grid (grid_bits: their
     bit width; None for a float graph), and the parity with PyTorch (before an ArgMax)."""
     proto, aligned = _clean_graph(proto, simplify, grid_bits)
+    _resize_nearest_modes(proto.graph)
     parity = _parity(proto, example, reference)
     if argmax:
         proto = _append_argmax(proto)
@@ -418,6 +525,23 @@ def _remove_identities(graph: onnx.GraphProto) -> None:
         graph.node.remove(node)
 
 
+def _resize_nearest_modes(graph: onnx.GraphProto) -> None:
+    """Give linear half-pixel Resize nodes nearest_mode round_prefer_ceil, the one value TIDL's
+    operator table names for half-pixel coordinates (a linear resize never reads it)."""
+    for node in graph.node:
+        if node.op_type != "Resize":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs["mode"].s.decode() if "mode" in attrs else "nearest"
+        coordinates = attrs.get("coordinate_transformation_mode")
+        coordinates = coordinates.s.decode() if coordinates is not None else "half_pixel"
+        if mode != "linear" or coordinates not in rules.HALF_PIXEL_MODES:
+            continue
+        if "nearest_mode" in attrs:
+            node.attribute.remove(attrs["nearest_mode"])
+        node.attribute.append(onnx.helper.make_attribute("nearest_mode", "round_prefer_ceil"))
+
+
 def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for node in graph.node for name in node.input}
     kept = [init for init in graph.initializer if init.name in used]
@@ -483,20 +607,61 @@ def _stamp(
     quantized: bool,
     untrained: int,
     settings: GraphQuantization | None,
+    plan: ExportPlan,
 ) -> None:
-    """Record what wrote the graph, how it is meant to be imported and quantized, and how many
-    of its ranges are untrained."""
+    """Record what wrote the graph, for which device, how it is meant to be imported and
+    quantized, and how many of its ranges are untrained."""
     proto.producer_name = "edgezoo"
     proto.producer_version = edgezoo.__version__
     proto.graph.name = name
-    kind = "qat-clip-ranges" if quantized else "float-ptq"
-    props = {"edgezoo.quantization": kind}
+    kind = "float-ptq"
+    if quantized:
+        kind = "qat-qdq" if plan.export_format == QDQ_FORMAT else "qat-clip-ranges"
+    props = {"edgezoo.quantization": kind, rules.TARGET_PROP: plan.target.name}
     if settings is not None:
         props[rules.WEIGHT_BITS_PROP] = str(settings.weight_bits)
         props[rules.ACTIVATION_BITS_PROP] = str(settings.activation_bits)
         props[rules.ROUNDING_PROP] = settings.activation_rounding
+        props[rules.EVAL_PRECISION_PROP] = "float64" if settings.exact_eval else "float32"
+        props[rules.ACTIVATION_SCALES_PROP] = settings.activation_scales
     if untrained:
         props[rules.UNTRAINED_RANGES_PROP] = str(untrained)
+    onnx.helper.set_model_props(proto, props)
+
+
+def _warn_about_inputs_and_rounding(
+    proto: onnx.ModelProto, settings: GraphQuantization | None, plan: ExportPlan
+) -> None:
+    """Log what verify does not refuse but changes results: an input range that cuts the tails
+    of the normalised inputs, and a QDQ graph from a model that rounds ties another way."""
+    normalised, found = normalised_input_range(proto), input_range(proto)
+    if normalised is not None and found is not None:
+        (low, high), (_, clip_low, clip_high) = normalised, found
+        if clip_low > low or clip_high < high:
+            logger.warning(
+                "the input range (%.3g, %.3g) cuts the normalised inputs (%.3g, %.3g): the "
+                "darkest/brightest pixels saturate on the device",
+                clip_low,
+                clip_high,
+                low,
+                high,
+            )
+    if settings and plan.export_format == QDQ_FORMAT and settings.activation_rounding != HALF_EVEN:
+        logger.warning(
+            "the model rounds activations %s, a QDQ graph's QuantizeLinear rounds half to even: "
+            "expect one-step differences at ties (train with QuantizationConfig(target=%r) or "
+            "activation_rounding='half_even')",
+            settings.activation_rounding,
+            plan.target.name,
+        )
+
+
+def _record_normalisation(proto: onnx.ModelProto, spec: TIDLInputSpec) -> None:
+    """Record the input normalisation the TIDL files declare, for verify_onnx's input check."""
+    props = rules.graph_properties(proto)
+    props[rules.INPUT_MEAN_PROP] = " ".join(f"{v:g}" for v in spec.mean)
+    props[rules.INPUT_STD_PROP] = " ".join(f"{v:g}" for v in spec.std)
+    del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
 
 

@@ -4,6 +4,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgezoo.export.qdq_check import RuntimeAgreement
+
 __all__ = ["ExportReport", "GraphViolation", "VerifyReport"]
 
 
@@ -74,6 +76,12 @@ class ExportReport:
     config_files: dict[str, Path] = field(default_factory=dict)
     integer_max_steps: float | None = None
     integer_share_differing: float | None = None
+    target: str = "tda4vm"
+    int8: RuntimeAgreement | None = None
+    """For a QDQ export: onnxruntime's int8 kernels against the QAT model (RuntimeAgreement)."""
+    qdq_semantics: RuntimeAgreement | None = None
+    """For a QDQ export: the graph's literal QDQ semantics against the QAT model (goal 0 steps
+    on power-of-two grids)."""
 
     @property
     def node_counts(self) -> dict[str, int]:
@@ -92,10 +100,13 @@ class ExportReport:
 
     def __str__(self) -> str:
         kind = "QAT (Clip ranges, grid weights)" if self.quantized else "float (TIDL PTQ)"
+        if "QuantizeLinear" in self.node_counts:
+            kind = "QAT (QDQ, integer weights)"
         counts = ", ".join(f"{op} {n}" for op, n in sorted(self.node_counts.items()))
         parity = "OK" if self.parity_ok else "FAILED"
         lines = [
-            f"{self.path}: {kind}, opset {self.opset}, input {list(self.input_shape)}",
+            f"{self.path}: {kind} for {self.target}, opset {self.opset}, input "
+            f"{list(self.input_shape)}",
             f"  nodes: {counts}",
             f"  parity vs PyTorch: max abs {self.parity_max_abs_diff:.3g}, max rel "
             f"{self.parity_max_rel_diff:.3g} (tolerance {self.parity_tolerance:g}): {parity}",
@@ -105,6 +116,7 @@ class ExportReport:
                 f"  TIDL integer simulation vs QAT: max {self.integer_max_steps:g} output steps "
                 f"apart, {100 * (self.integer_share_differing or 0.0):.3g} % of outputs differ"
             )
+        lines += [f"  {figure}" for figure in (self.qdq_semantics, self.int8) if figure]
         if self.aligned_weights:
             lines.append(f"  weights nudged onto TIDL's grid: {', '.join(self.aligned_weights)}")
         lines += [f"  {role}: {path}" for role, path in self.config_files.items()]

@@ -1,30 +1,43 @@
-"""TIDL configuration files written beside an exported ONNX graph (same stem).
+"""TIDL configuration files written beside an exported ONNX graph (same stem), per device.
 
 - `<stem>_tidl_compile_options.json`: options for ONNX Runtime's TIDL compilation provider
-  (`provider_options`, ready to pass as is) with a note saying which quantization they assume.
-- `<stem>_tidl_import.txt`: the TIDL import tool's `key = value` configuration.
+  (`provider_options`, ready to pass as is), only the ones that take effect for the graph and
+  the target device, each with its documented meaning, and a note on the quantization.
+- `<stem>_tidl_import.txt` (TDA4VM): the TIDL import tool's `key = value` configuration.
 - `<stem>_param.json`: a model configuration in the style of TI's edgeai-modelzoo (task_type,
-  preprocess, session, postprocess).
+  target_device, preprocess, session, postprocess).
 
-A QAT export carries its activation ranges (Clip nodes) and grid weights, so TIDL is told not to
-calibrate (accuracy_level 0 / calibrationOption 64, one frame). A float export gets TIDL's post-
-training quantization settings instead, and every file says so.
+A QAT Clip graph carries its ranges and grid weights, so TIDL is told not to calibrate
+(accuracy_level 0 / calibrationOption 64); a QDQ graph carries its scales and zero points
+(prequantized_model 1). A float export gets TIDL's post-training quantization settings
+instead (accuracy_level 1 with calibration frames), and every file says so. Power-of-two scales
+(quantization_scale_type 1) are for TDA4VM; the other devices get 4 (asymmetric, per-channel)
+for float graphs, as TI recommends, and for QDQ graphs that use those schemes.
 """
 
 import json
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import edgezoo
+from edgezoo.targets import (
+    CLIP_FORMAT,
+    DEFAULT_TARGET,
+    QDQ_FORMAT,
+    TargetDevice,
+    resolve_target,
+)
 from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "OPTION_MEANINGS",
     "PTQ_CALIBRATION_FRAMES",
     "PTQ_CALIBRATION_ITERATIONS",
+    "TIDLCompilation",
     "TIDLInputSpec",
     "compile_options",
     "import_config_text",
@@ -39,7 +52,7 @@ PTQ_CALIBRATION_ITERATIONS = 25
 _QAT_NOTE = (
     "QAT export: activation ranges are the graph's power-of-two Clip nodes and the weights are "
     "already on TIDL's per-tensor power-of-two grid, so TIDL must not calibrate "
-    "(accuracy_level 0 = calibrationOption 64, bias-range clipping only; one frame)."
+    "(accuracy_level 0 = calibrationOption 64, bias-range clipping only)."
 )
 _PTQ_NOTE = (
     "Float export: no QAT ranges, so these are TIDL post-training quantization (PTQ) settings "
@@ -47,6 +60,13 @@ _PTQ_NOTE = (
     f"{PTQ_CALIBRATION_FRAMES} frames and {PTQ_CALIBRATION_ITERATIONS} iterations); provide "
     "representative calibration images. Export a QAT model for Clip-range deployment."
 )
+_QDQ_NOTE = (
+    "QDQ export (prequantized): every scale and zero point is in the graph's QuantizeLinear / "
+    "DequantizeLinear nodes and the weights and biases are integers, so TIDL reads them "
+    "(advanced_options:prequantized_model 1) and does not calibrate (accuracy_level 0)."
+)
+_SCALE_TYPE_POWER_OF_TWO = 1
+_SCALE_TYPE_AFFINE = 4
 _POST_PROC_TYPES = {CLASSIFICATION: 1, SEGMENTATION: 3}
 _TIDL_CALIBRATION_QAT = 64  # bias-range clipping only
 _TIDL_CALIBRATION_PTQ = 7  # activation range + weight range + bias calibration
@@ -94,36 +114,92 @@ class TIDLInputSpec:
         return [round(1.0 / (s * 255.0), 6) for s in self.std]
 
 
-def compile_options(quantized: bool, artifacts_folder: str) -> dict[str, object]:
-    """ONNX Runtime TIDL compilation options for a QAT (Clip-range) or a float (PTQ) graph."""
+@dataclass(frozen=True)
+class TIDLCompilation:
+    """What a graph's TIDL options describe: the device, the graph's format and quantization.
+
+    quantized: a QAT graph (its ranges are in the graph) or a float one (TIDL calibrates it).
+    tensor_bits: the graph's bit width (8 or 16; QDQ graphs are 8-bit). affine: the graph has
+    per-channel weights or affine (zero-point) activations (quantization_scale_type 4).
+    """
+
+    target: TargetDevice = field(default_factory=resolve_target)
+    quantized: bool = True
+    export_format: str = CLIP_FORMAT
+    tensor_bits: int = 8
+    affine: bool = False
+
+    @property
+    def scale_type(self) -> int:
+        """advanced_options:quantization_scale_type: 1 power of two, 4 asymmetric/per-channel."""
+        if self.quantized and self.export_format == QDQ_FORMAT:
+            return _SCALE_TYPE_AFFINE if self.affine else _SCALE_TYPE_POWER_OF_TWO
+        return _SCALE_TYPE_AFFINE if self.target.asymmetric else _SCALE_TYPE_POWER_OF_TWO
+
+    @property
+    def note(self) -> str:
+        if not self.quantized:
+            return _PTQ_NOTE
+        return _QDQ_NOTE if self.export_format == QDQ_FORMAT else _QAT_NOTE
+
+
+OPTION_MEANINGS = {
+    "artifacts_folder": "where TIDL writes the compiled model (required)",
+    "tensor_bits": "bit width of TIDL's tensors and weights (8 or 16)",
+    "accuracy_level": (
+        "0: basic calibration (min/max ranges; for QAT and QDQ graphs the ranges come from the "
+        "graph), 1: advanced bias calibration over calibration_frames"
+    ),
+    "advanced_options:quantization_scale_type": (
+        "1: power-of-2 scales, 4: asymmetric activations with per-channel weights"
+    ),
+    "advanced_options:prequantized_model": (
+        "1: read scales and zero points from the ONNX QDQ graph and skip calibration"
+    ),
+    "advanced_options:calibration_frames": (
+        "frames for calibration (used at accuracy_level 1; at least 10 recommended)"
+    ),
+    "advanced_options:calibration_iterations": "bias calibration iterations (accuracy_level 1)",
+}
+"""What each compile option edgezoo writes means (edgeai-tidl-tools, examples/osrt_python)."""
+
+
+def compile_options(
+    compilation: "TIDLCompilation | bool", artifacts_folder: str
+) -> dict[str, object]:
+    """The ONNX Runtime TIDL compilation options that take effect for one graph and device.
+
+    A bool is read as TIDLCompilation(quantized=...) for TDA4VM. Calibration frames and
+    iterations are written only for float graphs (accuracy_level 1; TIDL ignores them at 0).
+    """
+    if isinstance(compilation, bool):
+        compilation = TIDLCompilation(quantized=compilation)
     options: dict[str, object] = {
         "artifacts_folder": artifacts_folder,
-        "tensor_bits": 8,
-        "debug_level": 0,
-        "advanced_options:quantization_scale_type": 1,
+        "tensor_bits": compilation.tensor_bits,
     }
-    if quantized:
-        options |= {
-            "accuracy_level": 0,
-            "advanced_options:calibration_frames": 1,
-            "advanced_options:calibration_iterations": 1,
-        }
-    else:
+    if not compilation.quantized:
         options |= {
             "accuracy_level": 1,
             "advanced_options:calibration_frames": PTQ_CALIBRATION_FRAMES,
             "advanced_options:calibration_iterations": PTQ_CALIBRATION_ITERATIONS,
-            "advanced_options:activation_clipping": 1,
-            "advanced_options:weight_clipping": 1,
-            "advanced_options:bias_calibration": 1,
         }
+    else:
+        options["accuracy_level"] = 0
+        if compilation.export_format == QDQ_FORMAT:
+            options["advanced_options:prequantized_model"] = 1
+    options["advanced_options:quantization_scale_type"] = compilation.scale_type
     return options
 
 
-def import_config_text(onnx_name: str, spec: TIDLInputSpec, quantized: bool) -> str:
-    """The TIDL import tool's configuration (`key = value` lines) for one exported graph."""
+def import_config_text(
+    onnx_name: str, spec: TIDLInputSpec, compilation: "TIDLCompilation | bool"
+) -> str:
+    """The TIDL import tool's configuration (`key = value` lines) for a TDA4VM graph."""
+    if isinstance(compilation, bool):
+        compilation = TIDLCompilation(quantized=compilation)
+    quantized = compilation.quantized
     stem = Path(onnx_name).stem
-    note = _QAT_NOTE if quantized else _PTQ_NOTE
     frames = 1 if quantized else PTQ_CALIBRATION_FRAMES
     entries: list[tuple[str, object]] = [
         ("modelType", 2),
@@ -140,8 +216,8 @@ def import_config_text(onnx_name: str, spec: TIDLInputSpec, quantized: bool) -> 
         ("inData", f'"{stem}_calibration_images.txt"'),
         ("inFileFormat", 2),
         ("numFrames", frames),
-        ("numParamBits", 8),
-        ("numFeatureBits", 8),
+        ("numParamBits", compilation.tensor_bits),
+        ("numFeatureBits", compilation.tensor_bits),
         ("quantizationStyle", _TIDL_QUANT_STYLE_P2),
         ("calibrationOption", _TIDL_CALIBRATION_QAT if quantized else _TIDL_CALIBRATION_PTQ),
         ("postProcType", _POST_PROC_TYPES[spec.task]),
@@ -151,7 +227,8 @@ def import_config_text(onnx_name: str, spec: TIDLInputSpec, quantized: bool) -> 
     width = max(len(key) for key, _ in entries)
     lines = [
         f"# TIDL import configuration written by edgezoo {edgezoo.__version__} for {onnx_name}",
-        *(f"# {line}" for line in textwrap.wrap(note, 96)),
+        f"# target device: {compilation.target.name} (SoC {compilation.target.soc})",
+        *(f"# {line}" for line in textwrap.wrap(compilation.note, 96)),
         "# inData lists calibration images (one path per line, inFileFormat 2); "
         "inDataFormat 1 = RGB planar.",
         *(f"{key:<{width}} = {value}" for key, value in entries),
@@ -160,15 +237,21 @@ def import_config_text(onnx_name: str, spec: TIDLInputSpec, quantized: bool) -> 
 
 
 def model_config(
-    onnx_name: str, spec: TIDLInputSpec, quantized: bool, options: dict[str, object]
+    onnx_name: str,
+    spec: TIDLInputSpec,
+    compilation: "TIDLCompilation | bool",
+    options: dict[str, object],
 ) -> dict[str, object]:
     """An edgeai-modelzoo style model configuration (task_type/preprocess/session/postprocess)."""
+    if isinstance(compilation, bool):
+        compilation = TIDLCompilation(quantized=compilation)
     postprocess: dict[str, object] = {"data_layout": "NCHW"}
     if spec.task == "segmentation":
         postprocess["with_argmax"] = not spec.argmax
     return {
         "task_type": spec.task,
-        "quantization": _QAT_NOTE if quantized else _PTQ_NOTE,
+        "target_device": compilation.target.soc,
+        "quantization": compilation.note,
         "generated_by": f"edgezoo {edgezoo.__version__}",
         "preprocess": {
             "resize": _size(spec.resize) if spec.resize is not None else [spec.height, spec.width],
@@ -190,25 +273,37 @@ def model_config(
     }
 
 
-def write_tidl_configs(onnx_path: Path, spec: TIDLInputSpec, quantized: bool) -> dict[str, Path]:
-    """Write the three TIDL files beside `onnx_path`; return them by role."""
+def write_tidl_configs(
+    onnx_path: Path,
+    spec: TIDLInputSpec,
+    quantized: bool = True,
+    compilation: TIDLCompilation | None = None,
+) -> dict[str, Path]:
+    """Write the TIDL files beside `onnx_path` (compilation: the device and the graph's format,
+    default TDA4VM with `quantized`); return them by role. The import-tool file is written for
+    TDA4VM, whose TIDL-RT import tool edgezoo's keys describe."""
+    compilation = compilation or TIDLCompilation(quantized=quantized)
     onnx_path = Path(onnx_path)
     stem, name = onnx_path.stem, onnx_path.name
-    options = compile_options(quantized, artifacts_folder=f"{stem}_tidl_artifacts")
+    options = compile_options(compilation, artifacts_folder=f"{stem}_tidl_artifacts")
     paths = {
         "compile_options": onnx_path.with_name(f"{stem}_tidl_compile_options.json"),
-        "import_config": onnx_path.with_name(f"{stem}_tidl_import.txt"),
         "model_config": onnx_path.with_name(f"{stem}_param.json"),
     }
     compile_file = {
-        "quantization": _QAT_NOTE if quantized else _PTQ_NOTE,
+        "target_device": compilation.target.name,
+        "soc": compilation.target.soc,
+        "quantization": compilation.note,
         "provider": "TIDLCompilationProvider",
         "provider_options": options,
+        "option_meanings": {key: OPTION_MEANINGS[key] for key in options},
     }
     paths["compile_options"].write_text(json.dumps(compile_file, indent=2) + "\n")
-    paths["import_config"].write_text(import_config_text(name, spec, quantized))
+    if compilation.target.name == DEFAULT_TARGET and compilation.export_format == CLIP_FORMAT:
+        paths["import_config"] = onnx_path.with_name(f"{stem}_tidl_import.txt")
+        paths["import_config"].write_text(import_config_text(name, spec, compilation))
     paths["model_config"].write_text(
-        json.dumps(model_config(name, spec, quantized, options), indent=2) + "\n"
+        json.dumps(model_config(name, spec, compilation, options), indent=2) + "\n"
     )
     return paths
 

@@ -12,8 +12,13 @@ from edgezoo.check import TIDL_DEPTHWISE_KERNEL_STRIDE
 
 __all__ = [
     "ACTIVATION_BITS_PROP",
+    "ACTIVATION_SCALES_PROP",
     "CONSTANT_OPS",
+    "EVAL_PRECISION_PROP",
     "EXPORT_OPSETS",
+    "HALF_PIXEL_MODES",
+    "INPUT_MEAN_PROP",
+    "INPUT_STD_PROP",
     "MAX_STRIDE2_KERNEL",
     "QUANTIZED_WEIGHT_OPS",
     "RANGE_CONSUMERS",
@@ -21,6 +26,7 @@ __all__ = [
     "RESIZE_COORDINATE_MODES",
     "RESIZE_MODES",
     "ROUNDING_PROP",
+    "TARGET_PROP",
     "TIDL_DEPTHWISE_KERNEL_STRIDE",
     "TIDL_OPSETS",
     "TIDL_SUPPORTED_OPS",
@@ -99,7 +105,18 @@ QUANTIZED_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm
 WEIGHT_BITS_PROP = "edgezoo.weight_bits"
 ACTIVATION_BITS_PROP = "edgezoo.activation_bits"
 ROUNDING_PROP = "edgezoo.activation_rounding"
+EVAL_PRECISION_PROP = "edgezoo.qat_eval_precision"
 """Model properties a QAT export records: its bit widths and its activation rounding."""
+
+ACTIVATION_SCALES_PROP = "edgezoo.activation_scales"
+TARGET_PROP = "edgezoo.target"
+INPUT_MEAN_PROP = "edgezoo.input_mean"
+INPUT_STD_PROP = "edgezoo.input_std"
+"""The ranges' grid kind (power_of_two or affine), the device, and the input normalisation of
+0..1 pixels that the TIDL files declare (the input range must cover what it produces)."""
+
+HALF_PIXEL_MODES: frozenset[str] = frozenset({"half_pixel", "pytorch_half_pixel"})
+"""Resize coordinate modes with which TIDL takes nearest_mode 'round_prefer_ceil' only."""
 
 UNTRAINED_RANGES_PROP = "edgezoo.untrained_ranges"
 """Model property an export writes when its QAT ranges never saw data (their number)."""

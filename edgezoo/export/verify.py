@@ -17,11 +17,12 @@ from onnx import numpy_helper
 from edgezoo.errors import ModelFileNotFoundError, UnreadableModelError
 from edgezoo.export import tidl_rules as rules
 from edgezoo.export.graph_tools import check_model, infer_shapes
+from edgezoo.export.qdq_rules import QDQ_OPS, check_qdq_graph, is_qdq_graph
 from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
 from edgezoo.quantization.grid import ceil2
 
-__all__ = ["load_onnx", "verify_onnx"]
+__all__ = ["input_range", "load_onnx", "normalised_input_range", "verify_onnx"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -57,6 +58,40 @@ def verify_onnx(
         node_counts=dict(Counter(node.op_type for node in proto.graph.node)),
         violations=tuple(checker.run()),
     )
+
+
+def normalised_input_range(proto: onnx.ModelProto) -> tuple[float, float] | None:
+    """(min, max) over channels of (0 - mean) / std and (1 - mean) / std for the normalisation
+    an export recorded, or None when it recorded none."""
+    props = rules.graph_properties(proto)
+    if rules.INPUT_MEAN_PROP not in props or rules.INPUT_STD_PROP not in props:
+        return None
+    mean = [float(v) for v in props[rules.INPUT_MEAN_PROP].split()]
+    std = [float(v) for v in props[rules.INPUT_STD_PROP].split()]
+    low = min((0.0 - m) / s for m, s in zip(mean, std, strict=True))
+    high = max((1.0 - m) / s for m, s in zip(mean, std, strict=True))
+    return low, high
+
+
+def input_range(proto: onnx.ModelProto) -> tuple[str, float, float] | None:
+    """(node, low, high) of the range the graph input goes through first (a Clip's bounds, or
+    a QuantizeLinear's representable range), or None."""
+    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in constants]
+    for index, node in enumerate(proto.graph.node):
+        if not inputs or not node.input or node.input[0] != inputs[0]:
+            continue
+        values = [constants.get(name) for name in node.input[1:3]]
+        if len(values) != 2 or any(v is None or v.size != 1 for v in values):
+            continue
+        name = node.name or f"{node.op_type}_{index}"
+        if node.op_type == "Clip":
+            return name, float(values[0]), float(values[1])
+        if node.op_type == "QuantizeLinear":
+            scale, zero = float(values[0]), values[1]
+            info = np.iinfo(zero.dtype)
+            return name, (info.min - int(zero)) * scale, (info.max - int(zero)) * scale
+    return None
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
@@ -107,10 +142,15 @@ class _GraphChecker:
                 if value is not None:
                     self.constants[node.output[0]] = value
         self.consumers: dict[str, list[int]] = {}
+        self.producer_nodes: dict[str, onnx.NodeProto] = {}
         for index, node in enumerate(self.nodes):
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append(index)
+            for name in node.output:
+                self.producer_nodes[name] = node
+        self.producers = {name: node.op_type for name, node in self.producer_nodes.items()}
+        self.qdq = is_qdq_graph(proto)
         self.shapes: dict[str, tuple[int, ...] | None] = {}
         for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
             self.shapes[info.name] = _static_shape(info)
@@ -135,11 +175,15 @@ class _GraphChecker:
         yield from self._check_shapes()
         for index, node in enumerate(self.nodes):
             yield from self._check_node(node, self.names[index])
-        if self.quantized:
+        if self.qdq:
+            yield from check_qdq_graph(self)
+        elif self.quantized:
             yield from self._check_range_coverage()
             yield from self._check_weight_grid()
+        if self.quantized:
             yield from self._check_trained_ranges()
-        if self.input_clipped:
+            yield from self._check_input_range()
+        if self.input_clipped and not self.qdq:
             yield from self._check_input_clipped()
 
     # Graph-level rules.
@@ -212,8 +256,9 @@ class _GraphChecker:
                 "edgezoo.export_onnx, which removes it",
             )
             return
+        qdq_op = self.qdq and op in QDQ_OPS
         if node.domain not in _DEFAULT_DOMAINS or (
-            op not in rules.TIDL_SUPPORTED_OPS and op not in rules.CONSTANT_OPS
+            op not in rules.TIDL_SUPPORTED_OPS and op not in rules.CONSTANT_OPS and not qdq_op
         ):
             yield GraphViolation(
                 "unsupported-op",
@@ -278,6 +323,14 @@ class _GraphChecker:
                 f"takes {', '.join(sorted(rules.RESIZE_COORDINATE_MODES))}",
             )
         nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
+        if coordinates in rules.HALF_PIXEL_MODES and nearest_mode != "round_prefer_ceil":
+            yield GraphViolation(
+                "resize",
+                name,
+                f"Resize with {coordinates} coordinates and nearest_mode {nearest_mode!r}: TIDL "
+                "takes only 'round_prefer_ceil' there (edgezoo.export_onnx sets it on linear "
+                "resizes, where it changes nothing)",
+            )
         if mode == "nearest" and coordinates == "asymmetric" and nearest_mode != "floor":
             yield GraphViolation(
                 "resize",
@@ -493,6 +546,24 @@ class _GraphChecker:
                 "<graph>",
                 f"{untrained} of the exported QAT ranges never saw data (initial clips +/-8): "
                 "train or calibrate the model and export it again",
+            )
+
+    def _check_input_range(self) -> Iterator[GraphViolation]:
+        """The input range must hold most of what the declared normalisation produces (a model
+        calibrated on un-normalised inputs has an input range TIDL's inputs overflow)."""
+        normalised = normalised_input_range(self.proto)
+        found = input_range(self.proto)
+        if normalised is None or found is None:
+            return
+        (low, high), (name, clip_low, clip_high) = normalised, found
+        if clip_high < high / 2 or (low < 0 and clip_low > low / 2):
+            yield GraphViolation(
+                "input-range",
+                name,
+                f"the input range ({clip_low:.3g}, {clip_high:.3g}) excludes most of the "
+                f"normalised input range ({low:.3g}, {high:.3g}) that the TIDL files declare "
+                "(inDataNorm with the model's mean and std): calibrate or train the model on "
+                "normalised inputs, or export with the preprocessing it was trained with",
             )
 
     # Helpers.

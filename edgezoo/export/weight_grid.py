@@ -8,10 +8,11 @@ integers, so the network TIDL runs is the one QAT trained. Writing the integers 
 calibrationOption 64) does not use.
 
 One case breaks the identity: when the largest magnitude on the grid is exactly half the QAT
-clip (k = +64 at 8 bits, from max|w| * scale in (64, 64.5)), TIDL's ceil2 sees a power of two,
-doubles the scale, and clamps 2 * 64 = 128 to 127. Nudging those +64 entries up by a relative
-2^-16 (1/1024 of a step) makes TIDL pick the QAT scale again and round them back to 64, while
-the float graph moves by far less than the export's parity tolerance.
+clip (k = +2^(b-2), +64 at 8 bits, from max|w| * scale just above it), TIDL's ceil2 sees a
+power of two, doubles the scale, and clamps 2 * 64 = 128 to 127. Nudging those entries up to
+the next float (one unit in the last place: a relative 2^-23 in float32, under 1/500 of a step
+even at 16 bits) makes TIDL pick the QAT scale again and round them back, while the float graph
+moves by far less than the export's parity tolerance.
 """
 
 import numpy as np
@@ -28,7 +29,6 @@ __all__ = [
     "tidl_weight_scale",
 ]
 
-_NUDGE = 2.0**-16
 GRID_TOLERANCE_STEPS = 2.0**-8
 """Largest distance from TIDL's grid, in quantization steps, that still counts as on the grid."""
 
@@ -68,7 +68,7 @@ def align_to_tidl_grid(weight: np.ndarray, bitwidth: int = 8) -> tuple[np.ndarra
     if peak == 0.0 or ceil2(peak) != peak or not at_peak.any():
         return weight, 0
     nudged = weight.copy()
-    nudged[at_peak] = np.asarray(peak * (1.0 + _NUDGE), dtype=weight.dtype)
+    nudged[at_peak] = np.nextafter(weight.dtype.type(peak), weight.dtype.type(np.inf))
     if not np.array_equal(tidl_requantize(nudged, bitwidth), weight):
         return weight, 0
     return nudged, int(at_peak.sum())

@@ -5,11 +5,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgezoo.errors import QuantizationConfigError
+from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
 from edgezoo.quantization.grid import (
     DEFAULT_ACTIVATION_ROUNDING,
+    HALF_EVEN,
     check_activation_rounding,
     check_bitwidth,
 )
+from edgezoo.targets import QDQ_FORMAT, check_scheme, resolve_target
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,20 @@ class QuantizationConfig:
     max_range_update_gap: in QAT, at most this many training batches between two measurements
     of a range while its power-of-two clip stays put (PACT2's max_update_gap; 1 measures every
     batch as TI does; calibration always measures every batch). activation_rounding: how
-    activations round onto their grid, "half_up" (floor(x + 0.5), the default) or "half_away"
-    (grid.ACTIVATION_ROUNDINGS); the export records it for the integer simulation.
+    activations round onto their grid, "half_up" (floor(x + 0.5)), "half_away" or "half_even"
+    (grid.ACTIVATION_ROUNDINGS); None picks half_up for TDA4VM's Clip graphs (TIDL's shifts)
+    and half_even for QDQ devices and schemes (ONNX QuantizeLinear's rule); the export records
+    it for the integer simulation.
     exact_eval: evaluate (eval mode) in float64, so every product and sum is exact and the
     result equals the integer graph bit for bit; None means "when a bit width exceeds 8",
     where float32's 24-bit mantissa cannot hold the integer sums (at 8 bits float32 is exact
     for realistic layers, and faster).
+    per_channel_weights: a power-of-two weight scale per output channel for every conv and
+    linear layer. asymmetric_activations: affine activation ranges (a float scale, and a zero
+    point where TIDL's layers take one; symmetric before pools, resizes and at the input).
+    Both need a QDQ export and a device
+    other than TDA4VM. target: the device the model is for (edgezoo.targets.TARGETS); a
+    scheme the device does not run is refused here, and export_onnx defaults to it.
     """
 
     bitwidth_weights: int = 8
@@ -39,11 +50,19 @@ class QuantizationConfig:
     quantize_output: bool = False
     range_shrink_percentile: float = 0.01
     max_range_update_gap: int = 4
-    activation_rounding: str = DEFAULT_ACTIVATION_ROUNDING
+    activation_rounding: str | None = None
     exact_eval: bool | None = None
+    per_channel_weights: bool = False
+    asymmetric_activations: bool = False
+    target: str | None = None
 
     def __post_init__(self) -> None:
-        check_activation_rounding(self.activation_rounding)
+        if self.activation_rounding is not None:
+            check_activation_rounding(self.activation_rounding)
+        if self.target is not None:
+            check_scheme(
+                resolve_target(self.target), self.per_channel_weights, self.asymmetric_activations
+            )
         check_bitwidth(self.bitwidth_weights)
         check_bitwidth(self.bitwidth_activations)
         if not 0.0 <= self.range_shrink_percentile < 50.0:
@@ -64,6 +83,26 @@ class QuantizationConfig:
         if self.exact_eval is not None:
             return self.exact_eval
         return max(self.bitwidth_weights, self.bitwidth_activations) > 8
+
+    @property
+    def rounding(self) -> str:
+        """The activation rounding in effect (activation_rounding, or its default)."""
+        if self.activation_rounding is not None:
+            return self.activation_rounding
+        return HALF_EVEN if self.for_qdq else DEFAULT_ACTIVATION_ROUNDING
+
+    @property
+    def for_qdq(self) -> bool:
+        """Whether the model is meant for a QDQ export: an affine or per-channel scheme, or a
+        target whose default format is QDQ."""
+        if self.asymmetric_activations or self.per_channel_weights:
+            return True
+        return self.target is not None and resolve_target(self.target).default_format == QDQ_FORMAT
+
+    @property
+    def activation_scales(self) -> str:
+        """How ranges become grids: power-of-two clips, or affine (asymmetric_activations)."""
+        return AFFINE_SCALES if self.asymmetric_activations else POWER_OF_TWO_SCALES
 
     @property
     def bias_bitwidth(self) -> int:

@@ -128,12 +128,14 @@ def round_half_up(x: Tensor) -> Tensor:
 
 HALF_UP = "half_up"
 HALF_AWAY = "half_away"
-ACTIVATION_ROUNDINGS = (HALF_UP, HALF_AWAY)
+HALF_EVEN = "half_even"
+ACTIVATION_ROUNDINGS = (HALF_UP, HALF_AWAY, HALF_EVEN)
 DEFAULT_ACTIVATION_ROUNDING = HALF_UP
 """How an activation is rounded onto its grid: floor(x + 0.5) (TI's PACT2 and the usual
-fixed-point `(acc + 2^(s-1)) >> s`), or half away from zero. TIDL does not document its rule;
-this is the one assumption about it, recorded in each exported graph, and the QAT forward and
-the integer simulation both follow it (QuantizationConfig.activation_rounding switches it)."""
+fixed-point `(acc + 2^(s-1)) >> s`), half away from zero, or half to even (ONNX QuantizeLinear's
+rule, the default of QDQ schemes). TIDL does not document its rule; this is the one assumption
+about it, recorded in each exported graph, and the QAT forward and the integer simulation both
+follow it (QuantizationConfig.activation_rounding switches it)."""
 
 
 def check_activation_rounding(mode: str) -> str:
@@ -149,21 +151,21 @@ def rounding_shift(acc: Tensor, shift: int, mode: str = DEFAULT_ACTIVATION_ROUND
     """Integers acc / 2^shift rounded as `mode` rounds (shift <= 0: an exact left shift)."""
     if shift <= 0:
         return acc * (1 << -shift)
-    half = 1 << (shift - 1)
-    if mode == HALF_UP:
-        return torch.div(acc + half, 1 << shift, rounding_mode="floor")
-    magnitude = torch.div(acc.abs() + half, 1 << shift, rounding_mode="floor")
-    return torch.where(acc < 0, -magnitude, magnitude)
+    return rounding_divide(acc, 1 << shift, mode)
 
 
 def rounding_divide(
     num: Tensor, den: Tensor | int, mode: str = DEFAULT_ACTIVATION_ROUNDING
 ) -> Tensor:
     """Integers num / den (den > 0) rounded as `mode` rounds, exactly (average pooling)."""
-    if mode == HALF_UP:
-        return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
-    magnitude = torch.div(2 * num.abs() + den, 2 * den, rounding_mode="floor")
-    return torch.where(num < 0, -magnitude, magnitude)
+    if mode == HALF_AWAY:
+        magnitude = torch.div(2 * num.abs() + den, 2 * den, rounding_mode="floor")
+        return torch.where(num < 0, -magnitude, magnitude)
+    rounded = torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+    if mode == HALF_EVEN:
+        tie = torch.remainder(2 * num + den, 2 * den) == 0
+        rounded = rounded - (tie & (torch.remainder(rounded, 2) == 1)).to(rounded.dtype)
+    return rounded
 
 
 # Weights.
@@ -389,6 +391,8 @@ class _FakeQuantActivation(torch.autograd.Function):
             scale, low, high = _host_grid(cmin, cmax, bitwidth)
             if mode == HALF_AWAY:
                 return round_half_away(x * scale).clamp_(low, high).mul_(1.0 / scale)
+            if mode == HALF_EVEN:
+                return torch.round(x * scale).clamp_(low, high).mul_(1.0 / scale)
             # 0.5 + scale * x in one pass; exact, as scale is a power of two.
             y = torch.add(x.new_full((), 0.5), x, alpha=scale)
             return y.clamp_(low + 0.5, high + 0.5).floor_().mul_(1.0 / scale)
@@ -396,8 +400,9 @@ class _FakeQuantActivation(torch.autograd.Function):
         if not rounding:
             return torch.clamp(x, clip_min, clip_max)
         scale, low, high = activation_grid(clip_min, clip_max, bitwidth)
-        if mode == HALF_AWAY:
-            rounded = torch.clamp(round_half_away(x * scale), low, high)
+        if mode in (HALF_AWAY, HALF_EVEN):
+            rounder = round_half_away if mode == HALF_AWAY else torch.round
+            rounded = torch.clamp(rounder(x * scale), low, high)
             return rounded.mul_(torch.reciprocal(scale))
         y = torch.addcmul(x.new_full((), 0.5), x, scale)
         return y.clamp_(low + 0.5, high + 0.5).floor_().mul_(torch.reciprocal(scale))
@@ -425,7 +430,8 @@ def fake_quantize_activation(
 
     Signed (clip_min < 0): scale 2^(b-1)/c with c = max(-clip_min, clip_max), integers in
     [-2^(b-1), 2^(b-1)-1]; unsigned: scale 2^b/clip_max, integers in [0, 2^b-1]. Rounding is
-    floor(x*scale + 0.5) (mode "half_up") or half away from zero ("half_away"). The gradient is
+    floor(x*scale + 0.5) (mode "half_up"), half away from zero ("half_away") or half to even
+    ("half_even"). The gradient is
     1 strictly inside (clip_min, clip_max), 0 outside.
     """
     return _fake_quantize_activation(x, clip_min, clip_max, bitwidth, rounding, None, mode)

@@ -1,9 +1,11 @@
-"""PACT2: a power-of-two clipping activation whose range is learned from batch statistics.
+"""PACT2: a clipping activation whose range is learned from batch statistics.
 
 Each training batch yields a trimmed range (histogram tails below range_shrink_percentile % cut
 off), folded into a running range with factor max(1/n, 0.001): a cumulative mean over the first
 thousand batches, then an EMA. The clip is ceil2 of that range, so the deployed activation is a
-plain Clip(min, max) with power-of-two bounds that TIDL maps to fixed-point shifts.
+plain Clip(min, max) with power-of-two bounds that TIDL maps to fixed-point shifts. With affine
+scales (QDQ devices) the clip is the running range itself, holding zero, and the grid is the
+QuantizeLinear grid of affine.py, with a zero point where the range is asymmetric.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from edgezoo.errors import QuantizationConfigError
+from edgezoo.errors import CheckpointMismatchError, QuantizationConfigError
+from edgezoo.quantization.affine import (
+    AFFINE_SCALES,
+    POWER_OF_TWO_SCALES,
+    affine_grid,
+    check_activation_scales,
+    fake_quantize_affine,
+)
 from edgezoo.quantization.grid import (
     DEFAULT_ACTIVATION_ROUNDING,
+    MIN_CLIP,
+    activation_scale,
     ceil2,
     check_activation_rounding,
     check_bitwidth,
@@ -146,6 +157,8 @@ class PACT2(SavedFlagsMixin, nn.Module):
         keep_when_missing: bool = True,
         max_update_gap: int = 1,
         rounding_mode: str = DEFAULT_ACTIVATION_ROUNDING,
+        scales: str = POWER_OF_TWO_SCALES,
+        asymmetric: bool = False,
     ) -> None:
         super().__init__()
         if not power2:
@@ -167,6 +180,13 @@ class PACT2(SavedFlagsMixin, nn.Module):
                 f"max_update_gap is a number of batches >= 1, got {max_update_gap!r}; 1 measures "
                 "every batch"
             )
+        self.scales = check_activation_scales(scales)
+        if asymmetric and scales != AFFINE_SCALES:
+            raise QuantizationConfigError(
+                "asymmetric ranges need affine scales (a zero point has no power-of-two "
+                "form in TIDL's Clip graphs); pass scales='affine'"
+            )
+        self.asymmetric = asymmetric
         self.signed = signed
         self.max_update_gap = max_update_gap
         self.rounding_mode = check_activation_rounding(rounding_mode)
@@ -200,11 +220,27 @@ class PACT2(SavedFlagsMixin, nn.Module):
         """Update the range (training, not frozen), then clip and fake-quantize x."""
         if self.training and not self.range_frozen:
             self._track_batch(x.detach())
+        return self.fake_quantize(x)
+
+    def fake_quantize(self, x: Tensor) -> Tensor:
+        """x clipped and rounded onto this range's current grid (no statistics)."""
+        if self.scales == AFFINE_SCALES:
+            clip_min, clip_max = self.clip_range()
+            return fake_quantize_affine(
+                x, clip_min, clip_max, self.bitwidth, self.rounding, self.rounding_mode
+            )
         # On CPU the clip is read once as host floats; elsewhere it stays on the device.
         clip_min, clip_max = self.clip_range() if x.device.type == "cpu" else self.clips_act
         return fake_quantize_activation(
             x, clip_min, clip_max, self.bitwidth, self.rounding, self.rounding_mode
         )
+
+    def grid_scale(self) -> Tensor:
+        """The multiplier from values to integer steps (value = n / scale), a 0-d tensor."""
+        if self.scales == AFFINE_SCALES:
+            step = affine_grid(*self.clip_range(), self.bitwidth).scale
+            return torch.tensor(1.0 / step, dtype=torch.float64, device=self.clips_act.device)
+        return activation_scale(self.clips_act, self.bitwidth)
 
     def freeze_range(self, frozen: bool = True) -> None:
         """Stop (or, with frozen=False, resume) range updates; clipping and rounding go on."""
@@ -276,7 +312,11 @@ class PACT2(SavedFlagsMixin, nn.Module):
         return True
 
     def _update_clips(self) -> None:
-        """clips_act = ceil2 of the running range, signed (-c, c) or unsigned (0, c)."""
+        """clips_act from the running range: ceil2 of it (power-of-two scales), or the range
+        itself holding zero (affine), signed (-c, c) or unsigned (0, c) unless asymmetric."""
+        if self.scales == AFFINE_SCALES:
+            self._update_affine_clips()
+            return
         abs_max = torch.abs(self.running_max)
         signed_clip = ceil2(torch.maximum(torch.abs(self.running_min), abs_max))
         if self.signed is None:
@@ -291,6 +331,16 @@ class PACT2(SavedFlagsMixin, nn.Module):
             self.clips_act[0] = 0.0
             self.clips_act[1] = ceil2(abs_max)
 
+    def _update_affine_clips(self) -> None:
+        low = torch.clamp(self.running_min, max=0.0)
+        high = torch.clamp(self.running_max, min=MIN_CLIP)
+        signed = low < 0 if self.signed is None else torch.tensor(bool(self.signed))
+        if not self.asymmetric:
+            high = torch.maximum(-low, high)
+            low = -high
+        self.clips_act[0] = torch.where(signed, low, 0.0)
+        self.clips_act[1] = high
+
     def _warn_non_finite(self) -> None:
         if not self._warned_non_finite:
             logger.warning(
@@ -304,12 +354,22 @@ class PACT2(SavedFlagsMixin, nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._batches_tracked = int(self.num_batches_tracked)
+        low, high = self.clip_range()
+        if self.scales == POWER_OF_TWO_SCALES and (ceil2(high) != high or low not in (0.0, -high)):
+            raise CheckpointMismatchError(
+                f"{prefix or 'range'}: the checkpoint's clip ({low:g}, {high:g}) is an affine "
+                "range, not a power-of-two one: it was trained with asymmetric_activations; "
+                "wrap the model with the same QuantizationConfig (--asymmetric-activations)"
+            )
 
     def extra_repr(self) -> str:
         low, high = self.clip_range()
+        scheme = "" if self.scales == POWER_OF_TWO_SCALES else f", scales={self.scales}"
+        if self.asymmetric:
+            scheme += ", asymmetric"
         return (
             f"signed={self.signed}, bitwidth={self.bitwidth}, clip=({low:g}, {high:g}), "
-            f"range_frozen={self.range_frozen}, rounding={self.rounding}"
+            f"range_frozen={self.range_frozen}, rounding={self.rounding}{scheme}"
         )
 
 

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
 from edgezoo.layers import ResizeWith
-from edgezoo.quantization.grid import fake_quantize_activation
 from edgezoo.quantization.input_grid import attach_input_grid
 from edgezoo.quantization.pact2 import PACT2
 
@@ -68,12 +67,7 @@ class InputGridLayer(nn.Module):
         self.train(module.training)
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        out = self.module(*args, **kwargs)
-        grid = self.input_grid
-        clip_min, clip_max = grid.clip_range() if out.device.type == "cpu" else grid.clips_act
-        return fake_quantize_activation(
-            out, clip_min, clip_max, grid.bitwidth, grid.rounding, grid.rounding_mode
-        )
+        return self.input_grid.fake_quantize(self.module(*args, **kwargs))
 
 
 def makes_new_values(module: nn.Module) -> bool:

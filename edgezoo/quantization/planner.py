@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from edgezoo.errors import ModuleOnlyViolationError, QuantizationConfigError
 from edgezoo.layers import AddBlock, CatBlock, ResizeWith
+from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
 from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.graph import LeafGraph, LeafNode, trace_leaf_graph
@@ -125,17 +126,37 @@ class _Planner:
         self.output_ranges: dict[str, PACT2] = {}
         self.input_ranges: dict[str, PACT2] = {}
 
-    def new_range(self, signed: bool | None, like: nn.Module) -> PACT2:
+    def new_range(self, signed: bool | None, like: nn.Module, reader: str | None) -> PACT2:
+        """A range for the output of `reader` (None: the model input)."""
+        config = self.config
+        affine = config.activation_scales == AFFINE_SCALES
         pact = PACT2(
             signed=signed,
-            bitwidth=self.config.bitwidth_activations,
-            range_shrink_percentile=self.config.range_shrink_percentile,
+            bitwidth=config.bitwidth_activations,
+            range_shrink_percentile=config.range_shrink_percentile,
             keep_when_missing=self.keep_missing_ranges,
             max_update_gap=self.range_update_gap,
-            rounding_mode=self.config.activation_rounding,
+            rounding_mode=config.rounding,
+            scales=config.activation_scales,
+            asymmetric=affine and reader is not None and not self._feeds_symmetric_op(reader),
         ).to(self.device)
         pact.train(like.training)
         return pact
+
+    def _feeds_symmetric_op(self, name: str) -> bool:
+        """Whether the output of `name` reaches a pool or resize (looking through flatten and
+        dropout): TIDL runs those on symmetric grids only."""
+        pending = list(self.graph.nodes[name].consumers)
+        while pending:
+            node = self.graph.nodes[pending.pop()]
+            module = node.module
+            if self.kinds[node.name] == POOL or is_global_pool(module):
+                return True
+            if isinstance(module, ResizeWith | nn.Upsample):
+                return True
+            if self.kinds[node.name] == PASSTHROUGH:
+                pending.extend(node.consumers)
+        return False
 
     def _pair_conv_bn(self) -> dict[str, str]:
         """Conv2d -> BatchNorm2d it folds: its only consumer, reading only the conv, registered
@@ -167,19 +188,19 @@ class _Planner:
         for name, node in self.graph.nodes.items():
             kind, module = self.kinds[name], node.module
             if kind == ACTIVATION:
-                self.activations[name] = self.new_range(signed=False, like=module)
+                self.activations[name] = self.new_range(False, module, name)
             elif kind in (WEIGHT, NORM) and name not in self.bn_of_conv and self._needs_range(node):
                 owner = self.conv_of_bn.get(name, name)
-                self.output_ranges[owner] = self.new_range(signed=True, like=module)
+                self.output_ranges[owner] = self.new_range(True, module, name)
             elif kind in (MERGE, POOL) and self._needs_range(node):
-                self.output_ranges[name] = self.new_range(signed=None, like=module)
+                self.output_ranges[name] = self.new_range(None, module, name)
         if self.config.quantize_output:
             self._plan_output_ranges()
         if self.config.quantize_input:
             for name in self.graph.input_consumers:
                 if self.kinds[name] != ACTIVATION:
                     module = self.graph.nodes[name].module
-                    self.input_ranges[name] = self.new_range(signed=None, like=module)
+                    self.input_ranges[name] = self.new_range(None, module, None)
 
     def _plan_output_ranges(self) -> None:
         """A range on each model output that is not already one (quantize_output)."""
@@ -191,7 +212,7 @@ class _Planner:
                 continue
             signed = True if self.kinds[name] in (WEIGHT, NORM) else None
             module = self.graph.nodes[name].module
-            self.output_ranges[owner] = self.new_range(signed=signed, like=module)
+            self.output_ranges[owner] = self.new_range(signed, module, name)
 
     def range_of_output(self, producer: str) -> PACT2 | None:
         """The range whose grid a producer's output lies on, looking through pass-through ops."""
@@ -240,7 +261,7 @@ class _Planner:
 
     def _weight_unit(self, name: str, node: LeafNode) -> QuantWeightMixin:
         module, config = node.module, self.config
-        per_channel = (
+        per_channel = config.per_channel_weights or (
             config.per_channel_depthwise and isinstance(module, nn.Conv2d) and is_depthwise(module)
         )
         bn_name = self.bn_of_conv.get(name)
@@ -350,23 +371,46 @@ def activation_ranges(model: nn.Module) -> list[PACT2]:
 
 @dataclass(frozen=True)
 class GraphQuantization:
-    """How a quantized model's deployed graph is quantized (recorded in its export)."""
+    """How a quantized model's deployed graph is quantized (recorded in its export).
+
+    per_channel_weights: some non-depthwise layer has per-channel weight scales. affine: the
+    ranges are affine (float scales, zero points). target: the device its config names.
+    """
 
     weight_bits: int
     activation_bits: int
     activation_rounding: str
+    exact_eval: bool = False
+    per_channel_weights: bool = False
+    affine: bool = False
+    target: str | None = None
+
+    @property
+    def activation_scales(self) -> str:
+        return AFFINE_SCALES if self.affine else POWER_OF_TWO_SCALES
 
 
 def graph_quantization(model: nn.Module) -> GraphQuantization:
-    """The bit widths and rounding a quantized model (wrapper or its .module) computes with."""
+    """The bit widths, rounding, scheme and eval precision a quantized model computes with (a
+    wrapper evaluates in float64 when its config says so; its bare .module always in float32)."""
+    config = getattr(model, "config", None)
+    wrapper = isinstance(config, QuantizationConfig)
+    model = model.module if wrapper else model
     ranges = activation_ranges(model)
     units = [m for m in model.modules() if isinstance(m, QuantWeightMixin)]
     if not ranges:
         raise QuantizationConfigError(f"{type(model).__name__} holds no activation ranges")
+    per_channel = any(
+        u.per_channel and not (isinstance(u, nn.Conv2d) and is_depthwise(u)) for u in units
+    )
     return GraphQuantization(
         weight_bits=max((u.bitwidth for u in units), default=8),
         activation_bits=max(p.bitwidth for p in ranges),
         activation_rounding=ranges[0].rounding_mode,
+        exact_eval=wrapper and config.evaluates_exactly,
+        per_channel_weights=per_channel,
+        affine=any(p.scales == AFFINE_SCALES for p in ranges),
+        target=config.target if wrapper else None,
     )
 
 

@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from edgezoo.quantization.batch_norm import QuantBatchNorm2d
 from edgezoo.quantization.exact import exact_conv2d
 from edgezoo.quantization.grid import (
-    activation_scale,
     apply_outlier_constraint,
     check_bitwidth,
     fake_quantize_bias,
@@ -151,21 +150,24 @@ class QuantWeightMixin(SavedFlagsMixin):
     ) -> tuple[Tensor, Tensor | None]:
         """Folded weights on the power-of-two grid and bias on the joint (input x weight) grid.
 
-        bias_dtype: quantize the bias in this precision (float64 holds every 2b-bit integer
-        bias exactly; float32 rounds the 16-bit saturation 2^31 - 1 to 2^31).
+        bias_dtype: also give the bias in this precision, as the device imports it: the exported
+        float32 bias read back onto its grid (float64 holds every 2b-bit integer exactly, where
+        float32 rounds 16-bit biases above 2^24 and the saturation 2^31 - 1 to 2^31).
         """
         weight, bias = self.folded_weight_bias()
         if not self.quantize_weights:
             return weight, bias
-        if bias is not None and bias_dtype is not None:
-            bias = bias.to(bias_dtype)
         quant_weight, scale = quantize_weight_ste(
             weight, self.bitwidth, self.per_channel, None, self._channel_shape
         )
         input_range = self.bias_input_range
-        if bias is not None and input_range is not None:
-            joint_scale = activation_scale(input_range.clips_act, input_range.bitwidth) * scale
-            bias = fake_quantize_bias(bias, joint_scale.reshape(-1), self.bias_bitwidth)
+        if bias is None or input_range is None:
+            return quant_weight, bias
+        joint_scale = input_range.grid_scale().to(scale.dtype) * scale
+        joint_scale = joint_scale.reshape(-1)
+        bias = fake_quantize_bias(bias, joint_scale, self.bias_bitwidth)
+        if bias_dtype is not None:
+            bias = fake_quantize_bias(bias.to(bias_dtype), joint_scale, self.bias_bitwidth)
         return quant_weight, bias
 
     @torch.no_grad()

@@ -73,15 +73,27 @@ class Bits:
 
 
 class IntegerArithmetic:
-    """TIDL's fixed-point arithmetic on IntegerValue tensors (exact)."""
+    """TIDL's fixed-point arithmetic on IntegerValue tensors (exact).
 
-    def __init__(self, bits: Bits = Bits(), rounding: str = "half_up") -> None:
+    input_dtype: the precision the float graph input is quantized in, QAT's eval precision
+    (so the input integers are the QAT model's).
+    """
+
+    def __init__(
+        self,
+        bits: Bits = Bits(),
+        rounding: str = "half_up",
+        input_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.bits = bits
         self.rounding = rounding
+        self.input_dtype = input_dtype
+        self._weights_of: dict[int, tuple[Tensor, int]] = {}
 
     def quantize_input(self, x: Tensor, grid: Grid) -> IntegerValue:
         """The float graph input through its Clip, rounded as the QAT forward rounds it."""
-        values = _fake_quantize(x, grid, self.bits.activations, self.rounding).double()
+        values = _fake_quantize(x.to(self.input_dtype), grid, self.bits.activations, self.rounding)
+        values = values.double()
         return IntegerValue(_to_int(values * 2.0**grid.exponent), grid.exponent, grid)
 
     def clip(self, value: IntegerValue, grid: Grid) -> IntegerValue:
@@ -98,15 +110,22 @@ class IntegerArithmetic:
 
     def _weights(self, weight: Tensor, bias: Tensor | None, exponent: int):
         """TIDL's integer weights (per-tensor scale from max|w|) and 2b-bit integer bias."""
-        scale = weight_scale(weight, self.bits.weights)
-        integers = weight_integers(weight.double(), scale.double(), self.bits.weights)
-        w_exponent = _exponent(scale)
+        integers, w_exponent = self._integer_weights(weight)
         if bias is None:
             return integers, None, w_exponent
         low, high = bias_limits(self.bits.bias)
         joint = 2.0 ** (exponent + w_exponent)
         bias_int = round_half_away(bias.double() * joint).clamp_(low, high)
         return integers, bias_int, w_exponent
+
+    def _integer_weights(self, weight: Tensor) -> tuple[Tensor, int]:
+        """The weight's integers and scale exponent, computed once per graph constant."""
+        cached = self._weights_of.get(id(weight))
+        if cached is None or cached[0].shape != weight.shape:
+            scale = weight_scale(weight, self.bits.weights)
+            integers = weight_integers(weight.double(), scale.double(), self.bits.weights)
+            cached = self._weights_of[id(weight)] = (integers, _exponent(scale))
+        return cached
 
     def conv(self, value: IntegerValue, weight: Tensor, bias: Tensor | None, spec: ConvSpec):
         integers, bias_int, w_exponent = self._weights(weight, bias, value.exponent)

@@ -10,9 +10,8 @@ import onnx
 from torch import Tensor
 
 from edgezoo.export.verify import load_onnx
-from edgezoo.simulation.arithmetic import FloatArithmetic
-from edgezoo.simulation.runner import run_graph
-from edgezoo.simulation.simulate import device_arithmetic
+from edgezoo.simulation.runner import GraphProgram
+from edgezoo.simulation.simulate import device_arithmetic, qat_arithmetic
 from edgezoo.simulation.values import FloatValue, IntegerValue
 
 __all__ = ["LayerParity", "ParityReport", "parity_report", "steps_apart"]
@@ -78,12 +77,13 @@ def parity_report(
     """
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
     device = device_arithmetic(proto, bitwidth)
-    qat = FloatArithmetic(device.bits, device.rounding)
+    qat = qat_arithmetic(proto, bitwidth)
+    program = GraphProgram(proto)
     report = ParityReport()
     layers: dict[str, LayerParity] = {}
     for batch in batches:
-        integer_run = run_graph(proto, batch, device, record=True)
-        float_run = run_graph(proto, batch, qat, record=True)
+        integer_run = program.run(batch, device, record=True)
+        float_run = program.run(batch, qat, record=True)
         for name, (op, value) in integer_run.nodes.items():
             if _pending(value):
                 continue  # an average pool's sum: compared once its Clip materialises it

@@ -19,7 +19,7 @@ from edgezoo.errors import SimulationError
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
 
-__all__ = ["GraphRun", "run_graph"]
+__all__ = ["GraphProgram", "GraphRun", "run_graph"]
 
 _PENDING_OPS = frozenset({"AveragePool", "GlobalAveragePool", "Resize"})
 _SUPPORTED = frozenset(
@@ -42,30 +42,51 @@ _SUPPORTED = frozenset(
 
 @dataclass
 class GraphRun:
-    """The graph outputs and, by node name, what each node computed."""
+    """The graph outputs and, by node name and by output name, what each node computed."""
 
     outputs: list[Value | Tensor]
     nodes: dict[str, tuple[str, Value | Tensor]] = field(default_factory=dict)
+    tensors: dict[str, Value | Tensor] = field(default_factory=dict)
+    """With record: each node's output by ONNX tensor name."""
 
 
-class _Runner:
-    """One pass over the graph in one arithmetic."""
+class GraphProgram:
+    """A graph read once for many runs: its constants as tensors and who reads each value."""
 
-    def __init__(self, proto: onnx.ModelProto, arithmetic: Any) -> None:
-        self.graph = proto.graph
-        self.arithmetic = arithmetic
-        self.bitwidth = arithmetic.bits.activations
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.proto = proto
         self.opset = next(
             (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 11
         )
         self.constants = {
             init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
-            for init in self.graph.initializer
+            for init in proto.graph.initializer
         }
         self.consumers: dict[str, list[str]] = {}
-        for node in self.graph.node:
+        for node in proto.graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node.op_type)
+        inputs = [i.name for i in proto.graph.input if i.name not in self.constants]
+        if len(inputs) != 1:
+            raise SimulationError(f"the graph has {len(inputs)} inputs; edgezoo simulates one")
+        self.input_name = inputs[0]
+
+    def run(self, inputs: Tensor | np.ndarray, arithmetic: Any, record: bool = False) -> GraphRun:
+        """Run the graph's nodes in `arithmetic` on one input batch."""
+        batch = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+        return _Runner(self, arithmetic).run({self.input_name: batch}, record)
+
+
+class _Runner:
+    """One pass over a graph program in one arithmetic."""
+
+    def __init__(self, program: GraphProgram, arithmetic: Any) -> None:
+        self.graph = program.proto.graph
+        self.arithmetic = arithmetic
+        self.bitwidth = arithmetic.bits.activations
+        self.opset = program.opset
+        self.constants = program.constants
+        self.consumers = program.consumers
         self.values: dict[str, Value | Tensor] = {}
 
     def run(self, inputs: dict[str, Tensor], record: bool) -> GraphRun:
@@ -83,6 +104,7 @@ class _Runner:
             self.values[node.output[0]] = out
             if record:
                 run.nodes[name] = (node.op_type, out)
+                run.tensors[node.output[0]] = out
         run.outputs = [self.values[o.name] for o in self.graph.output]
         return run
 
@@ -257,13 +279,5 @@ def run_graph(
     arithmetic: Any,
     record: bool = False,
 ) -> GraphRun:
-    """Run the graph's nodes in `arithmetic` on one input batch."""
-    graph_inputs = [i.name for i in proto.graph.input if i.name not in _initializer_names(proto)]
-    if len(graph_inputs) != 1:
-        raise SimulationError(f"the graph has {len(graph_inputs)} inputs; edgezoo simulates one")
-    batch = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
-    return _Runner(proto, arithmetic).run({graph_inputs[0]: batch}, record)
-
-
-def _initializer_names(proto: onnx.ModelProto) -> set[str]:
-    return {init.name for init in proto.graph.initializer}
+    """Run the graph's nodes in `arithmetic` on one input batch (GraphProgram for many)."""
+    return GraphProgram(proto).run(inputs, arithmetic, record)

@@ -1,22 +1,37 @@
-"""simulate_tidl: run an exported QAT graph in TIDL's integer arithmetic."""
+"""simulate_tidl / TIDLSimulator: run an exported QAT graph in TIDL's integer arithmetic."""
 
 import os
 from typing import NamedTuple
 
 import numpy as np
 import onnx
+import torch
 from torch import Tensor
 
-from edgezoo.export.tidl_rules import ROUNDING_PROP, graph_bits, graph_properties
+from edgezoo.export.tidl_rules import (
+    EVAL_PRECISION_PROP,
+    ROUNDING_PROP,
+    graph_bits,
+    graph_properties,
+)
 from edgezoo.export.verify import load_onnx
 from edgezoo.quantization.grid import (
     DEFAULT_ACTIVATION_ROUNDING,
     check_activation_rounding,
     check_bitwidth,
 )
-from edgezoo.simulation.arithmetic import Bits, IntegerArithmetic
-from edgezoo.simulation.runner import run_graph
+from edgezoo.simulation.arithmetic import Bits, FloatArithmetic, IntegerArithmetic
+from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.values import IntegerValue
+
+__all__ = [
+    "SimulatedTensor",
+    "TIDLSimulator",
+    "device_arithmetic",
+    "graph_rounding",
+    "qat_arithmetic",
+    "simulate_tidl",
+]
 
 
 class SimulatedTensor(NamedTuple):
@@ -37,12 +52,59 @@ def graph_rounding(proto: onnx.ModelProto) -> str:
     return check_activation_rounding(recorded)
 
 
-def device_arithmetic(proto: onnx.ModelProto, bitwidth: int | None = None) -> IntegerArithmetic:
-    """TIDL's integer arithmetic at the graph's recorded bit widths (bitwidth overrides both)."""
+def _graph_bits(proto: onnx.ModelProto, bitwidth: int | None) -> Bits:
     weights, activations = graph_bits(proto)
     if bitwidth is not None:
         weights = activations = check_bitwidth(bitwidth)
-    return IntegerArithmetic(Bits(weights, activations), graph_rounding(proto))
+    return Bits(weights, activations)
+
+
+def _qat_dtype(proto: onnx.ModelProto) -> torch.dtype:
+    """The precision the QAT model evaluated in (recorded by the export; float32 by default)."""
+    recorded = graph_properties(proto).get(EVAL_PRECISION_PROP, "float32")
+    return torch.float64 if recorded == "float64" else torch.float32
+
+
+def device_arithmetic(proto: onnx.ModelProto, bitwidth: int | None = None) -> IntegerArithmetic:
+    """TIDL's integer arithmetic at the graph's recorded bit widths (bitwidth overrides both)."""
+    bits = _graph_bits(proto, bitwidth)
+    return IntegerArithmetic(bits, graph_rounding(proto), _qat_dtype(proto))
+
+
+def qat_arithmetic(proto: onnx.ModelProto, bitwidth: int | None = None) -> FloatArithmetic:
+    """QAT's float arithmetic on the graph, in the precision the QAT model evaluated in."""
+    return FloatArithmetic(_graph_bits(proto, bitwidth), graph_rounding(proto), _qat_dtype(proto))
+
+
+class TIDLSimulator:
+    """An exported QAT graph, read once, run in TIDL's integer arithmetic on many batches.
+
+    simulator = TIDLSimulator("mobilenetv2_qat.onnx"); logits, = simulator(images)
+    """
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, bitwidth: int | None = None):
+        proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+        self.program = GraphProgram(proto)
+        self.arithmetic = device_arithmetic(proto, bitwidth)
+
+    def __call__(
+        self, inputs: Tensor | np.ndarray, return_integers: bool = False
+    ) -> list[np.ndarray] | list[SimulatedTensor]:
+        outputs = self.program.run(inputs, self.arithmetic).outputs
+        if return_integers:
+            return [_integers(value) for value in outputs]
+        return [_dequantized(value) for value in outputs]
+
+    def layers(self, inputs: Tensor | np.ndarray) -> dict[str, SimulatedTensor]:
+        """Every tensor the device holds on an activation grid (each Clip's output, and ops
+        that keep their input's grid), by ONNX tensor name: what TIDL's fixed-point layer
+        traces record, to compare with them (docs/integer_simulation.md)."""
+        run = self.program.run(inputs, self.arithmetic, record=True)
+        return {
+            output: _integers(value)
+            for output, value in run.tensors.items()
+            if isinstance(value, IntegerValue) and value.ranged
+        }
 
 
 def simulate_tidl(
@@ -60,13 +122,9 @@ def simulate_tidl(
     integer_simulation.md defines every op). bitwidth: the weights' and activations' bit width
     (default: what the export recorded, 8 when it recorded none). Returns dequantized float64
     arrays (ArgMax outputs as int64), or with return_integers the integers and their scale
-    exponents.
+    exponents. For many batches, TIDLSimulator reads the graph once.
     """
-    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-    outputs = run_graph(proto, inputs, device_arithmetic(proto, bitwidth)).outputs
-    if return_integers:
-        return [_integers(value) for value in outputs]
-    return [_dequantized(value) for value in outputs]
+    return TIDLSimulator(model, bitwidth)(inputs, return_integers)
 
 
 def _dequantized(value: IntegerValue | Tensor) -> np.ndarray:

@@ -1,0 +1,200 @@
+"""TIDL's rules for prequantized ONNX QDQ graphs (edgeai-tidl-tools release 11.0 docs).
+
+From docs/supported_ops_rts_versions.md: QuantizeLinear / DequantizeLinear only with the default
+axis (1) and only in QDQ models. From docs/quantization.md (layer quantization restrictions):
+prequantized import is 8-bit; Conv takes asymmetric per-tensor activations and symmetric
+per-channel weights and biases, InnerProduct (Gemm) per-column symmetric weights; Add, Concat,
+Flatten and Reshape take a zero point, pools, Resize, ArgMax and the network input only
+symmetric per-tensor grids; every supported layer needs Q/DQ nodes around it except Flatten and
+Reshape (pass-through). The per-axis DequantizeLinear of constant weights and biases (axis 0,
+the output channel) is how ONNX writes per-channel weights; the axis rule is read as applying to
+activations.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from edgezoo.export.qdq import QDQ_MIN_OPSET
+from edgezoo.export.report import GraphViolation
+
+__all__ = ["QDQ_OPS", "check_qdq_graph", "is_qdq_graph"]
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_NEEDS_QDQ = frozenset(
+    {"Conv", "Gemm", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize"}
+)
+"""Layers that read dequantized inputs and whose outputs are quantized again."""
+_SYMMETRIC_ONLY = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "ArgMax"})
+_PASS_THROUGH = frozenset({"Flatten", "Reshape"})
+_WEIGHT_OPS = frozenset({"Conv", "Gemm"})
+_ACTIVATION_TYPES = (np.int8, np.uint8)
+
+
+def is_qdq_graph(proto) -> bool:
+    """Whether a graph holds QuantizeLinear / DequantizeLinear nodes."""
+    return any(node.op_type in QDQ_OPS for node in proto.graph.node)
+
+
+def check_qdq_graph(graph) -> Iterator[GraphViolation]:
+    """Every QDQ rule violation of an indexed graph (verify.py's checker: nodes, names,
+    constants, consumers, producers, opset, proto)."""
+    if graph.opset is not None and graph.opset < QDQ_MIN_OPSET:
+        yield GraphViolation(
+            "qdq-opset",
+            "<graph>",
+            f"opset {graph.opset}: per-axis DequantizeLinear needs opset {QDQ_MIN_OPSET}; export "
+            f"with opset {QDQ_MIN_OPSET} or later",
+        )
+    for index, node in enumerate(graph.nodes):
+        name = graph.names[index]
+        if node.op_type in QDQ_OPS:
+            yield from _check_qdq_node(graph, node, name)
+        elif node.op_type == "Clip":
+            yield GraphViolation(
+                "qdq-clip",
+                name,
+                "a Clip in a QDQ graph: the Q/DQ pair bounds the range already; export with "
+                "format='qdq' from a QAT model, which writes none",
+            )
+        if node.op_type in _NEEDS_QDQ | {"ArgMax"}:
+            yield from _check_inputs_dequantized(graph, node, name)
+        if node.op_type in _NEEDS_QDQ:
+            yield from _check_output_quantized(graph, node, name)
+        if node.op_type in _SYMMETRIC_ONLY:
+            yield from _check_symmetric_input(graph, node, name)
+    yield from _check_graph_input(graph)
+
+
+def _check_qdq_node(graph, node, name: str) -> Iterator[GraphViolation]:
+    scale = graph.constants.get(node.input[1]) if len(node.input) > 1 else None
+    zero = graph.constants.get(node.input[2]) if len(node.input) > 2 else None
+    if scale is None or zero is None:
+        yield GraphViolation(
+            "qdq-constants",
+            name,
+            f"{node.op_type} needs constant scale and zero point inputs (TIDL reads them at "
+            "import)",
+        )
+        return
+    constant_input = node.input[0] in graph.constants
+    if scale.size > 1 and not constant_input:
+        yield GraphViolation(
+            "qdq-axis",
+            name,
+            f"{node.op_type} with {scale.size} scales on an activation: TIDL takes per-tensor "
+            "activation scales (only the default axis)",
+        )
+    allowed = (*_ACTIVATION_TYPES, np.int32) if constant_input else _ACTIVATION_TYPES
+    if zero.dtype not in allowed:
+        yield GraphViolation(
+            "qdq-bits",
+            name,
+            f"{node.op_type} zero point of type {zero.dtype}: TIDL imports 8-bit QDQ graphs "
+            "(int8/uint8; int32 for biases)",
+        )
+    if node.op_type == "QuantizeLinear":
+        readers = [graph.nodes[i].op_type for i in graph.consumers.get(node.output[0], [])]
+        if not readers or any(op != "DequantizeLinear" for op in readers):
+            yield GraphViolation(
+                "qdq-dangling",
+                name,
+                f"QuantizeLinear read by {readers or 'nothing'}: each one needs its "
+                "DequantizeLinear",
+            )
+    elif not constant_input and graph.producers.get(node.input[0]) != "QuantizeLinear":
+        yield GraphViolation(
+            "qdq-dangling",
+            name,
+            "DequantizeLinear of a tensor no QuantizeLinear made (nor a constant)",
+        )
+
+
+def _dequantized(graph, tensor: str) -> bool:
+    """Whether tensor comes from a DequantizeLinear, looking back through Flatten/Reshape."""
+    while True:
+        producer = graph.producer_nodes.get(tensor)
+        if producer is None:
+            return False
+        if producer.op_type == "DequantizeLinear":
+            return True
+        if producer.op_type not in _PASS_THROUGH:
+            return False
+        tensor = producer.input[0]
+
+
+def _check_inputs_dequantized(graph, node, name: str) -> Iterator[GraphViolation]:
+    inputs = node.input[:1] if node.op_type in _WEIGHT_OPS | {"Resize"} else node.input
+    for position, tensor in enumerate(inputs):
+        if tensor and not _dequantized(graph, tensor):
+            yield GraphViolation(
+                "qdq-pairs",
+                name,
+                f"input {position} ({tensor!r}) of {node.op_type} is not dequantized: TIDL "
+                "needs a Q/DQ pair before every supported layer",
+            )
+    if node.op_type in _WEIGHT_OPS:
+        for tensor in node.input[1:]:
+            if tensor and graph.producers.get(tensor) != "DequantizeLinear":
+                yield GraphViolation(
+                    "qdq-weights",
+                    name,
+                    f"{node.op_type} parameter {tensor!r} is float: a prequantized graph holds "
+                    "integer weights and biases behind DequantizeLinear",
+                )
+
+
+def _check_output_quantized(graph, node, name: str) -> Iterator[GraphViolation]:
+    output = node.output[0]
+    readers = [graph.nodes[i].op_type for i in graph.consumers.get(output, [])]
+    if not readers and node.op_type in _WEIGHT_OPS:
+        return  # a final Conv/Gemm may hand TIDL its float output
+    if not readers or any(op != "QuantizeLinear" for op in readers):
+        yield GraphViolation(
+            "qdq-pairs",
+            name,
+            f"the {node.op_type} output is read by {readers or 'nothing'}, not by a "
+            "QuantizeLinear: TIDL needs a Q/DQ pair after every supported layer",
+        )
+
+
+def _zero_point_of(graph, tensor: str):
+    """The zero point of the DequantizeLinear a tensor comes from (through Flatten/Reshape)."""
+    while True:
+        producer = graph.producer_nodes.get(tensor)
+        if producer is None:
+            return None
+        if producer.op_type == "DequantizeLinear":
+            return graph.constants.get(producer.input[2]) if len(producer.input) > 2 else None
+        if producer.op_type not in _PASS_THROUGH:
+            return None
+        tensor = producer.input[0]
+
+
+def _check_symmetric_input(graph, node, name: str) -> Iterator[GraphViolation]:
+    zero = _zero_point_of(graph, node.input[0])
+    if zero is not None and np.any(zero != 0):
+        yield GraphViolation(
+            "qdq-symmetric",
+            name,
+            f"{node.op_type} reads an asymmetric grid (zero point {int(np.ravel(zero)[0])}): "
+            "TIDL runs it on symmetric grids only (edgezoo's QAT keeps such ranges symmetric)",
+        )
+
+
+def _check_graph_input(graph) -> Iterator[GraphViolation]:
+    for graph_input in graph.proto.graph.input:
+        if graph_input.name in graph.constants:
+            continue
+        for index in graph.consumers.get(graph_input.name, []):
+            reader = graph.nodes[index]
+            if reader.op_type != "QuantizeLinear":
+                continue
+            zero = graph.constants.get(reader.input[2]) if len(reader.input) > 2 else None
+            if zero is not None and np.any(zero != 0):
+                yield GraphViolation(
+                    "qdq-symmetric",
+                    graph.names[index],
+                    "the network input is quantized with a zero point: TIDL's input layer "
+                    "takes symmetric grids only",
+                )
