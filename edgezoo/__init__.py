@@ -1,8 +1,10 @@
 """edgezoo: QAT-ready ResNet, MobileNetV2 and DeepLabV3+ models for TI TIDL, with ONNX export."""
 
 from edgezoo.check import CheckReport, Violation, check_model
+from edgezoo.conversion import ConversionReport, make_module_only
 from edgezoo.errors import (
     CheckpointMismatchError,
+    ConversionError,
     DataError,
     DeviceUnavailableError,
     DiskFullError,
@@ -18,6 +20,7 @@ from edgezoo.errors import (
     QuantizationModeError,
     ResumeMismatchError,
     RunExistsError,
+    SharedModuleError,
     SimulationError,
     TIDLRuleError,
     TrainingDivergedError,
@@ -53,6 +56,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckReport",
     "CheckpointMismatchError",
+    "ConversionError",
+    "ConversionReport",
     "DataError",
     "DeviceUnavailableError",
     "DiskFullError",
@@ -76,6 +81,7 @@ __all__ = [
     "QuantizationModeError",
     "ResumeMismatchError",
     "RunExistsError",
+    "SharedModuleError",
     "SimulationError",
     "TIDLRuleError",
     "TrainingDivergedError",
@@ -98,6 +104,7 @@ __all__ = [
     "layer_report",
     "list_models",
     "load_weights",
+    "make_module_only",
     "model_info",
     "simulate_tidl",
     "unfreeze_bn",

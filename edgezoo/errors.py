@@ -103,3 +103,11 @@ class RunExistsError(EdgezooError, FileExistsError):
 
 class UnknownTargetError(EdgezooError, ValueError):
     """A target device edgezoo does not know (the message lists the close matches)."""
+
+
+class ConversionError(EdgezooError, ValueError):
+    """make_module_only cannot convert a model (fx cannot trace it, or a rewrite would differ)."""
+
+
+class SharedModuleError(ConversionError):
+    """A module with parameters or buffers is called more than once (real weight sharing)."""

@@ -1,8 +1,10 @@
 """QuantTrainModule (QAT), QuantCalibrateModule (PTQ) and QuantTestModule (evaluation).
 
 Each wrapper refuses an already-quantized model, checks the model with check_model (module-only
-rules), then quantizes it in place (planner.py): `.module` stays the user's model object with
-its original state_dict keys plus range buffers, so `q.module.state_dict()` is a complete QAT
+rules; violations that torch.fx conversion fixes are converted, edgezoo.make_module_only, unless
+convert=False), then quantizes it in place (planner.py): `.module` stays the user's model object
+(or its converted GraphModule, sharing its tensors) with its original state_dict keys plus range
+buffers, so `q.module.state_dict()` is a complete QAT
 checkpoint and float checkpoints load into `q.module` before or after wrapping. How to quantize
 is a QuantizationConfig (`config=`), or its fields as keyword arguments.
 """
@@ -14,8 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgezoo.check import check_model
-from edgezoo.errors import QuantizationConfigError, QuantizationModeError, TIDLRuleError
+from edgezoo.check import CheckReport, check_model
+from edgezoo.conversion import make_module_only
+from edgezoo.errors import (
+    ConversionError,
+    ModuleOnlyViolationError,
+    QuantizationConfigError,
+    QuantizationModeError,
+    TIDLRuleError,
+)
 from edgezoo.quantization.bias_calibration import BiasCalibration
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.freeze import QATSchedule
@@ -44,6 +53,7 @@ class _QuantWrapper(nn.Module):
         config: QuantizationConfig | None = None,
         *,
         tidl_rules: bool = True,
+        convert: bool = True,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -54,7 +64,7 @@ class _QuantWrapper(nn.Module):
             )
         self.config = QuantizationConfig.resolve(config, **settings)
         refuse_quantized(module)
-        _check_before_wrapping(module, dummy_input, tidl_rules)
+        module = _check_before_wrapping(module, dummy_input, tidl_rules, convert)
         self.module = insert_quantization(
             module,
             dummy_input,
@@ -87,16 +97,48 @@ def _floats_to(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def _check_before_wrapping(module: nn.Module, dummy_input: ExampleInput, tidl_rules: bool) -> None:
-    """Module-only rules must hold; TIDL's rules too, unless tidl_rules=False (then a warning),
-    so a layer TIDL cannot import is named before hours of training, not at export."""
+def _check_before_wrapping(
+    module: nn.Module, dummy_input: ExampleInput, tidl_rules: bool, convert: bool
+) -> nn.Module:
+    """The model to quantize: module-only rules must hold (after torch.fx conversion when
+    `convert` and they do not); TIDL's rules too, unless tidl_rules=False (then a warning), so a
+    layer TIDL cannot import is named before hours of training, not at export."""
     report = check_model(module, dummy_input, tidl_rules=True)
+    if convert and _module_only_violations(report):
+        module = _converted(module, dummy_input, tidl_rules, report)
+        report = check_model(module, dummy_input, tidl_rules=True)
     tidl = [v for v in report.violations if v.rule.startswith("tidl-")]
-    module_only = [v for v in report.violations if v not in tidl]
+    module_only = _module_only_violations(report)
     if module_only:
         dataclasses.replace(report, violations=module_only).raise_if_failed()
-    if not tidl:
-        return
+    if tidl:
+        _refuse_or_warn_tidl(module, tidl, tidl_rules)
+    return module
+
+
+def _module_only_violations(report: CheckReport) -> list:
+    return [v for v in report.violations if not v.rule.startswith("tidl-")]
+
+
+def _converted(
+    module: nn.Module, dummy_input: ExampleInput, tidl_rules: bool, report: CheckReport
+) -> nn.Module:
+    """make_module_only of the model, one log line per kind of change; a model it cannot
+    convert raises the check's violations with the reason."""
+    try:
+        converted, changes = make_module_only(
+            module, dummy_input, tidl_rules=tidl_rules, return_report=True
+        )
+    except ConversionError as error:
+        raise ModuleOnlyViolationError(
+            f"{report}\nautomatic conversion (edgezoo.make_module_only) failed: {error}"
+        ) from error
+    for kind, count in sorted(changes.changes.items()):
+        logger.info("%s converted to module-only: %s x%d", type(module).__name__, kind, count)
+    return converted
+
+
+def _refuse_or_warn_tidl(module: nn.Module, tidl: list, tidl_rules: bool) -> None:
     listing = "\n".join(f"  {violation}" for violation in tidl)
     if tidl_rules:
         raise TIDLRuleError(

@@ -1,0 +1,263 @@
+"""Which models become QAT-ready through make_module_only, and what blocks the rest.
+
+For every torchvision classification and segmentation model (and timm models when timm is
+installed: a fixed list across families), with random weights at 96x96 (segmentation 128x128):
+does torch.fx trace it, does make_module_only convert it, are the outputs bit-equal in eval and
+train mode (same seed: dropout and stochastic depth draw alike), does one QAT step run with
+finite gradients, does the QAT export verify against TIDL's rules; where a stage fails, the
+error's first line (the rule or the reason). Models above --max-params are listed as skipped
+(this 2-core machine). Writes docs/conversion_coverage.json and docs/conversion_coverage.md.
+
+    python benchmarks/conversion_coverage.py
+    python benchmarks/conversion_coverage.py --models resnet18 regnet_x_400mf
+"""
+
+import argparse
+import copy
+import json
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torchvision
+from tqdm import tqdm
+
+from edgezoo import QuantTrainModule, check_model, export_onnx, make_module_only
+from edgezoo.benchmarking import machine_description
+
+TIMM_MODELS = (
+    "resnet18",
+    "resnet50d",
+    "resnext26ts",
+    "seresnet50",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "mobilenetv3_small_100",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "tf_efficientnet_lite0",
+    "regnetx_002",
+    "regnetx_016",
+    "regnety_002",
+    "ghostnet_100",
+    "mixnet_s",
+    "dla34",
+    "hrnet_w18_small",
+    "densenet121",
+    "dpn68",
+    "vgg11",
+    "repvgg_a0",
+    "rexnet_100",
+    "mnasnet_100",
+    "semnasnet_100",
+    "fbnetc_100",
+    "spnasnet_100",
+    "cspresnet50",
+    "darknet53",
+    "selecsls42b",
+    "res2net50_14w_8s",
+    "resnest14d",
+    "convnext_atto",
+    "levit_128s",
+)
+
+
+def _equal(original, converted, example, training: bool) -> bool:
+    results = []
+    for model in (original, converted):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = copy.deepcopy(model).train(training)(example)
+        if isinstance(out, dict):
+            out = out["out"]
+        results.append(out if isinstance(out, torch.Tensor) else out[0])
+    return torch.equal(*results)
+
+
+def _qat_step(converted, example):
+    q = QuantTrainModule(converted, example[:1], tidl_rules=False, convert=False)
+    out = q(example)
+    out = out if isinstance(out, torch.Tensor) else out["out"]
+    out.square().mean().backward()
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in q.parameters()), q
+
+
+def _rules(report) -> list[str]:
+    return sorted({v.rule for v in report.violations})
+
+
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:240]}"
+
+
+def _example(size: int) -> torch.Tensor:
+    """Two ImageNet-normalised random images (the input range export checks covers them)."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (torch.rand(2, 3, size, size) - mean) / std
+
+
+def _export(q, example) -> list[str]:
+    """The TIDL rules the QAT export breaks (empty when it verifies)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.onnx"
+        report = export_onnx(
+            q.eval(), path, example_input=example[:1], write_configs=False, strict=False
+        )
+    return sorted(report.verification.rules()) + ([] if report.parity_ok else ["parity"])
+
+
+def measure(source: str, name: str, model, size: int) -> dict:
+    """One model through every stage; the first failing stage's reason."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    row = {"source": source, "model": name, "params_m": round(params, 1)}
+    example = _example(size)
+    row["rules_before"] = _rules(check_model(model, example[:1], tidl_rules=False))
+    stage = "converts"
+    try:
+        converted = make_module_only(model, example[:1], tidl_rules=False)
+        row["converts"] = True
+        stage = "equal_eval"
+        row["equal_eval"] = _equal(model, converted, example, False)
+        row["equal_train"] = _equal(model, converted, example, True)
+        row["rules_after"] = _rules(check_model(converted, example[:1], tidl_rules=False))
+        row["tidl_rules"] = [
+            r for r in _rules(check_model(converted, example[:1])) if r.startswith("tidl-")
+        ]
+        stage = "qat_step"
+        row["qat_step"], q = _qat_step(converted, example)
+        stage = "export_verifies"
+        broken = _export(q, example)
+        row["export_verifies"] = not broken
+        row["blocked_by"] = broken or None
+    except Exception as error:  # a coverage table records every failure, whatever its type
+        row.setdefault(stage, False)
+        row["blocked_by"] = _first_line(error)
+    return row
+
+
+def _models(args) -> list[tuple[str, str, int]]:
+    chosen = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        chosen.append(("torchvision", name, args.size))
+    for name in torchvision.models.list_models(module=torchvision.models.segmentation):
+        chosen.append(("torchvision.segmentation", name, args.seg_size))
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        logging.warning("timm is not installed: its models are left out (pip install timm)")
+    else:
+        chosen += [("timm", name, args.size) for name in TIMM_MODELS]
+    return [m for m in chosen if not args.models or m[1] in args.models]
+
+
+def _build(source: str, name: str):
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, num_classes=10)
+    if source == "torchvision.segmentation":
+        return torchvision.models.get_model(
+            name, num_classes=5, weights_backbone=None, aux_loss=False
+        )
+    return torchvision.models.get_model(name, num_classes=10)
+
+
+def _mark(value) -> str:
+    return {True: "yes", False: "**no**", None: "-"}.get(value, str(value))
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| source | model | params (M) | module-only rules broken before / after | converts "
+        "| equal eval / train | QAT step | export verifies | TIDL rules / blocked by |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        head = f"| {r['source']} | {r['model']} | {r['params_m']} |"
+        if r.get("skipped"):
+            lines.append(f"{head} - | - | - | - | - | {r['skipped']} |")
+            continue
+        before = ", ".join(r["rules_before"]) or "none"
+        after = ", ".join(r["rules_after"]) or "none" if "rules_after" in r else "-"
+        equal = f"{_mark(r.get('equal_eval'))} / {_mark(r.get('equal_train'))}"
+        blocked = r.get("blocked_by")
+        blocked = ", ".join(blocked) if isinstance(blocked, list) else (blocked or "")
+        why = "; ".join(p for p in (", ".join(r.get("tidl_rules") or []), blocked) if p)
+        lines.append(
+            f"{head} {before} / {after} | {_mark(r.get('converts'))} | {equal} | "
+            f"{_mark(r.get('qat_step'))} | {_mark(r.get('export_verifies'))} | "
+            f"{why.replace('|', '/')} |"
+        )
+    return lines
+
+
+def summary(rows: list[dict]) -> list[str]:
+    counted = [r for r in rows if not r.get("skipped")]
+    counts = Counter()
+    for r in counted:
+        counts["models"] += 1
+        counts["converts"] += bool(r.get("converts"))
+        counts["equal"] += bool(r.get("equal_eval") and r.get("equal_train"))
+        counts["qat"] += bool(r.get("qat_step"))
+        counts["verifies"] += bool(r.get("export_verifies"))
+    return [
+        f"{counts['models']} models measured ({len(rows) - len(counted)} skipped for size): "
+        f"{counts['converts']} convert, {counts['equal']} with bit-equal outputs in eval and "
+        f"train, {counts['qat']} run a QAT step with finite gradients, {counts['verifies']} "
+        "export a graph that passes verify_onnx.",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="only these names")
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--seg-size", type=int, default=128)
+    parser.add_argument("--max-params", type=float, default=150.0, help="millions; skip above")
+    parser.add_argument("--out", type=Path, default=Path("docs/conversion_coverage"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    json_path = args.out.with_suffix(".json")
+    done = json.loads(json_path.read_text())["results"] if json_path.exists() else []
+    seen = {(r["source"], r["model"]) for r in done}
+    for source, name, size in tqdm(_models(args), desc="models"):
+        if (source, name) in seen:
+            continue
+        torch.manual_seed(0)
+        model = _build(source, name)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        if params > args.max_params:
+            done.append(
+                {
+                    "source": source,
+                    "model": name,
+                    "params_m": round(params, 1),
+                    "skipped": f"skipped: {params:.0f}M parameters",
+                }
+            )
+        else:
+            done.append(measure(source, name, model, size))
+        json_path.write_text(
+            json.dumps({"machine": machine_description(), "results": done}, indent=2)
+        )
+    text = [
+        "# Conversion coverage: make_module_only over torchvision (and timm)",
+        "",
+        "Generated by `python benchmarks/conversion_coverage.py` (random weights; "
+        f"{args.size}x{args.size}, segmentation {args.seg_size}x{args.seg_size}).",
+        "",
+        *summary(done),
+        "",
+        *table(done),
+        "",
+    ]
+    args.out.with_suffix(".md").write_text("\n".join(text))
+    print("\n".join(summary(done)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""make_module_only: any torch.fx-traceable model as a module-only equivalent for QAT.
+
+Quantization gives every module its own activation range, so each range-changing op must run
+in a module of its own, once. torch.fx traces the model into a graph; each functional or
+operator call that changes a range becomes its own module (edgezoo/conversion/rewrites.py), and
+each parameter-free module called from several places gets one instance per call site. The
+result is a torch.fx.GraphModule whose parameters and buffers are the original model's tensors
+under the original state_dict keys, computing the same outputs bit for bit.
+"""
+
+import copy
+import inspect
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+import edgezoo.layers
+from edgezoo.conversion.rewrites import Rewrite, find_rewrite
+from edgezoo.errors import ConversionError, SharedModuleError, TIDLRuleError
+
+__all__ = ["ConversionReport", "make_module_only"]
+
+logger = logging.getLogger(__name__)
+
+_EDGEZOO_LEAVES = (edgezoo.layers.AddBlock, edgezoo.layers.CatBlock, edgezoo.layers.ResizeWith)
+
+
+@dataclass
+class ConversionReport:
+    """What make_module_only changed: counts per kind of rewrite, and the new modules' names."""
+
+    changes: Counter = field(default_factory=Counter)
+    modules: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if not self.changes:
+            return "already module-only: nothing to convert"
+        return "; ".join(f"{kind} x{count}" for kind, count in sorted(self.changes.items()))
+
+
+def _branches_on_training(module: nn.Module) -> bool:
+    """A parameter-free, childless module whose forward reads self.training (stochastic depth,
+    custom dropout): traced through, fx would bake in the mode it was traced in."""
+    if any(True for _ in module.children()) or any(True for _ in module.parameters()):
+        return False
+    try:
+        return "self.training" in inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return False
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping edgezoo's layer modules and mode-dependent parameter-free
+    modules whole."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        if isinstance(module, _EDGEZOO_LEAVES) or _branches_on_training(module):
+            return True
+        return super().is_leaf_module(module, qualified_name)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
+        raise ConversionError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}. "
+            "Rewrite it by hand: edgezoo.check_model(model, example_input) lists each op to "
+            "move into a module"
+        ) from error
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+def _propagate_shapes(module: fx.GraphModule, inputs: tuple[Any, ...]) -> None:
+    """Record each value's shape (node.meta['tensor_meta']) from one eval forward."""
+    flags = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            ShapeProp(module).propagate(*inputs)
+    except Exception as error:  # the traced graph failed on the example input
+        raise ConversionError(
+            f"the traced {module.__class__.__name__} fails on the example input "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); check the input "
+            "size the model expects, or run edgezoo.check_model on it"
+        ) from error
+    finally:
+        for m, training in flags.items():
+            m.training = training
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    meta = value.meta.get("tensor_meta") if isinstance(value, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _owner(node: fx.Node) -> str:
+    """The module whose forward made the call (where the new module goes)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if node.op == "call_module":
+        return node.target.rpartition(".")[0]
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _free_name(module: fx.GraphModule, owner: str, kind: str) -> str:
+    existing = dict(module.named_modules())
+    base = f"{owner}.{kind}" if owner else kind
+    name, index = base, 0
+    while name in existing or hasattr(module.get_submodule(owner) if owner else module, name):
+        index += 1
+        name = f"{base}_{index}"
+    return name
+
+
+def _read_after(node: fx.Node, value: fx.Node) -> bool:
+    """Whether `value` is read by a node after `node` (it would see an in-place change)."""
+    later, seen = set(), False
+    for other in node.graph.nodes:
+        if other is node:
+            seen = True
+        elif seen:
+            later.add(other)
+    return any(user in later for user in value.users)
+
+
+def _apply(module: fx.GraphModule, node: fx.Node, rewrite: Rewrite, report: ConversionReport):
+    if rewrite.mutates is not None and _read_after(node, rewrite.mutates):
+        raise ConversionError(
+            f"node {node.name!r}: an in-place {rewrite.kind} whose input is read again later; "
+            "rewrite it out of place (y = a + b) so the converted model computes the same"
+        )
+    name = _free_name(module, _owner(node), rewrite.kind)
+    module.add_submodule(name, rewrite.module)
+    with module.graph.inserting_after(node):
+        replacement = module.graph.call_module(name, rewrite.inputs)
+    replacement.meta = dict(node.meta)
+    node.replace_all_uses_with(replacement)
+    module.graph.erase_node(node)
+    report.changes[rewrite.kind] += 1
+    report.modules.append(name)
+
+
+def _rewrite_calls(module: fx.GraphModule, tidl_rules: bool, report: ConversionReport) -> None:
+    modules = dict(module.named_modules())
+    for node in list(module.graph.nodes):
+        try:
+            rewrite = find_rewrite(node, modules, _shape)
+        except TIDLRuleError as error:
+            if tidl_rules:
+                raise TIDLRuleError(
+                    f"node {node.name!r} ({node.format_node()}): {error}; pass "
+                    "tidl_rules=False to keep it as it is"
+                ) from error
+            continue
+        if rewrite is not None:
+            _apply(module, node, rewrite, report)
+
+
+def _split_shared_modules(module: fx.GraphModule, report: ConversionReport) -> None:
+    """Give each call site of a module called more than once its own copy; refuse one with
+    parameters or buffers (real weight sharing: copies would train apart)."""
+    calls = Counter(n.target for n in module.graph.nodes if n.op == "call_module")
+    seen: Counter = Counter()
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or calls[node.target] < 2:
+            continue
+        seen[node.target] += 1
+        if seen[node.target] == 1:
+            continue
+        shared = module.get_submodule(node.target)
+        if any(True for _ in shared.parameters()) or any(True for _ in shared.buffers()):
+            raise SharedModuleError(
+                f"module {node.target!r} ({type(shared).__name__}) is called "
+                f"{calls[node.target]} times and holds parameters or buffers: that is weight "
+                "sharing, which per-call-site copies would break in training; give each use "
+                "its own module, or keep the sharing and quantize it by hand"
+            )
+        owner, _, leaf = node.target.rpartition(".")
+        name = _free_name(module, owner, leaf)
+        module.add_submodule(name, copy.deepcopy(shared))
+        node.target = name
+        report.changes["one module per call site"] += 1
+        report.modules.append(name)
+
+
+def make_module_only(
+    model: nn.Module,
+    example_input: Tensor | tuple[Any, ...],
+    tidl_rules: bool = True,
+    *,
+    return_report: bool = False,
+) -> fx.GraphModule | tuple[fx.GraphModule, ConversionReport]:
+    """A module-only equivalent of any torch.fx-traceable model, ready for QuantTrainModule.
+
+    Each `+`/`+=`/torch.add becomes an AddBlock, each cat a CatBlock, functional and Tensor-
+    method activations, pools, flatten and mean over H,W their modules, F.interpolate and
+    nn.Upsample a ResizeWith (TIDLRuleError naming the node for a resize TIDL cannot run,
+    unless tidl_rules=False), and each parameter-free module called more than once one copy
+    per call site. The result shares the model's parameters and buffers (same tensors, same
+    state_dict keys; deepcopy the model first to keep it apart). Raises ConversionError when fx
+    cannot trace the model and SharedModuleError for a parameterised module called twice.
+    """
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    module = _trace(model)
+    _propagate_shapes(module, inputs)
+    report = ConversionReport()
+    _rewrite_calls(module, tidl_rules, report)
+    _split_shared_modules(module, report)
+    module.graph.eliminate_dead_code()
+    module.graph.lint()
+    module.recompile()
+    _check_state_keys(model, module)
+    logger.info("make_module_only(%s): %s", type(model).__name__, report)
+    return (module, report) if return_report else module
+
+
+def _check_state_keys(model: nn.Module, converted: nn.Module) -> None:
+    before, after = set(model.state_dict()), set(converted.state_dict())
+    if before != after:
+        missing = sorted(before - after)[:5]
+        raise ConversionError(
+            f"converting {type(model).__name__} would drop state_dict entries its forward never "
+            f"reads ({', '.join(missing)}...); remove them from the model or convert by hand"
+        )
