@@ -89,7 +89,8 @@ def _rules(report) -> list[str]:
 
 
 def _first_line(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:240]}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {(lines or [''])[0][:240]}"
 
 
 def _example(size: int) -> torch.Tensor:
