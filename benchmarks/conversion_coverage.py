@@ -115,9 +115,10 @@ def measure(source: str, name: str, model, size: int) -> dict:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     row = {"source": source, "model": name, "params_m": round(params, 1)}
     example = _example(size)
-    row["rules_before"] = _rules(check_model(model, example[:1], tidl_rules=False))
+    row["rules_before"] = []
     stage = "converts"
     try:
+        row["rules_before"] = _rules(check_model(model, example[:1], tidl_rules=False))
         converted = make_module_only(model, example[:1], tidl_rules=False)
         row["converts"] = True
         stage = "equal_eval"

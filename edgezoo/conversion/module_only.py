@@ -108,13 +108,15 @@ def _owner(node: fx.Node) -> str:
 
 
 def _free_name(module: fx.GraphModule, owner: str, kind: str) -> str:
+    """A new module name under `owner` that no module or attribute there uses. The owner may
+    not exist in the GraphModule (fx copies only the modules the graph calls)."""
     existing = dict(module.named_modules())
-    base = f"{owner}.{kind}" if owner else kind
-    name, index = base, 0
-    while name in existing or hasattr(module.get_submodule(owner) if owner else module, name):
+    parent = existing.get(owner)
+    leaf, index = kind, 0
+    while f"{owner}.{leaf}".lstrip(".") in existing or hasattr(parent, leaf):
         index += 1
-        name = f"{base}_{index}"
-    return name
+        leaf = f"{kind}_{index}"
+    return f"{owner}.{leaf}".lstrip(".")
 
 
 def _read_after(node: fx.Node, value: fx.Node) -> bool:
@@ -211,7 +213,6 @@ def make_module_only(
     report = ConversionReport()
     _rewrite_calls(module, tidl_rules, report)
     _split_shared_modules(module, report)
-    module.graph.eliminate_dead_code()
     module.graph.lint()
     module.recompile()
     _check_state_keys(model, module)
@@ -224,6 +225,8 @@ def _check_state_keys(model: nn.Module, converted: nn.Module) -> None:
     if before != after:
         missing = sorted(before - after)[:5]
         raise ConversionError(
-            f"converting {type(model).__name__} would drop state_dict entries its forward never "
-            f"reads ({', '.join(missing)}...); remove them from the model or convert by hand"
+            f"converting {type(model).__name__} would drop state_dict entries its traced "
+            f"forward never reads ({', '.join(missing)}...): a traced-through module branches "
+            "on self.training (a BatchNorm subclass such as timm's BatchNormAct2d) or holds "
+            "unused state; use torch.nn's own layers there, or convert by hand"
         )
