@@ -54,9 +54,10 @@ def _add(site: Site) -> Rewrite | None:
 
 def _cat(site: Site) -> Rewrite | None:
     tensors, dim = list(site.arguments["tensors"]), site.arguments.get("dim", 0)
-    rank = len(site.shape(tensors[0]) or ())
-    if not tensors or not all(site.is_tensor(t) for t in tensors) or dim % max(rank, 1) == 0:
+    if not tensors or not all(site.is_tensor(t) for t in tensors):
         return None
+    if dim % len(site.shape(tensors[0])) == 0:
+        return None  # the batch axis: TIDL rejects it and CatBlock refuses it
     return Rewrite("cat", CatBlock(dim), (tensors,))
 
 

@@ -12,7 +12,7 @@ import math
 import onnx
 from onnx import helper
 
-__all__ = ["check_model", "infer_shapes", "weightless_view", "without_argmax"]
+__all__ = ["check_model", "infer_shapes", "node_attributes", "weightless_view", "without_argmax"]
 
 _KEEP_BYTES = 4096
 
@@ -94,3 +94,12 @@ def without_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(last.input[0], onnx.TensorProto.FLOAT, None))
     return logits
+
+
+def node_attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """A node's attributes as Python values (strings decoded)."""
+    values = {}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        values[attr.name] = value.decode() if isinstance(value, bytes) else value
+    return values

@@ -130,21 +130,14 @@ def export_onnx(
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
     reference, quantized_output, proto = _reference_and_graph(model, example, plan.opset, wrapped)
-    grid_bits = settings.weight_bits if settings else (8 if quantized else None)
-    if plan.export_format == QDQ_FORMAT:
-        grid_bits = None  # the QDQ rewrite writes the QAT integers itself
-    proto, aligned, parity = _finished_graph(proto, example, reference, simplify, grid_bits, argmax)
+    proto, aligned, parity = _graph_for_plan(
+        proto, example, reference, simplify, argmax, settings, plan, quantized
+    )
     spec = _input_spec(example, reference, info, task, preprocessing, argmax)
-    if plan.export_format == QDQ_FORMAT and quantized:
-        proto = _infer_shapes(to_qdq(proto, settings.activation_bits, settings.activation_scales))
     _stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings, plan)
     _record_normalisation(proto, spec)
-    verification = verify_onnx(
-        proto,
-        quantized=quantized,
-        input_clipped=wrapped and _quantizes_input(model),
-        allow_uncalibrated=allow_uncalibrated,
-    )
+    input_clipped = wrapped and _quantizes_input(model)
+    verification = verify_onnx(proto, quantized, input_clipped, allow_uncalibrated)
     _warn_about_inputs_and_rounding(proto, settings, plan)
     report = _report(proto, path, tuple(example.shape), verification, parity, parity_tolerance)
     report = dataclasses.replace(report, aligned_weights=tuple(aligned), target=plan.target.name)
@@ -157,6 +150,27 @@ def export_onnx(
         report = dataclasses.replace(report, config_files=files)
     logger.info("exported %s", report)
     return report
+
+
+def _graph_for_plan(
+    proto: onnx.ModelProto,
+    example: Tensor,
+    reference: Tensor,
+    simplify: bool,
+    argmax: bool,
+    settings,
+    plan: "ExportPlan",
+    quantized: bool,
+) -> tuple[onnx.ModelProto, list[str], tuple[float, float]]:
+    """The finished graph in the plan's format: simplified, grid-aligned (Clip) or rewritten
+    as QDQ, with the grid-aligned layers and the onnxruntime parity."""
+    grid_bits = settings.weight_bits if settings else (8 if quantized else None)
+    if plan.export_format == QDQ_FORMAT:
+        grid_bits = None  # the QDQ rewrite writes the QAT integers itself
+    proto, aligned, parity = _finished_graph(proto, example, reference, simplify, grid_bits, argmax)
+    if plan.export_format == QDQ_FORMAT and quantized:
+        proto = _infer_shapes(to_qdq(proto, settings.activation_bits, settings.activation_scales))
+    return proto, aligned, parity
 
 
 @dataclass(frozen=True)
@@ -250,11 +264,8 @@ def _with_device_figures(
     """The report with what the device would compute against the QAT model: the TIDL integer
     simulation for a Clip graph, onnxruntime's int8 kernels for a QDQ graph."""
     if is_qdq_graph(proto):
-        return dataclasses.replace(
-            report,
-            int8=int8_agreement(proto, model, example),
-            qdq_semantics=int8_agreement(proto, model, example, fused=False),
-        )
+        semantics, int8 = runtime_agreements(proto, model, example)
+        return dataclasses.replace(report, int8=int8, qdq_semantics=semantics)
     return _with_integer_figure(report, proto, argmax, example, quantized_output)
 
 
@@ -264,21 +275,37 @@ def int8_agreement(
     """onnxruntime on a QDQ graph against the QAT model's eval forward, one image at a time
     (the graph's static batch): its int8 kernels when `fused`, else the graph's literal QDQ
     semantics (every fusion off), which for power-of-two grids must agree exactly."""
+    return _agreements(proto, model, images, (fused,))[0]
+
+
+def runtime_agreements(
+    proto: onnx.ModelProto, model: nn.Module, images: Tensor
+) -> tuple[RuntimeAgreement, RuntimeAgreement]:
+    """(QDQ semantics, int8 kernels) against one QAT reference run: int8_agreement both ways."""
+    semantics, int8 = _agreements(proto, model, images, (False, True))
+    return semantics, int8
+
+
+def _agreements(
+    proto: onnx.ModelProto, model: nn.Module, images: Tensor, fused_modes: tuple[bool, ...]
+) -> list[RuntimeAgreement]:
     probe_list = probes(proto)
-    int8 = ProbeRunner(proto, probe_list, optimize=fused)
-    runtime, reference = [], []
+    images = images.detach().cpu()
     modes = {module: module.training for module in model.modules()}
     model.eval()
-    images = images.detach().cpu()
     try:
-        for image in images.split(1):
-            runtime.append(int8(image.numpy()))
-        for chunk in images.split(_QAT_CHUNK):
-            reference.append(qat_probe_values(model, chunk, probe_list))
+        reference = stack_runs(
+            [qat_probe_values(model, chunk, probe_list) for chunk in images.split(_QAT_CHUNK)]
+        )
     finally:
         for module, training in modes.items():
             module.train(training)
-    return agreement(probe_list, stack_runs(runtime), stack_runs(reference), "the QAT model", fused)
+    results = []
+    for fused in fused_modes:
+        runner = ProbeRunner(proto, probe_list, optimize=fused)
+        runtime = stack_runs([runner(image.numpy()) for image in images.split(1)])
+        results.append(agreement(probe_list, runtime, reference, "the QAT model", fused))
+    return results
 
 
 def _with_integer_figure(

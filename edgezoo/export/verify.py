@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from edgezoo.errors import ModelFileNotFoundError, UnreadableModelError
 from edgezoo.export import tidl_rules as rules
-from edgezoo.export.graph_tools import check_model, infer_shapes
+from edgezoo.export.graph_tools import check_model, infer_shapes, node_attributes
 from edgezoo.export.qdq_rules import QDQ_OPS, check_qdq_graph, is_qdq_graph
 from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
@@ -298,7 +298,7 @@ class _GraphChecker:
             )
 
     def _check_resize(self, node: onnx.NodeProto, name: str) -> Iterator[GraphViolation]:
-        attrs = _attributes(node)
+        attrs = node_attributes(node)
         mode = attrs.get("mode", "nearest")
         if mode not in rules.RESIZE_MODES:
             yield GraphViolation(
@@ -382,7 +382,7 @@ class _GraphChecker:
             )
 
     def _check_concat(self, node: onnx.NodeProto, name: str) -> Iterator[GraphViolation]:
-        axis = _attributes(node).get("axis")
+        axis = node_attributes(node).get("axis")
         rank = self._rank(node.output[0])
         normalised = axis + rank if axis is not None and axis < 0 and rank else axis
         if normalised != 1:
@@ -394,7 +394,7 @@ class _GraphChecker:
             )
 
     def _check_conv(self, node: onnx.NodeProto, name: str) -> Iterator[GraphViolation]:
-        attrs = _attributes(node)
+        attrs = node_attributes(node)
         weight = self.constants.get(node.input[1]) if len(node.input) > 1 else None
         kernel = list(attrs.get("kernel_shape", weight.shape[2:] if weight is not None else []))
         strides = list(attrs.get("strides", [1] * len(kernel)))
@@ -435,7 +435,7 @@ class _GraphChecker:
                 )
 
     def _check_gemm(self, node: onnx.NodeProto, name: str) -> Iterator[GraphViolation]:
-        attrs = _attributes(node)
+        attrs = node_attributes(node)
         if attrs.get("transA", 0) != 0 or attrs.get("alpha", 1.0) != 1.0:
             yield GraphViolation(
                 "gemm",
@@ -449,7 +449,7 @@ class _GraphChecker:
             )
 
     def _check_argmax(self, node: onnx.NodeProto, name: str) -> Iterator[GraphViolation]:
-        attrs = _attributes(node)
+        attrs = node_attributes(node)
         axis = attrs.get("axis", 0)
         rank = self._rank(node.input[0])
         if axis < 0 and rank:
@@ -589,7 +589,7 @@ class _GraphChecker:
 
     def _clip_bounds(self, node: onnx.NodeProto) -> tuple[float, float] | None:
         if self.opset is not None and self.opset < 11:
-            attrs = _attributes(node)
+            attrs = node_attributes(node)
             return float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf))
         bounds = []
         for position, default in ((1, -np.inf), (2, np.inf)):
@@ -617,15 +617,6 @@ def _static_shape(info: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     if any(not d.HasField("dim_value") for d in dims):
         return None
     return tuple(d.dim_value for d in dims)
-
-
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
-    """A node's attributes as Python values (strings decoded)."""
-    values = {}
-    for attr in node.attribute:
-        value = onnx.helper.get_attribute_value(attr)
-        values[attr.name] = value.decode() if isinstance(value, bytes) else value
-    return values
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:

@@ -16,6 +16,7 @@ from onnx import numpy_helper
 from torch import Tensor
 
 from edgezoo.errors import SimulationError
+from edgezoo.export.graph_tools import node_attributes
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
 
@@ -141,7 +142,7 @@ class _Runner:
 
     def _conv(self, node: onnx.NodeProto, name: str) -> Value:
         value = self._ranged(node, name)
-        attrs = _attributes(node)
+        attrs = node_attributes(node)
         pads = list(attrs.get("pads", [0, 0, 0, 0]))
         if attrs.get("auto_pad", "NOTSET") != "NOTSET" or pads[:2] != pads[2:]:
             raise SimulationError(f"node {name} (Conv) has asymmetric or automatic padding {pads}")
@@ -156,7 +157,7 @@ class _Runner:
 
     def _gemm(self, node: onnx.NodeProto, name: str) -> Value:
         value = self._ranged(node, name)
-        attrs = _attributes(node)
+        attrs = node_attributes(node)
         if (
             attrs.get("transA", 0)
             or attrs.get("alpha", 1.0) != 1.0
@@ -173,7 +174,7 @@ class _Runner:
 
     def _concat(self, node: onnx.NodeProto, name: str) -> Value:
         values = [self._ranged(node, name, i) for i in range(len(node.input))]
-        return self.arithmetic.concat(values, _attributes(node)["axis"])
+        return self.arithmetic.concat(values, node_attributes(node)["axis"])
 
     def _maxpool(self, node: onnx.NodeProto, name: str) -> Value:
         return self.arithmetic.max_pool(self._ranged(node, name), _pool_spec(node, name))
@@ -195,7 +196,7 @@ class _Runner:
 
     def _flatten(self, node: onnx.NodeProto, name: str) -> Value:
         value = self._ranged(node, name)
-        return replace(value, data=value.data.flatten(_attributes(node).get("axis", 1)))
+        return replace(value, data=value.data.flatten(node_attributes(node).get("axis", 1)))
 
     def _reshape(self, node: onnx.NodeProto, name: str) -> Value:
         value = self._ranged(node, name)
@@ -206,7 +207,7 @@ class _Runner:
 
     def _argmax(self, node: onnx.NodeProto, name: str) -> Tensor:
         value = self.values[node.input[0]]
-        return self.arithmetic.argmax(value, _attributes(node).get("axis", 0))
+        return self.arithmetic.argmax(value, node_attributes(node).get("axis", 0))
 
     def _weight_and_bias(self, node: onnx.NodeProto, name: str) -> tuple[Tensor, Tensor | None]:
         weight = self.constants.get(node.input[1])
@@ -217,7 +218,7 @@ class _Runner:
 
     def _clip_bounds(self, node: onnx.NodeProto, name: str) -> tuple[float, float]:
         if self.opset < 11:
-            attrs = _attributes(node)
+            attrs = node_attributes(node)
             return float(attrs["min"]), float(attrs["max"])
         try:
             return tuple(float(self.constants[node.input[i]].reshape(-1)[0]) for i in (1, 2))
@@ -225,16 +226,8 @@ class _Runner:
             raise SimulationError(f"node {name} (Clip) has no constant min and max") from None
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    values = {}
-    for attr in node.attribute:
-        value = onnx.helper.get_attribute_value(attr)
-        values[attr.name] = value.decode() if isinstance(value, bytes) else value
-    return values
-
-
 def _pool_spec(node: onnx.NodeProto, name: str) -> PoolSpec:
-    attrs = _attributes(node)
+    attrs = node_attributes(node)
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
     if pads[:2] != pads[2:] or any(d != 1 for d in attrs.get("dilations", [1, 1])):
         raise SimulationError(f"node {name} ({node.op_type}) has asymmetric padding or dilation")
@@ -251,7 +244,7 @@ def _pool_spec(node: onnx.NodeProto, name: str) -> PoolSpec:
 def _resize_mode_and_scale(
     node: onnx.NodeProto, name: str, constants: dict[str, Tensor], opset: int
 ) -> tuple[str, int]:
-    attrs = _attributes(node)
+    attrs = node_attributes(node)
     mode = attrs.get("mode", "nearest")
     coordinates = attrs.get("coordinate_transformation_mode", "half_pixel")
     scales_name = node.input[1] if opset < 11 else (node.input[2] if len(node.input) > 2 else "")
