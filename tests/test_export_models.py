@@ -169,16 +169,18 @@ def test_half_range_weight_peak_is_kept_exact_through_export(tmp_path):
     )
     assert report.ok, str(report)
     assert report.aligned_weights == ("/conv1/conv1.0/Conv",) or len(report.aligned_weights) == 1
+    qat_conv1 = q.module.conv1.quantized_weight_bias()[0].detach().numpy()
+    assert qat_conv1.max() == np.float32(0.5)  # k = +64 at scale 128: half the clip
     deploy_conv1 = next(
         m for m in convert_to_deploy(q).modules() if isinstance(m, nn.Conv2d)
     ).weight.numpy()
-    assert deploy_conv1.max() == np.float32(0.5)  # k = +64 at scale 128: half the clip
+    assert deploy_conv1.max() == np.nextafter(np.float32(0.5), np.float32(1))  # nudged
     proto = onnx.load(report.path)
     first_conv = next(node for node in proto.graph.node if node.op_type == "Conv")
     weights = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
     written = weights[first_conv.input[1]]
-    assert not np.array_equal(written, deploy_conv1)  # nudged by 2^-16 relative
-    np.testing.assert_array_equal(tidl_requantize(written), deploy_conv1)
+    np.testing.assert_array_equal(written, deploy_conv1)
+    np.testing.assert_array_equal(tidl_requantize(written), qat_conv1)
 
 
 def test_parity_is_against_the_clip_only_simulation(exported):

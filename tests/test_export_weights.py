@@ -36,13 +36,28 @@ def test_requantize_rounds_half_away_from_zero_and_clamps():
     np.testing.assert_array_equal(tidl_requantize(w), expected.astype(np.float32))
 
 
-@pytest.mark.parametrize("peak", [65, 100, 127, -128, -65, -64])
+@pytest.mark.parametrize("peak", [65, 100, 127, -128, -65])
 @pytest.mark.parametrize("scale", [2.0**3, 2.0**7, 2.0**12])
 def test_grid_weights_are_a_fixed_point(peak, scale):
     w = grid_weights(peak, scale)
     np.testing.assert_array_equal(tidl_requantize(w), w)
-    aligned, moved = align_to_tidl_grid(w)
+    assert tidl_weight_scale(w) == scale
+    aligned, moved = align_to_tidl_grid(w, scale)
     assert moved == 0 and aligned is w
+
+
+@pytest.mark.parametrize("scale", [2.0**3, 2.0**7, 2.0**12])
+def test_negative_half_range_peak_keeps_the_qat_scale(scale):
+    # k = -64 at the QAT scale: TIDL's ceil2 would see -0.5 * clip, a power of two, and double
+    # the scale. The values survive (-128 at 2 * scale) but the accumulator grid halves.
+    w = grid_weights(-64, scale, seed=4)
+    np.testing.assert_array_equal(tidl_requantize(w), w)
+    assert tidl_weight_scale(w) == 2 * scale
+    aligned, moved = align_to_tidl_grid(w, scale)
+    assert moved == 1 and aligned[np.unravel_index(5, w.shape)] < w.flat[5]
+    assert tidl_weight_scale(aligned) == scale
+    np.testing.assert_array_equal(tidl_requantize(aligned), w)
+    assert grid_error_steps(aligned) <= GRID_TOLERANCE_STEPS
 
 
 @pytest.mark.parametrize("scale", [2.0**3, 2.0**7, 2.0**12])
@@ -52,7 +67,7 @@ def test_positive_half_range_peak_is_nudged_back_onto_the_identity(scale):
     w.flat[9] = 64 / scale
     raw = tidl_requantize(w)
     assert not np.array_equal(raw, w)  # TIDL would double the scale and clamp 128 -> 127
-    aligned, moved = align_to_tidl_grid(w)
+    aligned, moved = align_to_tidl_grid(w, scale)
     assert moved == 2
     np.testing.assert_array_equal(tidl_requantize(aligned), w)
     assert tidl_weight_scale(aligned) == scale
@@ -65,7 +80,7 @@ def test_a_16_bit_half_range_peak_is_nudged_by_less_than_a_step():
     scale = 2.0**20
     w = grid_weights(2**14, scale, seed=2)
     assert grid_error_steps(w, 16) > GRID_TOLERANCE_STEPS
-    aligned, moved = align_to_tidl_grid(w, 16)
+    aligned, moved = align_to_tidl_grid(w, scale, 16)
     assert moved == 1
     np.testing.assert_array_equal(tidl_requantize(aligned, 16), w)
     assert tidl_weight_scale(aligned, 16) == scale
@@ -74,7 +89,7 @@ def test_a_16_bit_half_range_peak_is_nudged_by_less_than_a_step():
 
 def test_float_weights_are_left_for_the_grid_check():
     w = np.random.default_rng(3).normal(size=(8, 4, 3, 3)).astype(np.float32)
-    aligned, moved = align_to_tidl_grid(w)
+    aligned, moved = align_to_tidl_grid(w, tidl_weight_scale(w))
     assert moved == 0 and aligned is w
     assert grid_error_steps(w) > GRID_TOLERANCE_STEPS
 

@@ -236,7 +236,8 @@ def test_linear_resizes_carry_round_prefer_ceil_and_verify_asks_for_it(tmp_path)
 def test_the_cli_exports_qdq_for_a_device_and_verify_runs_it_in_int8(tmp_path, capsys):
     run = tmp_path / "qat"
     quick = ["--model", "mobilenetv2", "--batch-size", "8", "--max-batches", "2", "--no-progress"]
-    assert main(["train", *quick, "--qat", "--epochs", "1", "--out", str(run)]) == 0
+    train = ["train", *quick, "--qat", "--epochs", "1", "--target", "am67a"]
+    assert main([*train, "--out", str(run)]) == 0
     export = ["export", "mobilenetv2", "--qat", "--checkpoint", str(run / "last.pth")]
     args = [*export, "--num-classes", "10", "--input-size", "32", "32", "-o", str(tmp_path)]
     assert main([*args, "--target", "am67a"]) == 0

@@ -50,20 +50,19 @@ from edgezoo.export.qdq_rules import is_qdq_graph
 from edgezoo.export.report import ExportReport, VerifyReport
 from edgezoo.export.tidl_config import TIDLCompilation, TIDLInputSpec, write_tidl_configs
 from edgezoo.export.verify import input_range, normalised_input_range, verify_onnx
-from edgezoo.export.weight_grid import align_to_tidl_grid
+from edgezoo.export.weight_grid import nudged_entries
 from edgezoo.quantization import (
     QUANT_WRAPPERS,
     Clip,
     GraphQuantization,
-    clip_only,
     convert_to_deploy,
     graph_quantization,
     is_quantized,
     named_activation_ranges,
 )
-from edgezoo.quantization.grid import HALF_EVEN
+from edgezoo.quantization.grid import BIAS_JOINT, HALF_EVEN
 from edgezoo.registry import model_info
-from edgezoo.simulation import simulate_tidl
+from edgezoo.simulation import parity_report, simulate_tidl
 from edgezoo.targets import (
     CLIP_FORMAT,
     QDQ_FORMAT,
@@ -138,7 +137,7 @@ def export_onnx(
     _record_normalisation(proto, spec)
     input_clipped = wrapped and _quantizes_input(model)
     verification = verify_onnx(proto, quantized, input_clipped, allow_uncalibrated)
-    _warn_about_inputs_and_rounding(proto, settings, plan)
+    _warn_about_inputs(proto)
     report = _report(proto, path, tuple(example.shape), verification, parity, parity_tolerance)
     report = dataclasses.replace(report, aligned_weights=tuple(aligned), target=plan.target.name)
     if quantized_output is not None:
@@ -164,13 +163,11 @@ def _graph_for_plan(
 ) -> tuple[onnx.ModelProto, list[str], tuple[float, float]]:
     """The finished graph in the plan's format: simplified, grid-aligned (Clip) or rewritten
     as QDQ, with the grid-aligned layers and the onnxruntime parity."""
-    grid_bits = settings.weight_bits if settings else (8 if quantized else None)
-    if plan.export_format == QDQ_FORMAT:
-        grid_bits = None  # the QDQ rewrite writes the QAT integers itself
-    proto, aligned, parity = _finished_graph(proto, example, reference, simplify, grid_bits, argmax)
+    proto, parity = _finished_graph(proto, example, reference, simplify, argmax)
     if plan.export_format == QDQ_FORMAT and quantized:
         proto = _infer_shapes(to_qdq(proto, settings.activation_bits, settings.activation_scales))
-    return proto, aligned, parity
+        return proto, [], parity  # the QDQ rewrite writes the QAT integers themselves
+    return proto, _nudged_layers(proto.graph, settings) if settings else [], parity
 
 
 @dataclass(frozen=True)
@@ -209,6 +206,8 @@ def export_plan(
         export_format = check_export_format(device, export_format)
         # A device that runs these schemes imports QDQ graphs only, so no Clip graph has them.
         check_scheme(device, settings.per_channel_weights, settings.affine)
+        if export_format == QDQ_FORMAT:
+            _check_qdq_arithmetic(settings, device)
     if opset is None:
         opset = QDQ_MIN_OPSET if export_format == QDQ_FORMAT else rules.EXPORT_OPSETS[0]
     _check_opset(opset)
@@ -218,6 +217,25 @@ def export_plan(
             f"got {opset}"
         )
     return ExportPlan(device, export_format, opset)
+
+
+def _check_qdq_arithmetic(settings: GraphQuantization, device: TargetDevice) -> None:
+    """Refuse a QDQ export of a model whose arithmetic a QDQ graph cannot carry: its
+    QuantizeLinear rounds half to even and its biases are int32 on the joint grid."""
+    wrong = []
+    if settings.activation_rounding != HALF_EVEN:
+        wrong.append(
+            f"activations rounded {settings.activation_rounding} (QuantizeLinear: half_even)"
+        )
+    if settings.bias_rule != BIAS_JOINT:
+        wrong.append(f"bias rule {settings.bias_rule} (QDQ's int32 biases: joint)")
+    if wrong:
+        raise QuantizationConfigError(
+            f"this model was trained with {' and '.join(wrong)}, so a QDQ graph would not "
+            f"compute what it computes: export format='clip' for {device.name}, or train with "
+            f"QuantizationConfig(target={device.name!r}, activation_rounding='half_even', "
+            "bias_rule='joint')"
+        )
 
 
 def _report(
@@ -317,14 +335,31 @@ def _with_integer_figure(
 ) -> ExportReport:
     """The report with integer_parity of the graph's logits; unchanged (logged) for a graph
     TIDL's arithmetic is not defined on (e.g. a QAT model trained without an input range)."""
+    graph = without_argmax(proto) if argmax else proto
     try:
-        steps, share = integer_parity(
-            without_argmax(proto) if argmax else proto, example, quantized_output
-        )
+        steps, share = integer_parity(graph, example, quantized_output)
     except SimulationError as err:
         logger.info("no integer simulation of this graph: %s", err)
         return report
-    return dataclasses.replace(report, integer_max_steps=steps, integer_share_differing=share)
+    first = None if steps == 0 else _first_differing_layer(graph, example)
+    return dataclasses.replace(
+        report,
+        integer_max_steps=steps,
+        integer_share_differing=share,
+        integer_first_difference=first,
+    )
+
+
+def _first_differing_layer(proto: onnx.ModelProto, example: Tensor) -> str | None:
+    """The first node whose integers differ from QAT's arithmetic on the graph, described."""
+    layers = parity_report(proto, [example.detach().cpu()]).layers
+    layer = next((layer for layer in layers if layer.differing), None)
+    if layer is None:
+        return None
+    return (
+        f"{layer.node} ({layer.op}), {layer.max_steps:g} steps on "
+        f"{100 * layer.share_differing:.3g} % of its elements"
+    )
 
 
 def _finished_graph(
@@ -332,17 +367,15 @@ def _finished_graph(
     example: Tensor,
     reference: Tensor,
     simplify: bool,
-    grid_bits: int | None,
     argmax: bool,
-) -> tuple[onnx.ModelProto, list[str], tuple[float, float]]:
-    """The cleaned graph with its shapes, the weights nudged onto TIDL's grid (grid_bits: their
-    bit width; None for a float graph), and the parity with PyTorch (before an ArgMax)."""
-    proto, aligned = _clean_graph(proto, simplify, grid_bits)
+) -> tuple[onnx.ModelProto, tuple[float, float]]:
+    """The cleaned graph with its shapes and the parity with PyTorch (before an ArgMax)."""
+    proto = _clean_graph(proto, simplify)
     _resize_nearest_modes(proto.graph)
     parity = _parity(proto, example, reference)
     if argmax:
         proto = _append_argmax(proto)
-    return _infer_shapes(proto), aligned, parity
+    return _infer_shapes(proto), parity
 
 
 def _write(proto: onnx.ModelProto, report: ExportReport, strict: bool) -> None:
@@ -390,21 +423,20 @@ def onnxruntime_session(
 def _reference_and_graph(
     model: nn.Module, example: Tensor, opset: int, wrapped: bool
 ) -> tuple[Tensor, Tensor | None, onnx.ModelProto]:
-    """PyTorch's output (clip-only for QAT: the float graph's arithmetic), a QAT model's
-    quantized eval output (None for a float model) and the exported graph; modes restored."""
+    """PyTorch's output of the model the graph is exported from (for QAT its deploy form: the
+    float graph's arithmetic), a QAT model's quantized eval output (None for a float model) and
+    the exported graph; modes restored."""
     modes = {module: module.training for module in model.modules()}
     quantized = None
     try:
         model.eval()
         with torch.no_grad():
             if wrapped:
-                with clip_only(model):
-                    reference = model(example)
                 quantized = _single_output(model(example))
                 deploy = convert_to_deploy(model)
             else:
-                reference = model(example)
                 deploy = model
+            reference = deploy(example)
         proto = _torchscript_export(deploy, example, opset)
     finally:
         for module, training in modes.items():
@@ -484,10 +516,8 @@ def _torchscript_export(model: nn.Module, example: Tensor, opset: int) -> onnx.M
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _clean_graph(
-    proto: onnx.ModelProto, simplify: bool, grid_bits: int | None
-) -> tuple[onnx.ModelProto, list[str]]:
-    """onnxsim, constants to initializers, no Identity, weights fixed under TIDL's grid."""
+def _clean_graph(proto: onnx.ModelProto, simplify: bool) -> onnx.ModelProto:
+    """onnxsim, constants to initializers, no Identity."""
     clips = _count(proto, "Clip")
     if simplify:
         import onnxsim  # imported here: it takes most of a second and only this step needs it
@@ -508,8 +538,7 @@ def _clean_graph(
     _constants_to_initializers(proto.graph)
     _remove_identities(proto.graph)
     _remove_unused_initializers(proto.graph)
-    aligned = _align_weights(proto.graph, grid_bits) if grid_bits else []
-    return proto, aligned
+    return proto
 
 
 def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -576,21 +605,18 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
-def _align_weights(graph: onnx.GraphProto, bitwidth: int) -> list[str]:
-    """Keep every QAT weight fixed under TIDL's re-quantization; return the nodes adjusted."""
+def _nudged_layers(graph: onnx.GraphProto, settings: GraphQuantization) -> list[str]:
+    """The weight layers whose weights deploy conversion nudged so that TIDL keeps their QAT
+    scale on import (grid.keep_scale_on_import)."""
     initializers = {init.name: init for init in graph.initializer}
-    adjusted = []
+    nudged = []
     for node in graph.node:
-        if node.op_type not in rules.QUANTIZED_WEIGHT_OPS or len(node.input) < 2:
+        weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type not in rules.QUANTIZED_WEIGHT_OPS or weight is None:
             continue
-        init = initializers.get(node.input[1])
-        if init is None:
-            continue
-        aligned, moved = align_to_tidl_grid(numpy_helper.to_array(init), bitwidth)
-        if moved:
-            init.CopyFrom(numpy_helper.from_array(aligned, init.name))
-            adjusted.append(node.name or node.input[1])
-    return adjusted
+        if nudged_entries(numpy_helper.to_array(weight), settings.weight_bits):
+            nudged.append(node.name or node.input[1])
+    return nudged
 
 
 def _parity(proto: onnx.ModelProto, example: Tensor, reference: Tensor) -> tuple[float, float]:
@@ -651,16 +677,15 @@ def _stamp(
         props[rules.ROUNDING_PROP] = settings.activation_rounding
         props[rules.EVAL_PRECISION_PROP] = "float64" if settings.exact_eval else "float32"
         props[rules.ACTIVATION_SCALES_PROP] = settings.activation_scales
+        props[rules.BIAS_RULE_PROP] = settings.bias_rule
     if untrained:
         props[rules.UNTRAINED_RANGES_PROP] = str(untrained)
     onnx.helper.set_model_props(proto, props)
 
 
-def _warn_about_inputs_and_rounding(
-    proto: onnx.ModelProto, settings: GraphQuantization | None, plan: ExportPlan
-) -> None:
+def _warn_about_inputs(proto: onnx.ModelProto) -> None:
     """Log what verify does not refuse but changes results: an input range that cuts the tails
-    of the normalised inputs, and a QDQ graph from a model that rounds ties another way."""
+    of the normalised inputs."""
     normalised, found = normalised_input_range(proto), input_range(proto)
     if normalised is not None and found is not None:
         (low, high), (_, clip_low, clip_high) = normalised, found
@@ -673,14 +698,6 @@ def _warn_about_inputs_and_rounding(
                 low,
                 high,
             )
-    if settings and plan.export_format == QDQ_FORMAT and settings.activation_rounding != HALF_EVEN:
-        logger.warning(
-            "the model rounds activations %s, a QDQ graph's QuantizeLinear rounds half to even: "
-            "expect one-step differences at ties (train with QuantizationConfig(target=%r) or "
-            "activation_rounding='half_even')",
-            settings.activation_rounding,
-            plan.target.name,
-        )
 
 
 def _record_normalisation(proto: onnx.ModelProto, spec: TIDLInputSpec) -> None:
@@ -715,6 +732,8 @@ def _failure_message(report: ExportReport) -> str:
             f"onnxruntime differs from PyTorch by {report.parity_max_rel_diff:.3g} relative "
             f"(tolerance {report.parity_tolerance:g})"
         )
+    if not report.integer_ok:
+        parts.append(report.integer_failure())
     return (
         f"the export to {report.path} is not TIDL-ready (nothing written; pass strict=False "
         "to write it anyway):\n" + "\n".join(parts)

@@ -25,6 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgezoo.errors import ExportVerificationError
+from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS
 from edgezoo.quantization.affine import AFFINE_SCALES, AffineGrid, affine_grid
 from edgezoo.quantization.grid import ceil2
 
@@ -194,11 +195,12 @@ def _weight_integers(
     weight: np.ndarray, bitwidth: int, axis: int, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The weight's integers and its scale (value = integer * scale): per tensor when one
-    power-of-two scale holds every weight exactly, else per output channel."""
+    power-of-two scale holds every weight (up to the nudge that keeps a per-tensor scale on
+    TIDL's import, grid.keep_scale_on_import), else per output channel."""
     per_tensor = np.asarray(1.0 / _power_of_two_scale(weight, bitwidth))
     integers = weight.astype(np.float64) / per_tensor
-    if np.array_equal(integers, np.round(integers)):
-        return integers, per_tensor
+    if np.abs(integers - np.round(integers)).max(initial=0.0) <= GRID_TOLERANCE_STEPS:
+        return np.round(integers), per_tensor
     channels = np.moveaxis(weight, axis, 0)
     scales = np.array([1.0 / _power_of_two_scale(c, bitwidth) for c in channels])
     shape = [1] * weight.ndim

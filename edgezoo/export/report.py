@@ -60,7 +60,11 @@ class ExportReport:
     an appended ArgMax) with the PyTorch model (in clip-only mode for QAT models); the relative
     difference is max|ort - torch| / max|torch|. For a QAT model, integer_max_steps and
     integer_share_differing compare edgezoo.simulate_tidl (TIDL's integer arithmetic) on the
-    graph with the QAT model's eval output, in steps of the output's scale (goal 0).
+    graph with the QAT model's eval output, in steps of the output's scale, and
+    integer_first_difference names the first graph layer where the integers leave QAT's
+    arithmetic; a QDQ export compares the graph's QDQ semantics instead (qdq_semantics). Either
+    figure above 0 steps fails the export like a broken TIDL rule: the device would not compute
+    what the QAT model computes.
     """
 
     path: Path
@@ -76,6 +80,7 @@ class ExportReport:
     config_files: dict[str, Path] = field(default_factory=dict)
     integer_max_steps: float | None = None
     integer_share_differing: float | None = None
+    integer_first_difference: str | None = None
     target: str = "tda4vm"
     int8: RuntimeAgreement | None = None
     """For a QDQ export: onnxruntime's int8 kernels against the QAT model (RuntimeAgreement)."""
@@ -94,9 +99,27 @@ class ExportReport:
         return self.parity_max_rel_diff <= self.parity_tolerance
 
     @property
+    def integer_ok(self) -> bool:
+        """True unless the device arithmetic was measured and differs from the QAT model."""
+        if self.integer_max_steps is not None and self.integer_max_steps != 0:
+            return False
+        return self.qdq_semantics is None or self.qdq_semantics.max_steps == 0
+
+    @property
     def ok(self) -> bool:
-        """True when the graph verifies and parity holds."""
-        return self.verification.ok and self.parity_ok
+        """True when the graph verifies, parity holds and the device computes what QAT does."""
+        return self.verification.ok and self.parity_ok and self.integer_ok
+
+    def integer_failure(self) -> str:
+        """Why integer_ok is False, naming the first differing layer where it is known."""
+        if self.qdq_semantics is not None and self.qdq_semantics.max_steps != 0:
+            return f"the graph's QDQ semantics differ from the QAT model: {self.qdq_semantics}"
+        where = self.integer_first_difference or "no single graph layer (the graph as a whole)"
+        return (
+            f"TIDL's integer arithmetic (simulate_tidl) is {self.integer_max_steps:g} output "
+            f"steps from the QAT model; first differing layer: {where}. `edgezoo simulate` on "
+            "the file (strict=False / --no-strict writes it) prints every layer"
+        )
 
     def __str__(self) -> str:
         kind = "QAT (Clip ranges, grid weights)" if self.quantized else "float (TIDL PTQ)"
@@ -112,10 +135,14 @@ class ExportReport:
             f"{self.parity_max_rel_diff:.3g} (tolerance {self.parity_tolerance:g}): {parity}",
         ]
         if self.integer_max_steps is not None:
+            verdict = "OK" if self.integer_ok else "FAILED"
             lines.append(
                 f"  TIDL integer simulation vs QAT: max {self.integer_max_steps:g} output steps "
-                f"apart, {100 * (self.integer_share_differing or 0.0):.3g} % of outputs differ"
+                f"apart, {100 * (self.integer_share_differing or 0.0):.3g} % of outputs differ: "
+                f"{verdict}"
             )
+            if self.integer_first_difference:
+                lines.append(f"    first differing layer: {self.integer_first_difference}")
         lines += [f"  {figure}" for figure in (self.qdq_semantics, self.int8) if figure]
         if self.aligned_weights:
             lines.append(f"  weights nudged onto TIDL's grid: {', '.join(self.aligned_weights)}")

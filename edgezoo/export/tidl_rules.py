@@ -13,6 +13,7 @@ from edgezoo.check import TIDL_DEPTHWISE_KERNEL_STRIDE
 __all__ = [
     "ACTIVATION_BITS_PROP",
     "ACTIVATION_SCALES_PROP",
+    "BIAS_RULE_PROP",
     "CONSTANT_OPS",
     "EVAL_PRECISION_PROP",
     "EXPORT_OPSETS",
@@ -106,7 +107,10 @@ WEIGHT_BITS_PROP = "edgezoo.weight_bits"
 ACTIVATION_BITS_PROP = "edgezoo.activation_bits"
 ROUNDING_PROP = "edgezoo.activation_rounding"
 EVAL_PRECISION_PROP = "edgezoo.qat_eval_precision"
-"""Model properties a QAT export records: its bit widths and its activation rounding."""
+BIAS_RULE_PROP = "edgezoo.bias_rule"
+"""Model properties a QAT export records: its bit widths, its activation rounding, the
+precision QAT evaluated in and how the device holds the biases (a graph without the last was
+written before bias rules existed: "joint")."""
 
 ACTIVATION_SCALES_PROP = "edgezoo.activation_scales"
 TARGET_PROP = "edgezoo.target"

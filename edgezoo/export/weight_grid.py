@@ -8,23 +8,29 @@ integers, so the network TIDL runs is the one QAT trained. Writing the integers 
 calibrationOption 64) does not use.
 
 One case breaks the identity: when the largest magnitude on the grid is exactly half the QAT
-clip (k = +2^(b-2), +64 at 8 bits, from max|w| * scale just above it), TIDL's ceil2 sees a
-power of two, doubles the scale, and clamps 2 * 64 = 128 to 127. Nudging those entries up to
-the next float (one unit in the last place: a relative 2^-23 in float32, under 1/500 of a step
-even at 16 bits) makes TIDL pick the QAT scale again and round them back, while the float graph
-moves by far less than the export's parity tolerance.
+clip (k = +/-2^(b-2), +/-64 at 8 bits), TIDL's ceil2 sees a power of two and doubles the scale:
+a positive peak clamps (2 * 64 = 128 -> 127), a negative one keeps its value but halves the
+accumulator grid and with it the bias grid and its limit. Deploy conversion, which knows the QAT
+scale, nudges those entries one unit in the last place away from zero
+(grid.keep_scale_on_import); here is what the export and its tests need to see it.
 """
 
 import numpy as np
 import torch
 
-from edgezoo.quantization.grid import ceil2, weight_integers, weight_scale
+from edgezoo.quantization.grid import (
+    ceil2,
+    keep_scale_on_import,
+    weight_integers,
+    weight_scale,
+)
 
 __all__ = [
     "GRID_TOLERANCE_STEPS",
     "align_to_tidl_grid",
     "ceil2",
     "grid_error_steps",
+    "nudged_entries",
     "tidl_requantize",
     "tidl_weight_scale",
 ]
@@ -53,22 +59,19 @@ def grid_error_steps(weight: np.ndarray, bitwidth: int = 8) -> float:
     return float(moved.max() * tidl_weight_scale(weight, bitwidth))
 
 
-def align_to_tidl_grid(weight: np.ndarray, bitwidth: int = 8) -> tuple[np.ndarray, int]:
-    """Return weights whose TIDL re-quantization equals `weight`, and how many entries moved.
+def align_to_tidl_grid(
+    weight: np.ndarray, scale: float, bitwidth: int = 8
+) -> tuple[np.ndarray, int]:
+    """Grid weights at `scale` whose TIDL re-quantization gives the same integers at that same
+    scale (grid.keep_scale_on_import), and how many entries moved; unchanged when none had to
+    (the same array)."""
+    kept = keep_scale_on_import(torch.from_numpy(weight), scale, bitwidth)
+    moved = int((kept.numpy() != weight).sum())
+    return (kept.numpy(), moved) if moved else (weight, 0)
 
-    Grid weights come back unchanged (0 moved), except in the power-of-two-maximum case
-    described in the module docstring, whose positive maximum entries are nudged. Weights that
-    no nudge can fix (float weights, per-channel grids) come back unchanged as well; the
-    caller's grid check reports them.
-    """
-    if np.array_equal(tidl_requantize(weight, bitwidth), weight):
-        return weight, 0
-    peak = float(np.abs(weight).max())
-    at_peak = weight == peak
-    if peak == 0.0 or ceil2(peak) != peak or not at_peak.any():
-        return weight, 0
-    nudged = weight.copy()
-    nudged[at_peak] = np.nextafter(weight.dtype.type(peak), weight.dtype.type(np.inf))
-    if not np.array_equal(tidl_requantize(nudged, bitwidth), weight):
-        return weight, 0
-    return nudged, int(at_peak.sum())
+
+def nudged_entries(values: np.ndarray, bitwidth: int = 8) -> int:
+    """How many entries lie off TIDL's grid by a nudge (within GRID_TOLERANCE_STEPS, not 0)."""
+    if values.size == 0:
+        return 0
+    return int((tidl_requantize(values, bitwidth) != values).sum())

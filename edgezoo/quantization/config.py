@@ -7,9 +7,12 @@ from typing import Any
 from edgezoo.errors import QuantizationConfigError
 from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
 from edgezoo.quantization.grid import (
+    BIAS_JOINT,
+    BIAS_TI_V1,
     DEFAULT_ACTIVATION_ROUNDING,
     HALF_EVEN,
     check_activation_rounding,
+    check_bias_rule,
     check_bitwidth,
 )
 from edgezoo.targets import QDQ_FORMAT, check_scheme, resolve_target
@@ -41,6 +44,12 @@ class QuantizationConfig:
     Both need a QDQ export and a device
     other than TDA4VM. target: the device the model is for (edgezoo.targets.TARGETS); a
     scheme the device does not run is refused here, and export_onnx defaults to it.
+    bias_rule: how the device holds each bias on its accumulator (grid.BIAS_RULES): "ti_v1"
+    (TI's v1 QAT rule: b bits on the bias's own power-of-two scale, then truncated onto the
+    joint grid, a b-bit part times 127 or 255 where that grid is finer) or "joint" (rounded once
+    onto the joint grid, 2b-bit saturation: QDQ graphs' int32 biases); None picks ti_v1 for
+    TDA4VM's Clip graphs and joint for QDQ devices and schemes. QAT, deploy conversion, the
+    export and the integer simulation all follow it (docs/integer_simulation.md says why).
     """
 
     bitwidth_weights: int = 8
@@ -55,10 +64,21 @@ class QuantizationConfig:
     per_channel_weights: bool = False
     asymmetric_activations: bool = False
     target: str | None = None
+    bias_rule: str | None = None
 
     def __post_init__(self) -> None:
         if self.activation_rounding is not None:
             check_activation_rounding(self.activation_rounding)
+        if self.bias_rule is not None:
+            check_bias_rule(self.bias_rule)
+        if self.bias_rule == BIAS_TI_V1 and (
+            self.asymmetric_activations or self.per_channel_weights
+        ):
+            raise QuantizationConfigError(
+                "bias_rule='ti_v1' is TIDL's bias arithmetic for power-of-two per-tensor Clip "
+                "graphs; per-channel or asymmetric schemes export QDQ graphs whose int32 biases "
+                "follow bias_rule='joint' (or leave bias_rule unset)"
+            )
         if self.target is not None:
             check_scheme(
                 resolve_target(self.target), self.per_channel_weights, self.asymmetric_activations
@@ -90,6 +110,13 @@ class QuantizationConfig:
         if self.activation_rounding is not None:
             return self.activation_rounding
         return HALF_EVEN if self.for_qdq else DEFAULT_ACTIVATION_ROUNDING
+
+    @property
+    def biases(self) -> str:
+        """The bias rule in effect (bias_rule, or its default: joint for QDQ, else ti_v1)."""
+        if self.bias_rule is not None:
+            return self.bias_rule
+        return BIAS_JOINT if self.for_qdq else BIAS_TI_V1
 
     @property
     def for_qdq(self) -> bool:

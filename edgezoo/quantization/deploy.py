@@ -45,7 +45,7 @@ def _with_clips(unit: nn.Module, core: nn.Module) -> nn.Module:
 
 
 def _deploy_weight_layer(layer: QuantWeightMixin) -> nn.Module:
-    weight, bias = layer.quantized_weight_bias()
+    weight, bias = layer.deployed_weight_bias()
     if isinstance(layer, QuantConv2d):
         plain: nn.Module = conv2d_like(layer, bias=bias is not None, device="meta")
     elif isinstance(layer, QuantLinear):

@@ -20,6 +20,9 @@ from edgezoo.errors import QuantizationConfigError
 
 __all__ = [
     "ACTIVATION_ROUNDINGS",
+    "BIAS_JOINT",
+    "BIAS_RULES",
+    "BIAS_TI_V1",
     "DEFAULT_ACTIVATION_ROUNDING",
     "MAX_BITWIDTH",
     "MIN_BITWIDTH",
@@ -28,20 +31,27 @@ __all__ = [
     "activation_grid",
     "activation_scale",
     "apply_outlier_constraint",
+    "bias_integers",
     "bias_limits",
+    "bias_multiplier",
     "ceil2",
     "check_activation_rounding",
+    "check_bias_rule",
     "check_bitwidth",
     "fake_quantize_activation",
     "fake_quantize_bias",
     "fake_quantize_weight",
+    "imported_bias",
+    "imported_bias_integers",
     "is_power_of_two",
+    "keep_scale_on_import",
     "quant_limits",
     "quantize_weight_ste",
     "round_half_away",
     "round_half_up",
     "rounding_divide",
     "rounding_shift",
+    "scaled_round",
     "weight_integers",
     "weight_scale",
 ]
@@ -124,6 +134,17 @@ def round_half_away(x: Tensor) -> Tensor:
 def round_half_up(x: Tensor) -> Tensor:
     """Round to nearest, ties towards +inf: floor(x + 0.5) (activations, as TIDL does)."""
     return torch.floor(x + 0.5)
+
+
+def scaled_round(x: Tensor, scale: float, mode: str, out: bool = False) -> Tensor:
+    """x * scale (a power of two, so exact) rounded as activation rounding `mode` rounds (the
+    integer simulation's requantization shift); out: overwrite x instead of a new tensor."""
+    scaled = x.mul_(scale) if out else x * scale
+    if mode == HALF_UP:
+        return scaled.add_(0.5).floor_()
+    if mode == HALF_AWAY:
+        return _round_half_away_(scaled)
+    return scaled.round_()
 
 
 HALF_UP = "half_up"
@@ -286,24 +307,152 @@ def fake_quantize_weight(
     return quantized
 
 
-class _StraightThroughRound(torch.autograd.Function):
-    """round_half_away(x * scale) saturated and rescaled; identity gradient (STE)."""
+def keep_scale_on_import(values: Tensor, scale: Tensor | float, bitwidth: int = 8) -> Tensor:
+    """Grid values (integers / scale, per tensor) that TIDL re-quantizes at `scale` itself.
+
+    TIDL re-derives a tensor's scale on import as 2^(b-1) / ceil2(max|v|). When the largest
+    magnitude on the grid is exactly half the clip (k = +/-2^(b-2)), that is twice `scale`: a
+    positive peak then clamps (2 * 64 = 128 -> 127) and a negative one keeps its value but halves
+    the accumulator grid, and with it the bias grid and its limit. Moving those peak entries one
+    unit in the last place away from zero (a relative 2^-23 in float32) makes ceil2 pick the
+    original clip again, and the re-quantization rounds them back to k. Values already kept
+    come back as they are (the same tensor).
+    """
+    scale = torch.as_tensor(scale, dtype=torch.float64)
+    if values.numel() == 0 or bool(weight_scale(values, bitwidth).double() == scale):
+        return values
+    magnitude = values.abs()
+    at_peak = magnitude == magnitude.amax()
+    away = torch.copysign(values.new_full((), math.inf), values)
+    return torch.where(at_peak, torch.nextafter(values, away), values)
+
+
+# Biases.
+
+BIAS_JOINT = "joint"
+BIAS_TI_V1 = "ti_v1"
+BIAS_RULES = (BIAS_JOINT, BIAS_TI_V1)
+"""How the device holds a conv's bias on its accumulator (the joint grid of input scale x
+weight scale); every part of edgezoo that computes a bias (QAT, deploy conversion, the export,
+the integer simulation) follows the one rule a model was quantized with:
+
+- "ti_v1": TI's v1 QAT rule (constrain_bias=SATURATE, its default): the bias is rounded to b bits
+  on its own power-of-two scale (as a weight tensor is), then truncated onto the joint grid;
+  where the joint grid is more than M times finer than the bias's own (M = 2^(b-1)-1 after a
+  signed input, 2^b-1 after an unsigned one), the bias becomes a b-bit part times M: one more
+  weight on a constant input at the input's largest integer.
+- "joint": the bias rounded once onto the joint grid, saturated to a signed 2b-bit integer
+  (the arithmetic of ONNX QDQ graphs' int32 biases).
+"""
+
+
+def check_bias_rule(rule: str) -> str:
+    """Return rule if it is one of BIAS_RULES, else raise QuantizationConfigError."""
+    if rule not in BIAS_RULES:
+        raise QuantizationConfigError(f"bias rule {rule!r} is not one of {', '.join(BIAS_RULES)}")
+    return rule
+
+
+def bias_multiplier(bitwidth: int, input_signed: bool) -> int:
+    """M of the ti_v1 rule: the largest integer of the layer's input grid at b bits."""
+    return 2 ** (bitwidth - 1) - 1 if input_signed else 2**bitwidth - 1
+
+
+def bias_integers(
+    bias: Tensor,
+    joint_scale: Tensor | float,
+    bitwidth: int = 8,
+    rule: str = BIAS_JOINT,
+    input_signed: bool = True,
+) -> Tensor:
+    """The integers the device adds to the accumulator for a float bias (float64, exact).
+
+    joint_scale: input scale x weight scale (0-d, or per output channel). bitwidth: b of the
+    bias rule (the model's widest tensor): the joint limit is a signed 2b-bit integer.
+    """
+    check_bias_rule(rule)
+    bias = bias.detach().double()
+    joint = torch.as_tensor(joint_scale, dtype=torch.float64, device=bias.device)
+    low, high = bias_limits(bitwidth)
+    if rule == BIAS_JOINT:
+        return round_half_away(bias * joint).clamp_(low, high)
+    own = weight_scale(bias, bitwidth).double()
+    steps = weight_integers(bias, own, bitwidth)
+    ratio = joint / own  # a power of two: steps * ratio is exact
+    multiplier = bias_multiplier(bitwidth, input_signed)
+    full = steps * ratio
+    qmin, qmax = quant_limits(bitwidth, signed=True)
+    parts = torch.div(full.clamp(low, high), multiplier, rounding_mode="trunc").clamp_(qmin, qmax)
+    return torch.where(ratio > multiplier, parts * multiplier, torch.trunc(full))
+
+
+def imported_bias_integers(
+    bias: Tensor,
+    joint_scale: Tensor | float,
+    bitwidth: int = 8,
+    rule: str = BIAS_JOINT,
+    input_signed: bool = True,
+) -> Tensor:
+    """The integers the device holds for an exported float bias (float64, exact).
+
+    The export writes each bias as QAT's integers on the joint grid (as TI's v1 QAT code
+    writes its constrained biases back), so the import reads it onto that grid (rounding half
+    away, 2b-bit saturation); under ti_v1 the device keeps a b-bit part times M where the
+    joint grid is more than M times finer than the bias's own b-bit grid. Both steps leave
+    QAT's biases unchanged: imported_bias_integers(bias_integers(b) / joint) ==
+    bias_integers(b) under either rule.
+    """
+    check_bias_rule(rule)
+    bias = bias.detach().double()
+    joint = torch.as_tensor(joint_scale, dtype=torch.float64, device=bias.device)
+    low, high = bias_limits(bitwidth)
+    integers = round_half_away(bias * joint).clamp_(low, high)
+    if rule == BIAS_JOINT:
+        return integers
+    ratio = joint / weight_scale(bias, bitwidth).double()
+    multiplier = bias_multiplier(bitwidth, input_signed)
+    qmin, qmax = quant_limits(bitwidth, signed=True)
+    parts = torch.div(integers, multiplier, rounding_mode="trunc").clamp_(qmin, qmax)
+    return torch.where(ratio > multiplier, parts * multiplier, integers)
+
+
+class _StraightThroughBias(torch.autograd.Function):
+    """integers(bias) / joint scale in the bias's dtype; identity gradient (STE)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, low: int, high: int) -> Tensor:
-        return round_half_away(x * scale).clamp_(low, high).div_(scale)
+    def forward(ctx, bias: Tensor, joint: Tensor, bitwidth: int, rule: str, signed: bool, integers):
+        return (integers(bias, joint, bitwidth, rule, signed) / joint.double()).to(bias.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return grad, None, None, None
+        return grad, None, None, None, None, None
 
 
-def fake_quantize_bias(b: Tensor, scale: Tensor, bitwidth: int = 8) -> Tensor:
-    """Bias on the joint grid (input scale x weight scale), saturated as TIDL does (bias_limits);
+def fake_quantize_bias(
+    b: Tensor,
+    scale: Tensor,
+    bitwidth: int = 8,
+    rule: str = BIAS_JOINT,
+    input_signed: bool = True,
+) -> Tensor:
+    """QAT's bias under `rule` (bias_integers) as values on the joint grid (scale: input scale x
+    weight scale); straight-through gradient."""
+    scale = torch.as_tensor(scale, device=b.device).detach()
+    return _StraightThroughBias.apply(b, scale, bitwidth, rule, input_signed, bias_integers)
+
+
+def imported_bias(
+    b: Tensor,
+    scale: Tensor,
+    bitwidth: int = 8,
+    rule: str = BIAS_JOINT,
+    input_signed: bool = True,
+) -> Tensor:
+    """The values the device adds for an exported bias b (imported_bias_integers / scale);
     straight-through gradient."""
-    low, high = bias_limits(bitwidth)
-    scale = torch.as_tensor(scale, dtype=b.dtype, device=b.device).detach()
-    return _StraightThroughRound.apply(b, scale, low, high)
+    scale = torch.as_tensor(scale, device=b.device).detach()
+    args = (bitwidth, rule, input_signed, imported_bias_integers)
+    return _StraightThroughBias.apply(b, scale, *args)
 
 
 def apply_outlier_constraint(w: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -31,6 +31,7 @@ from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
 from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.graph import LeafGraph, LeafNode, trace_leaf_graph
+from edgezoo.quantization.grid import BIAS_JOINT
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import InputGridLayer, QuantizedLayer, makes_new_values
 from edgezoo.quantization.weight_layers import (
@@ -274,6 +275,7 @@ class _Planner:
             bitwidth=config.bitwidth_weights,
             per_channel=per_channel,
             bias_bitwidth=config.bias_bitwidth,
+            bias_rule=config.biases,
             bn=bn,
             input_quant=self.input_ranges.get(name),
             output_quant=self.output_ranges.get(name),
@@ -375,6 +377,7 @@ class GraphQuantization:
 
     per_channel_weights: some non-depthwise layer has per-channel weight scales. affine: the
     ranges are affine (float scales, zero points). target: the device its config names.
+    bias_rule: how the device holds the biases (grid.BIAS_RULES).
     """
 
     weight_bits: int
@@ -384,6 +387,7 @@ class GraphQuantization:
     per_channel_weights: bool = False
     affine: bool = False
     target: str | None = None
+    bias_rule: str = BIAS_JOINT
 
     @property
     def activation_scales(self) -> str:
@@ -411,6 +415,7 @@ def graph_quantization(model: nn.Module) -> GraphQuantization:
         per_channel_weights=per_channel,
         affine=any(p.scales == AFFINE_SCALES for p in ranges),
         target=config.target if wrapper else None,
+        bias_rule=units[0].bias_rule if units else BIAS_JOINT,
     )
 
 

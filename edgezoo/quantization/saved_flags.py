@@ -4,7 +4,7 @@ Freezing, rounding and the range-statistics schedule change what a module comput
 travel with its weights: a model reloaded from `q.module.state_dict()` computes what the saved
 one did. They are stored as one small int64 tensor (loadable with torch.load(weights_only=True));
 a checkpoint written before they existed, or a float checkpoint, loads with the module's
-current values.
+current values, and so do flags added at the end of FLAGS after a checkpoint was written.
 """
 
 from typing import Any, ClassVar
@@ -31,13 +31,13 @@ class SavedFlagsMixin:
 
     def set_extra_state(self, state: Any) -> None:
         values = torch.as_tensor(state).tolist()
-        if len(values) != len(self.FLAGS):
+        if len(values) > len(self.FLAGS):
             raise CheckpointMismatchError(
                 f"{type(self).__name__} saves {len(self.FLAGS)} values ({', '.join(self.FLAGS)}), "
                 f"the checkpoint holds {len(values)}: it was written by another version of this "
                 "layer; load it with the edgezoo version that wrote it"
             )
-        for name, value in zip(self.FLAGS, values, strict=True):
+        for name, value in zip(self.FLAGS, values, strict=False):
             setattr(self, name, type(getattr(self, name))(value))
 
 

@@ -35,9 +35,14 @@ from torch import Tensor, nn
 from edgezoo.quantization.batch_norm import QuantBatchNorm2d
 from edgezoo.quantization.exact import exact_conv2d
 from edgezoo.quantization.grid import (
+    BIAS_JOINT,
+    BIAS_RULES,
     apply_outlier_constraint,
+    check_bias_rule,
     check_bitwidth,
     fake_quantize_bias,
+    imported_bias,
+    keep_scale_on_import,
     quantize_weight_ste,
 )
 from edgezoo.quantization.input_grid import attach_input_grid
@@ -80,10 +85,11 @@ class QuantWeightMixin(SavedFlagsMixin):
     `_layer_op(x, weight, bias)` (the one conv or matmul), `_channel_shape` (how a
     per-output-channel vector broadcasts over the weight) and `_channel_dim` (the output's
     channel axis). `quantize_weights` (off only inside the float reference of calibration and
-    layer_report) and `outlier_check_pending` are saved with the model.
+    layer_report), `outlier_check_pending` and the bias rule (an index into grid.BIAS_RULES) are
+    saved with the model.
     """
 
-    FLAGS = ("quantize_weights", "outlier_check_pending")
+    FLAGS = ("quantize_weights", "outlier_check_pending", "bias_rule_index")
     weight: nn.Parameter
     bias: nn.Parameter | None
     bn: QuantBatchNorm2d | None
@@ -101,6 +107,7 @@ class QuantWeightMixin(SavedFlagsMixin):
         per_channel: bool = False,
         bias_bitwidth: int | None = None,
         *,
+        bias_rule: str = BIAS_JOINT,
         bn: tuple[str, nn.modules.batchnorm._BatchNorm] | None = None,
         input_quant: PACT2 | None = None,
         output_quant: PACT2 | None = None,
@@ -108,7 +115,8 @@ class QuantWeightMixin(SavedFlagsMixin):
     ):
         """The unit for `layer`, sharing its parameter tensors (same state_dict keys).
 
-        bn: (its attribute name beside the layer, the BatchNorm) to fold; that name is where its
+        bias_rule: how the device holds the bias (grid.BIAS_RULES). bn: (its attribute name
+        beside the layer, the BatchNorm) to fold; that name is where its
         entries stay in the state_dict. input_grid: the range that quantized the layer's input
         (input_quant, when given, is that range).
         """
@@ -119,6 +127,7 @@ class QuantWeightMixin(SavedFlagsMixin):
         # The bias grid holds 2*b-1 bits; b is the model's widest tensor (8 -> +/-32768).
         quant.bias_bitwidth = check_bitwidth(bias_bitwidth or bitwidth)
         quant.per_channel = per_channel
+        quant.bias_rule_index = BIAS_RULES.index(check_bias_rule(bias_rule))
         quant.quantize_weights = True
         quant.outlier_check_pending = True
         quant.input_quant = input_quant
@@ -145,30 +154,61 @@ class QuantWeightMixin(SavedFlagsMixin):
         weight = self.weight * scale.reshape(self._channel_shape)
         return weight, bn_folded_bias(self.bn, self.bias, scale)
 
+    @property
+    def bias_rule(self) -> str:
+        """How the device holds this layer's bias (grid.BIAS_RULES)."""
+        return BIAS_RULES[self.bias_rule_index]
+
     def quantized_weight_bias(
         self, bias_dtype: torch.dtype | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """Folded weights on the power-of-two grid and bias on the joint (input x weight) grid.
+        """Folded weights on the power-of-two grid and the bias the device adds (on the joint,
+        input x weight, grid, under the layer's bias rule).
 
         bias_dtype: also give the bias in this precision, as the device imports it: the exported
         float32 bias read back onto its grid (float64 holds every 2b-bit integer exactly, where
         float32 rounds 16-bit biases above 2^24 and the saturation 2^31 - 1 to 2^31).
         """
+        weight, bias, _, joint_scale = self._quantized_parts()
+        if joint_scale is None:
+            return weight, bias
+        rule_args = (self.bias_bitwidth, *self._bias_rule_args())
+        bias = fake_quantize_bias(bias, joint_scale, *rule_args)
+        if bias_dtype is not None:
+            bias = imported_bias(bias.to(bias_dtype), joint_scale, *rule_args)
+        return weight, bias
+
+    def deployed_weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        """The float weights and bias an export writes: TIDL's import of them (per-tensor
+        weight scales re-derived from max|w|, grid.imported_bias_integers for the bias) gives
+        back exactly what quantized_weight_bias computes."""
+        weight, bias, scale, joint_scale = self._quantized_parts()
+        if joint_scale is not None:
+            bias = fake_quantize_bias(
+                bias, joint_scale, self.bias_bitwidth, *self._bias_rule_args()
+            )
+        if scale is not None and not self.per_channel:
+            weight = keep_scale_on_import(weight.detach(), scale, self.bitwidth)
+        return weight, bias
+
+    def _quantized_parts(self) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """(grid weights, float folded bias, weight scale, joint scale); the scales are None
+        where weights are not quantized, the joint scale also where the bias has no grid."""
         weight, bias = self.folded_weight_bias()
         if not self.quantize_weights:
-            return weight, bias
+            return weight, bias, None, None
         quant_weight, scale = quantize_weight_ste(
             weight, self.bitwidth, self.per_channel, None, self._channel_shape
         )
         input_range = self.bias_input_range
         if bias is None or input_range is None:
-            return quant_weight, bias
+            return quant_weight, bias, scale, None
         joint_scale = input_range.grid_scale().to(scale.dtype) * scale
-        joint_scale = joint_scale.reshape(-1)
-        bias = fake_quantize_bias(bias, joint_scale, self.bias_bitwidth)
-        if bias_dtype is not None:
-            bias = fake_quantize_bias(bias.to(bias_dtype), joint_scale, self.bias_bitwidth)
-        return quant_weight, bias
+        return quant_weight, bias, scale, joint_scale.reshape(-1)
+
+    def _bias_rule_args(self) -> tuple[str, bool]:
+        """(rule, whether the input grid is signed) for the grid's bias functions."""
+        return self.bias_rule, self.bias_input_range.clip_range()[0] < 0
 
     @torch.no_grad()
     def constrain_outliers(self) -> None:

@@ -1,10 +1,11 @@
 """The ops of a QAT Clip graph in two arithmetics: TIDL's integers, and QAT's float32.
 
 IntegerArithmetic is the device: b-bit activations at power-of-two scales, weights re-quantized
-per tensor from max|w| as TIDL does on import, biases as 2b-bit integers at the joint scale,
-exact int64 accumulation (float64 products, exact below 2^53), requantization by a rounding
-shift with saturation. FloatArithmetic is what PyTorch's QAT eval computes: the same graph in
-float32 with every range applied by fake quantization. Both follow the graph the same way, so
+per tensor from max|w| as TIDL does on import, biases as integers at the joint scale under the
+graph's bias rule, exact accumulation (integer_kernels: float32 where its sums stay exact, else
+float64), requantization by a rounding shift with saturation. FloatArithmetic is what
+PyTorch's QAT eval computes: the same graph in float32 with every range applied by fake
+quantization. Both follow the graph the same way, so
 comparing them layer by layer shows where float32 arithmetic leaves the integer one.
 
 Average pools and bilinear resizes make values between their input's grid points; such a value
@@ -21,12 +22,20 @@ from torch import Tensor
 
 from edgezoo.quantization.exact import exact_conv2d
 from edgezoo.quantization.grid import (
-    bias_limits,
+    BIAS_JOINT,
     fake_quantize_activation,
-    round_half_away,
+    imported_bias,
+    imported_bias_integers,
     rounding_divide,
+    scaled_round,
     weight_integers,
     weight_scale,
+)
+from edgezoo.simulation.integer_kernels import (
+    EXACT_FLOAT32_SUM,
+    IntegerWeights,
+    integer_conv2d,
+    integer_linear,
 )
 from edgezoo.simulation.values import FloatValue, Grid, IntegerValue
 
@@ -75,8 +84,11 @@ class Bits:
 class IntegerArithmetic:
     """TIDL's fixed-point arithmetic on IntegerValue tensors (exact).
 
-    input_dtype: the precision the float graph input is quantized in, QAT's eval precision
-    (so the input integers are the QAT model's).
+    Integers are held in float32 where they stay within EXACT_FLOAT32_SUM (every activation
+    grid, most accumulators) and in float64 otherwise (exact below 2^53), so PyTorch's fast
+    float kernels compute them exactly. input_dtype: the precision the float graph
+    input is quantized in, QAT's eval precision (so the input integers are the QAT model's).
+    bias_rule: how the device imports a bias (grid.BIAS_RULES).
     """
 
     def __init__(
@@ -84,125 +96,154 @@ class IntegerArithmetic:
         bits: Bits = Bits(),
         rounding: str = "half_up",
         input_dtype: torch.dtype = torch.float32,
+        bias_rule: str = BIAS_JOINT,
     ) -> None:
         self.bits = bits
         self.rounding = rounding
         self.input_dtype = input_dtype
-        self._weights_of: dict[int, tuple[Tensor, int]] = {}
+        self.bias_rule = bias_rule
+        self._weights_of: dict[int, tuple[Tensor, IntegerWeights, int]] = {}
 
     def quantize_input(self, x: Tensor, grid: Grid) -> IntegerValue:
         """The float graph input through its Clip, rounded as the QAT forward rounds it."""
         values = _fake_quantize(x.to(self.input_dtype), grid, self.bits.activations, self.rounding)
-        values = values.double()
-        return IntegerValue(_to_int(values * 2.0**grid.exponent), grid.exponent, grid)
-
-    def clip(self, value: IntegerValue, grid: Grid) -> IntegerValue:
-        """Requantize onto a range's grid: one rounding (of a pending division too), saturation."""
-        up, down = max(0, grid.exponent - value.exponent), max(0, value.exponent - grid.exponent)
-        num = value.data * (1 << up)
-        den = value.divisor * (1 << down)
-        data = rounding_divide(num, den, self.rounding).clamp_(grid.low, grid.high)
+        data = values.float() * 2.0**grid.exponent
+        # Channels-last runs PyTorch's CPU convolutions and pools several times faster.
+        if data.dim() == 4:
+            data = data.contiguous(memory_format=torch.channels_last)
         return IntegerValue(data, grid.exponent, grid)
+
+    def clip(self, value: IntegerValue, grid: Grid, owned: bool = False) -> IntegerValue:
+        """Requantize onto a range's grid: one rounding (of a pending division too), saturation.
+
+        owned: no one else reads value, so its tensor may be overwritten (no new allocation).
+        """
+        shift = value.exponent - grid.exponent
+        if isinstance(value.divisor, int) and value.divisor == 1:
+            # value * 2^-shift is exact, so it rounds exactly (integer_kernels' bound).
+            data = scaled_round(value.data, 2.0**-shift, self.rounding, out=owned)
+        else:
+            up, down = max(0, -shift), max(0, shift)
+            num = value.data.to(torch.int64) * (1 << up)
+            den = value.divisor * (1 << down)
+            data = rounding_divide(num, den, self.rounding).double()
+        # A b-bit grid (b <= 16) holds integers float32 represents exactly.
+        return IntegerValue(data.clamp_(grid.low, grid.high).float(), grid.exponent, grid)
 
     def settle(self, value: IntegerValue, grid: Grid) -> IntegerValue:
         """A pending value materialised onto its input's grid."""
         return self.clip(value, grid)
 
-    def _weights(self, weight: Tensor, bias: Tensor | None, exponent: int):
-        """TIDL's integer weights (per-tensor scale from max|w|) and 2b-bit integer bias."""
+    def _weights(self, weight: Tensor, bias: Tensor | None, value: IntegerValue):
+        """TIDL's integer weights (per-tensor scale from max|w|) and the integer bias its
+        rule gives on the joint grid."""
         integers, w_exponent = self._integer_weights(weight)
         if bias is None:
             return integers, None, w_exponent
-        low, high = bias_limits(self.bits.bias)
-        joint = 2.0 ** (exponent + w_exponent)
-        bias_int = round_half_away(bias.double() * joint).clamp_(low, high)
+        joint = 2.0 ** (value.exponent + w_exponent)
+        signed = value.grid.low < 0
+        bias_int = imported_bias_integers(bias, joint, self.bits.bias, self.bias_rule, signed)
         return integers, bias_int, w_exponent
 
-    def _integer_weights(self, weight: Tensor) -> tuple[Tensor, int]:
+    def _integer_weights(self, weight: Tensor) -> tuple[IntegerWeights, int]:
         """The weight's integers and scale exponent, computed once per graph constant."""
         cached = self._weights_of.get(id(weight))
-        if cached is None or cached[0].shape != weight.shape:
+        if cached is None or cached[0] is not weight:
             scale = weight_scale(weight, self.bits.weights)
             integers = weight_integers(weight.double(), scale.double(), self.bits.weights)
-            cached = self._weights_of[id(weight)] = (integers, _exponent(scale))
-        return cached
+            cached = (weight, IntegerWeights.of(integers), _exponent(scale))
+            self._weights_of[id(weight)] = cached
+        return cached[1], cached[2]
 
     def conv(self, value: IntegerValue, weight: Tensor, bias: Tensor | None, spec: ConvSpec):
-        integers, bias_int, w_exponent = self._weights(weight, bias, value.exponent)
-        acc = exact_conv2d(
-            value.data, integers, bias_int, spec.stride, spec.padding, spec.dilation, spec.groups
-        )
-        return IntegerValue(_to_int(acc), value.exponent + w_exponent)
+        integers, bias_int, w_exponent = self._weights(weight, bias, value)
+        options = (spec.stride, spec.padding, spec.dilation, spec.groups)
+        acc = integer_conv2d(value.data, integers, bias_int, *options, peak=_peak(value))
+        return IntegerValue(acc, value.exponent + w_exponent)
 
     def gemm(self, value: IntegerValue, weight: Tensor, bias: Tensor | None) -> IntegerValue:
-        integers, bias_int, w_exponent = self._weights(weight, bias, value.exponent)
-        acc = F.linear(value.data.double(), integers, bias_int)
-        return IntegerValue(_to_int(acc), value.exponent + w_exponent)
+        integers, bias_int, w_exponent = self._weights(weight, bias, value)
+        acc = integer_linear(value.data, integers, bias_int, peak=_peak(value))
+        return IntegerValue(acc, value.exponent + w_exponent)
 
     def add(self, a: IntegerValue, b: IntegerValue) -> IntegerValue:
         """Operands aligned by left shifts to the finer scale, summed exactly."""
         exponent = max(a.exponent, b.exponent)
-        data = a.data * (1 << (exponent - a.exponent)) + b.data * (1 << (exponent - b.exponent))
+        shifts = [2.0 ** (exponent - v.exponent) for v in (a, b)]
+        dtype = _exact_dtype(_peak(a) * shifts[0] + _peak(b) * shifts[1])
+        data = a.data.to(dtype) * shifts[0] + b.data.to(dtype) * shifts[1]
         return IntegerValue(data, exponent)
 
     def concat(self, values: list[IntegerValue], axis: int) -> IntegerValue:
         exponent = max(v.exponent for v in values)
-        parts = [v.data * (1 << (exponent - v.exponent)) for v in values]
+        shifts = [2.0 ** (exponent - v.exponent) for v in values]
+        dtype = _exact_dtype(max(_peak(v) * shift for v, shift in zip(values, shifts, strict=True)))
+        parts = [v.data.to(dtype) * shift for v, shift in zip(values, shifts, strict=True)]
         return IntegerValue(torch.cat(parts, dim=axis), exponent)
 
     def max_pool(self, value: IntegerValue, spec: PoolSpec) -> IntegerValue:
         pooled = F.max_pool2d(
-            value.data.double(), spec.kernel, spec.stride, spec.padding, ceil_mode=spec.ceil_mode
+            value.data, spec.kernel, spec.stride, spec.padding, ceil_mode=spec.ceil_mode
         )
-        return replace(value, data=_to_int(pooled))
+        return replace(value, data=pooled)
 
     def average_pool(self, value: IntegerValue, spec: PoolSpec) -> IntegerValue:
         """An exact integer sum over each window, divided by its count when materialised."""
         pool = (spec.kernel, spec.stride, spec.padding, spec.ceil_mode, spec.count_include_pad)
-        sums = F.avg_pool2d(value.data.double(), *pool, divisor_override=1)
-        counts = F.avg_pool2d(
-            torch.ones_like(value.data[:1, :1]).double(), *pool, divisor_override=1
-        )
+        data = value.data.to(_exact_dtype(_peak(value) * spec.kernel[0] * spec.kernel[1]))
+        sums = F.avg_pool2d(data, *pool, divisor_override=1)
+        counts = F.avg_pool2d(torch.ones_like(value.data[:1, :1]), *pool, divisor_override=1)
         if spec.count_include_pad:
             counts = torch.full_like(counts, spec.kernel[0] * spec.kernel[1])
-        return IntegerValue(_to_int(sums), value.exponent, None, _to_int(counts))
+        return IntegerValue(sums, value.exponent, None, counts.to(torch.int64))
 
     def global_average_pool(self, value: IntegerValue) -> IntegerValue:
-        sums = value.data.sum(dim=(2, 3), keepdim=True)
         count = value.data.shape[2] * value.data.shape[3]
+        sums = value.data.to(_exact_dtype(_peak(value) * count)).sum(dim=(2, 3), keepdim=True)
         return IntegerValue(sums, value.exponent, None, count)
 
     def resize(self, value: IntegerValue, scale: int, mode: str) -> IntegerValue:
         """Nearest: a copy. Bilinear (half-pixel): fixed-point weights of 1/(2*scale) per axis,
         so the result is exact at 2 * log2(2 * scale) more fractional bits."""
-        data = value.data.double()
         if mode == "nearest":
-            return replace(value, data=_to_int(F.interpolate(data, scale_factor=scale)))
+            return replace(value, data=F.interpolate(value.data, scale_factor=scale))
         extra = 2 * int(math.log2(2 * scale))
-        upsampled = F.interpolate(data, scale_factor=scale, mode="bilinear", align_corners=False)
-        return IntegerValue(_to_int(upsampled * 2.0**extra), value.exponent + extra)
+        upsampled = F.interpolate(
+            value.data.double(), scale_factor=scale, mode="bilinear", align_corners=False
+        )
+        return IntegerValue(torch.round(upsampled * 2.0**extra), value.exponent + extra)
 
     def argmax(self, value: IntegerValue, axis: int) -> Tensor:
         return value.data.argmax(dim=axis, keepdim=True)
 
 
-def _to_int(values: Tensor) -> Tensor:
-    """Float64 results that hold integers, as int64 (exact: they are below 2^53)."""
-    return torch.round(values).to(torch.int64)
+def _peak(value: IntegerValue) -> float:
+    """The largest magnitude an integer of a ranged value can have (its grid's bounds)."""
+    return float(max(-value.grid.low, value.grid.high))
+
+
+def _exact_dtype(bound: float) -> torch.dtype:
+    """float32 for integers up to EXACT_FLOAT32_SUM in magnitude, else float64."""
+    return torch.float32 if bound <= EXACT_FLOAT32_SUM else torch.float64
 
 
 class FloatArithmetic:
     """PyTorch's QAT eval arithmetic on the same graph: float ops, fake-quantized ranges.
 
     In float32, or in float64 when QAT evaluates exactly (QuantizationConfig.exact_eval; by
-    default above 8 bits).
+    default above 8 bits). Each bias is the one QAT adds: the exported bias under bias_rule.
     """
 
     def __init__(
-        self, bits: Bits = Bits(), rounding: str = "half_up", dtype: torch.dtype | None = None
+        self,
+        bits: Bits = Bits(),
+        rounding: str = "half_up",
+        dtype: torch.dtype | None = None,
+        bias_rule: str = BIAS_JOINT,
     ) -> None:
         self.bits = bits
         self.rounding = rounding
+        self.bias_rule = bias_rule
         wide = max(bits.weights, bits.activations) > 8
         self.dtype = dtype or (torch.float64 if wide else torch.float32)
 
@@ -210,7 +251,7 @@ class FloatArithmetic:
         data = _fake_quantize(x.to(self.dtype), grid, self.bits.activations, self.rounding)
         return FloatValue(data, grid)
 
-    def clip(self, value: FloatValue, grid: Grid) -> FloatValue:
+    def clip(self, value: FloatValue, grid: Grid, owned: bool = False) -> FloatValue:
         data = _fake_quantize(value.data, grid, self.bits.activations, self.rounding)
         return FloatValue(data, grid)
 
@@ -218,12 +259,13 @@ class FloatArithmetic:
         return self.clip(value, grid)
 
     def conv(self, value: FloatValue, weight: Tensor, bias: Tensor | None, spec: ConvSpec):
+        bias = self._qat_bias(value, weight, bias)
         weight = _qat_weights(weight, self.bits.weights)
         conv = exact_conv2d if self.dtype == torch.float64 else F.conv2d
         out = conv(
             value.data,
             weight.to(self.dtype),
-            _to(bias, self.dtype),
+            bias,
             spec.stride,
             spec.padding,
             spec.dilation,
@@ -232,8 +274,19 @@ class FloatArithmetic:
         return FloatValue(out)
 
     def gemm(self, value: FloatValue, weight: Tensor, bias: Tensor | None) -> FloatValue:
+        bias = self._qat_bias(value, weight, bias)
         weight = _qat_weights(weight, self.bits.weights).to(self.dtype)
-        return FloatValue(F.linear(value.data, weight, _to(bias, self.dtype)))
+        return FloatValue(F.linear(value.data, weight, bias))
+
+    def _qat_bias(self, value: FloatValue, weight: Tensor, bias: Tensor | None) -> Tensor | None:
+        """The bias QAT added: the exported one as the device reads it, in QAT's precision."""
+        if bias is None:
+            return None
+        joint = 2.0 ** (value.grid.exponent + _exponent(weight_scale(weight, self.bits.weights)))
+        signed = value.grid.low < 0
+        read = bias.to(self.dtype)
+        joint_scale = torch.tensor(joint, dtype=torch.float64)
+        return imported_bias(read, joint_scale, self.bits.bias, self.bias_rule, signed)
 
     def add(self, a: FloatValue, b: FloatValue) -> FloatValue:
         return FloatValue(torch.add(a.data, b.data))

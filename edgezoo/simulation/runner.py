@@ -91,6 +91,7 @@ class _Runner:
         self.values: dict[str, Value | Tensor] = {}
 
     def run(self, inputs: dict[str, Tensor], record: bool) -> GraphRun:
+        self.record = record
         self.values.update(inputs)
         run = GraphRun([])
         for index, node in enumerate(self.graph.node):
@@ -138,7 +139,9 @@ class _Runner:
         value = self.values[node.input[0]]
         if isinstance(value, Tensor):
             return self.arithmetic.quantize_input(value, grid)
-        return self.arithmetic.clip(value, grid)
+        # A value no other node reads (and no record keeps) may be requantized in place.
+        owned = not self.record and len(self.consumers.get(node.input[0], [])) == 1
+        return self.arithmetic.clip(value, grid, owned)
 
     def _conv(self, node: onnx.NodeProto, name: str) -> Value:
         value = self._ranged(node, name)

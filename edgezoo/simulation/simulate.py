@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from edgezoo.export.tidl_rules import (
+    BIAS_RULE_PROP,
     EVAL_PRECISION_PROP,
     ROUNDING_PROP,
     graph_bits,
@@ -16,8 +17,10 @@ from edgezoo.export.tidl_rules import (
 )
 from edgezoo.export.verify import load_onnx
 from edgezoo.quantization.grid import (
+    BIAS_JOINT,
     DEFAULT_ACTIVATION_ROUNDING,
     check_activation_rounding,
+    check_bias_rule,
     check_bitwidth,
 )
 from edgezoo.simulation.arithmetic import Bits, FloatArithmetic, IntegerArithmetic
@@ -28,6 +31,7 @@ __all__ = [
     "SimulatedTensor",
     "TIDLSimulator",
     "device_arithmetic",
+    "graph_bias_rule",
     "graph_rounding",
     "qat_arithmetic",
     "simulate_tidl",
@@ -52,6 +56,11 @@ def graph_rounding(proto: onnx.ModelProto) -> str:
     return check_activation_rounding(recorded)
 
 
+def graph_bias_rule(proto: onnx.ModelProto) -> str:
+    """The bias rule an export recorded in the graph (joint for graphs without one)."""
+    return check_bias_rule(graph_properties(proto).get(BIAS_RULE_PROP, BIAS_JOINT))
+
+
 def _graph_bits(proto: onnx.ModelProto, bitwidth: int | None) -> Bits:
     weights, activations = graph_bits(proto)
     if bitwidth is not None:
@@ -68,12 +77,14 @@ def _qat_dtype(proto: onnx.ModelProto) -> torch.dtype:
 def device_arithmetic(proto: onnx.ModelProto, bitwidth: int | None = None) -> IntegerArithmetic:
     """TIDL's integer arithmetic at the graph's recorded bit widths (bitwidth overrides both)."""
     bits = _graph_bits(proto, bitwidth)
-    return IntegerArithmetic(bits, graph_rounding(proto), _qat_dtype(proto))
+    rounding, bias_rule = graph_rounding(proto), graph_bias_rule(proto)
+    return IntegerArithmetic(bits, rounding, _qat_dtype(proto), bias_rule)
 
 
 def qat_arithmetic(proto: onnx.ModelProto, bitwidth: int | None = None) -> FloatArithmetic:
     """QAT's float arithmetic on the graph, in the precision the QAT model evaluated in."""
-    return FloatArithmetic(_graph_bits(proto, bitwidth), graph_rounding(proto), _qat_dtype(proto))
+    bits, rounding = _graph_bits(proto, bitwidth), graph_rounding(proto)
+    return FloatArithmetic(bits, rounding, _qat_dtype(proto), graph_bias_rule(proto))
 
 
 class TIDLSimulator:
@@ -136,4 +147,4 @@ def _dequantized(value: IntegerValue | Tensor) -> np.ndarray:
 def _integers(value: IntegerValue | Tensor) -> SimulatedTensor:
     if isinstance(value, Tensor):
         return SimulatedTensor(value.numpy(), 0)
-    return SimulatedTensor(value.data.numpy(), value.exponent)
+    return SimulatedTensor(value.data.to(torch.int64).numpy(), value.exponent)

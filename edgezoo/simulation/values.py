@@ -1,6 +1,7 @@
 """The tensors of a simulated graph: integers at a power-of-two scale, or float values.
 
-An IntegerValue is data * 2^-exponent with int64 data. It is `ranged` when it lies on an
+An IntegerValue is data * 2^-exponent with integer data, held exactly in float32 or float64
+(integer_kernels says which). It is `ranged` when it lies on an
 activation range's grid (it came out of a Clip, or out of an op that keeps its input's grid);
 a Conv, Gemm, Add or Concat output is an accumulator until a Clip requantizes it.
 """
@@ -37,7 +38,7 @@ class Grid:
 
 @dataclass(frozen=True)
 class IntegerValue:
-    """An integer tensor at scale 2^exponent; grid set when it lies on an activation range."""
+    """An integer tensor (exact floats) at scale 2^exponent; grid set on a range's grid."""
 
     data: Tensor
     exponent: int
