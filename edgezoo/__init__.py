@@ -2,6 +2,7 @@
 
 from edgezoo.check import CheckReport, Violation, check_model
 from edgezoo.conversion import ConversionReport, make_module_only
+from edgezoo.distillation import DistillationLoss
 from edgezoo.errors import (
     CheckpointMismatchError,
     ConversionError,
@@ -61,6 +62,7 @@ __all__ = [
     "DataError",
     "DeviceUnavailableError",
     "DiskFullError",
+    "DistillationLoss",
     "DistributedError",
     "DownloadError",
     "EdgezooError",

@@ -38,6 +38,12 @@ _FIXED_ON_RESUME = {
     "warmup_epochs": "--warmup-epochs",
     "max_batches": "--max-batches",
     "quantization": "--target / --per-channel-weights / --asymmetric-activations",
+    "distill": "--distill",
+    "labels": "--no-labels",
+    "distill_temperature": "--distill-temperature",
+    "distill_weight": "--distill-weight",
+    "bn_freeze_epoch": "--freeze-bn-epoch",
+    "range_freeze_epoch": "--freeze-ranges-epoch",
 }
 
 
@@ -83,7 +89,39 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "--weight-decay", type=non_negative_float, help="default: 0.05 AdamW, 4e-5 SGD"
     )
     train.add_argument("--warmup-epochs", type=non_negative_int, help="default: 1 (float), 0 (QAT)")
+    _add_qat_recipe_arguments(train)
     train.set_defaults(func=run_train, mode=None)
+
+
+def _add_qat_recipe_arguments(train: argparse.ArgumentParser) -> None:
+    train.add_argument(
+        "--freeze-bn-epoch",
+        type=non_negative_int,
+        help="QAT: BN statistics stay frozen from this epoch (counted from 0; default TI's "
+        "epochs//2 - 1)",
+    )
+    train.add_argument(
+        "--freeze-ranges-epoch",
+        type=non_negative_int,
+        help="QAT: activation ranges stay frozen from this epoch (default TI's epochs//2 + 1)",
+    )
+    train.add_argument(
+        "--distill",
+        action="store_true",
+        help="distil from the float model the run starts from (--checkpoint / --pretrained): "
+        "KL divergence on softened logits mixed with the task loss",
+    )
+    train.add_argument(
+        "--no-labels",
+        action="store_true",
+        help="with --distill: learn from the float model's outputs alone (labels unused)",
+    )
+    train.add_argument("--distill-temperature", type=positive_float, help="default 2")
+    train.add_argument(
+        "--distill-weight",
+        type=non_negative_float,
+        help="share of the distillation term in [0, 1] (default 0.5)",
+    )
 
 
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
@@ -201,6 +239,7 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
         num_workers=args.num_workers,
         seed=_or(args.seed, 0),
         device=args.device,
+        **_recipe(args),
         metadata={
             "model": name,
             "data": _or(args.data, "embedded"),
@@ -211,6 +250,21 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
             "quantization": _scheme(args),
         },
     )
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The QAT recipe options a command line sets (freeze epochs, distillation)."""
+    recipe = {
+        "bn_freeze_epoch": getattr(args, "freeze_bn_epoch", None),
+        "range_freeze_epoch": getattr(args, "freeze_ranges_epoch", None),
+        "distill_temperature": getattr(args, "distill_temperature", None),
+        "distill_weight": getattr(args, "distill_weight", None),
+    }
+    if getattr(args, "distill", False):
+        recipe["distill"] = True
+    if getattr(args, "no_labels", False):
+        recipe["labels"] = False
+    return {key: value for key, value in recipe.items() if value is not None}
 
 
 def _scheme(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,6 +296,7 @@ def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
         given["mode"] = "qat"
     if args.target or args.per_channel_weights or args.asymmetric_activations:
         given["quantization"] = _scheme(args)
+    given.update(_recipe(args))
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -328,6 +383,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.out,
         resume=args.resume,
         progress=not args.no_progress,
+        teacher=_teacher(name, config) if config.distill else None,
     )
     if ctx.is_main:
         _print_result(name, config.mode, result)
@@ -341,6 +397,26 @@ def _task_data(name: str, task: str, data: str, input_size: int, num_classes: in
 
     mean, std = preprocessing(name)
     return build_task_data(data, task, input_size, mean, std, num_classes=num_classes)
+
+
+def _teacher(name: str, config: Any):
+    """The float model a distilling run learns from: the weights the run started from."""
+    from edgezoo.engine.setup import build_model
+
+    meta = config.metadata
+    if not (meta.get("checkpoint") or meta.get("pretrained")):
+        raise UsageError(
+            "--distill learns from the float model the run starts from: give its weights with "
+            "--checkpoint FILE (or --pretrained)"
+        )
+    return build_model(
+        name,
+        config.num_classes,
+        meta["input_size"],
+        pretrained=meta.get("pretrained") or False,
+        pretrained_backbone=meta.get("pretrained_backbone") or False,
+        checkpoint=meta.get("checkpoint"),
+    )
 
 
 def _weights(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder, image_folder
 from edgezoo.data.idx import read_idx, write_idx
 from edgezoo.data.sources import DATA_NAMES, TaskData, build_task_data
 from edgezoo.data.transforms import ClassificationTransform, SegmentationTransform
+from edgezoo.data.validation import VALIDATION_SEED, VALIDATION_SIZE, validation_split
 from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TASKS",
+    "VALIDATION_SEED",
+    "VALIDATION_SIZE",
     "ClassificationTransform",
     "CompositeFashionSegmentation",
     "ItemArrays",
@@ -47,5 +50,6 @@ __all__ = [
     "load_embedded_fashion_mnist",
     "load_fashion_mnist",
     "read_idx",
+    "validation_split",
     "write_idx",
 ]

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from edgezoo.distillation import DistillationLoss
 from edgezoo.engine.checkpoint import (
     BEST,
     LAST,
@@ -43,7 +44,7 @@ from edgezoo.engine.distributed import (
 from edgezoo.engine.history import write_history
 from edgezoo.engine.metrics import make_meter, primary_metric
 from edgezoo.engine.optim import build_optimizer, build_scheduler
-from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError
+from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError, UsageError
 from edgezoo.quantization.modes import RUN_MODES
 from edgezoo.tasks import TASKS
 from edgezoo.weights import load_weights
@@ -77,6 +78,14 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     device: str | None = None
+    # QAT's freeze epochs (counted from 0); None: TI's rule (epochs//2 - 1 and epochs//2 + 1).
+    bn_freeze_epoch: int | None = None
+    range_freeze_epoch: int | None = None
+    # Distillation from a float teacher (fit(teacher=...)): see edgezoo.DistillationLoss.
+    distill: bool = False
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5
+    labels: bool = True
     # Free-form description of the run (model name, data, input size), kept with checkpoints.
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -87,6 +96,13 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if not self.labels and not self.distill:
+            raise UsageError(
+                "training without labels needs a teacher to learn from: set distill=True "
+                "(--distill) and give the float model as teacher"
+            )
+        if self.distill and self.mode == "calibrate":
+            raise UsageError("calibration has no loss to distil into: distil in QAT (--qat)")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (JSON- and torch.load(weights_only)-safe)."""
@@ -137,6 +153,35 @@ def _loss(logits: Tensor, targets: Tensor, config: TrainConfig) -> Tensor:
     )
 
 
+Criterion = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(inputs, logits, targets) -> the training loss."""
+
+
+def _criterion(config: TrainConfig, teacher: nn.Module | None) -> Criterion:
+    """The training loss of a run: cross entropy, or distillation from the float teacher
+    (without labels when config.labels is False)."""
+    if not config.distill:
+        return lambda _inputs, logits, targets: _loss(logits, targets, config)
+    if teacher is None:
+        raise UsageError(
+            "distill=True needs the float model to learn from: fit(..., teacher=float_model)"
+        )
+    teacher.eval()  # its BN normalises with running statistics; no_grad below keeps it fixed
+    distillation = DistillationLoss(
+        config.distill_temperature,
+        config.distill_weight,
+        -100 if config.ignore_index is None else config.ignore_index,
+        config.label_smoothing,
+    )
+
+    def criterion(inputs: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+        with torch.no_grad():
+            teacher_logits = _logits(teacher(inputs))
+        return distillation(logits, teacher_logits, targets if config.labels else None)
+
+    return criterion
+
+
 def _loader(
     dataset: Dataset, config: TrainConfig, sampler: Sampler, *, drop_last: bool
 ) -> DataLoader:
@@ -161,11 +206,13 @@ def run_epoch(
     after_step: Callable[[], None] | None = None,
     progress: bool = True,
     desc: str = "",
+    criterion: Criterion | None = None,
 ) -> dict[str, float]:
     """One pass over loader; returns the task's metrics reduced over all ranks.
 
     train=True puts the model in train mode (batch statistics, range updates); with an
     optimizer each step back-propagates, without one the pass runs under no_grad (calibration).
+    criterion: the training loss (default: cross entropy); metrics always use the labels.
     """
     model.train(train)
     meter = make_meter(config.task, config.num_classes, config.ignore_index, device)
@@ -181,7 +228,10 @@ def run_epoch(
         targets = targets.to(device, non_blocking=True)
         with torch.set_grad_enabled(grad):
             logits = _logits(model(inputs))
-            loss = _loss(logits, targets, config)
+            if criterion is None:
+                loss = _loss(logits, targets, config)
+            else:
+                loss = criterion(inputs, logits, targets)
         if grad:
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
@@ -228,14 +278,14 @@ def evaluate(
 def _start_epoch(model: nn.Module, epoch: int, config: TrainConfig) -> dict[str, Any]:
     """Set a quantization wrapper's state for the epoch about to start; return it for the log.
 
-    QAT follows TI's freeze schedule over this run's epochs (BN frozen from epochs//2 - 1,
-    ranges from epochs//2 + 1), set from the epoch number alone so a resumed run agrees;
-    calibration halves its bias step each epoch.
+    QAT follows its freeze schedule over this run's epochs (by default TI's: BN frozen from
+    epochs//2 - 1, ranges from epochs//2 + 1), set from the epoch number alone so a resumed run
+    agrees; calibration halves its bias step each epoch.
     """
     if config.mode == "qat":
         from edgezoo.quantization import QATSchedule
 
-        schedule = QATSchedule(config.epochs)
+        schedule = QATSchedule(config.epochs, config.bn_freeze_epoch, config.range_freeze_epoch)
         schedule.step(model, epoch)
         return {
             "bn_frozen": epoch >= schedule.bn_freeze_epoch,
@@ -359,6 +409,7 @@ class _Run:
     optimization: _Optimization
     out_dir: Path | None
     progress_bars: bool
+    criterion: Criterion
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train (or calibrate) one epoch, validate, and return the epoch's record."""
@@ -382,6 +433,7 @@ class _Run:
             progress=self.progress_bars,
             desc=f"{config.mode} {'train' if optimizer else 'calibrate'} "
             f"{epoch + 1}/{config.epochs}",
+            criterion=self.criterion,
         )
         if optimizer is not None:
             record["lr"] = optimizer.param_groups[0]["lr"]
@@ -421,10 +473,14 @@ def _prepare_run(
     config: TrainConfig,
     out_dir: Path | None,
     progress: bool,
+    teacher: nn.Module | None = None,
 ) -> _Run:
-    """Move the model to its device, wrap it for DDP, and build its loader and optimizer."""
+    """Move the model (and teacher) to its device, wrap it for DDP, and build its loader,
+    optimizer and loss."""
     ctx = setup_distributed(config.device)
     model.to(ctx.device)
+    if teacher is not None:
+        teacher.to(ctx.device)
     owner = weights_module(model, config.mode)
     optimization = _Optimization.build(model, config)
     step_module = model
@@ -453,6 +509,7 @@ def _prepare_run(
         optimization,
         out_dir,
         progress and ctx.is_main,
+        _criterion(config, teacher),
     )
 
 
@@ -465,17 +522,21 @@ def fit(
     *,
     resume: bool = False,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train (float / QAT) or calibrate (PTQ) model for config.epochs, validating every epoch.
 
-    With out_dir, rank 0 writes last.pth and best.pth after every epoch (atomically) and
+    teacher: the float model a QAT run distils from when config.distill (edgezoo.
+    DistillationLoss; without labels when config.labels is False); it is put in eval mode and
+    never updated. With
+    out_dir, rank 0 writes last.pth and best.pth after every epoch (atomically) and
     metrics.csv / metrics.json; resume=True continues from out_dir/last.pth exactly where the
     interrupted run stopped. Under torchrun the same call trains with DistributedDataParallel.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
         raise ValueError("resume needs the out_dir that holds last.pth")
-    run = _prepare_run(model, train_set, val_set, config, out_dir, progress)
+    run = _prepare_run(model, train_set, val_set, config, out_dir, progress, teacher)
     if run.ctx.is_main and out_dir is not None:
         remove_stale_run_partials(out_dir)
     state = _resume(out_dir, run.owner, run.optimization, config) if resume else _Progress()

@@ -59,21 +59,34 @@ def unfreeze_quant_range(model: nn.Module) -> int:
 
 
 class QATSchedule:
-    """TI's freeze epochs: BN frozen from total_epochs//2 - 1, ranges from total_epochs//2 + 1.
+    """The epochs from which BN and the ranges stay frozen; by default TI's: BN from
+    total_epochs//2 - 1, ranges from total_epochs//2 + 1.
 
-    Call `step(model, epoch)` (or `QuantTrainModule.start_epoch(epoch)`) at the start of every
-    epoch, epochs counted from 0. The schedule sets the freeze state from the epoch number in
-    both directions, so resuming at any epoch restores the right state.
+    bn_freeze_epoch / range_freeze_epoch (counted from 0) replace TI's rule: 0 freezes from the
+    start, total_epochs or more never. Call `step(model, epoch)` (or
+    `QuantTrainModule.start_epoch(epoch)`) at the start of every epoch, epochs counted from 0.
+    The schedule sets the freeze state from the epoch number in both directions, so resuming
+    at any epoch restores the right state.
     """
 
-    def __init__(self, total_epochs: int) -> None:
-        if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:
-            raise QuantizationConfigError(
-                f"total_epochs must be a positive int (the length of QAT), got {total_epochs!r}"
-            )
+    def __init__(
+        self,
+        total_epochs: int,
+        bn_freeze_epoch: int | None = None,
+        range_freeze_epoch: int | None = None,
+    ) -> None:
+        _check_epoch("total_epochs", total_epochs, smallest=1)
+        for name, value in (
+            ("bn_freeze_epoch", bn_freeze_epoch),
+            ("range_freeze_epoch", range_freeze_epoch),
+        ):
+            if value is not None:
+                _check_epoch(name, value, smallest=0)
         self.total_epochs = total_epochs
-        self.bn_freeze_epoch = total_epochs // 2 - 1
-        self.range_freeze_epoch = total_epochs // 2 + 1
+        self.bn_freeze_epoch = total_epochs // 2 - 1 if bn_freeze_epoch is None else bn_freeze_epoch
+        self.range_freeze_epoch = (
+            total_epochs // 2 + 1 if range_freeze_epoch is None else range_freeze_epoch
+        )
 
     def step(self, model: nn.Module, epoch: int) -> None:
         """Set BN and range freezing for the epoch that is about to start."""
@@ -84,6 +97,13 @@ class QATSchedule:
         return (
             f"QATSchedule(total_epochs={self.total_epochs}, bn_freeze_epoch="
             f"{self.bn_freeze_epoch}, range_freeze_epoch={self.range_freeze_epoch})"
+        )
+
+
+def _check_epoch(name: str, value: object, smallest: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+        raise QuantizationConfigError(
+            f"{name} must be an int >= {smallest} (epochs counted from 0), got {value!r}"
         )
 
 
