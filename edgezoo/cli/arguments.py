@@ -105,7 +105,9 @@ def output_dir(text: str) -> Path:
 
 
 def add_quantization_scheme(parser: argparse.ArgumentParser) -> None:
-    """--target, --per-channel-weights, --asymmetric-activations: the device and its scheme."""
+    """--target, --per-channel-weights, --asymmetric-activations, --activation-rounding,
+    --bias-rule: the device and its scheme."""
+    from edgezoo.quantization.grid import ACTIVATION_ROUNDINGS, BIAS_RULES
     from edgezoo.targets import TARGETS
 
     parser.add_argument(
@@ -123,6 +125,17 @@ def add_quantization_scheme(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="affine activation ranges with zero points (QDQ devices, not tda4vm)",
     )
+    parser.add_argument(
+        "--activation-rounding",
+        choices=ACTIVATION_ROUNDINGS,
+        help="how activations round (default: half_up for tda4vm Clip graphs, half_even for QDQ)",
+    )
+    parser.add_argument(
+        "--bias-rule",
+        choices=BIAS_RULES,
+        help="how the device holds biases (default: ti_v1 for tda4vm Clip graphs, joint for QDQ; "
+        "a QDQ graph for tda4vm needs --activation-rounding half_even --bias-rule joint)",
+    )
 
 
 def quantization_config(args: argparse.Namespace, **settings):
@@ -133,5 +146,7 @@ def quantization_config(args: argparse.Namespace, **settings):
         target=getattr(args, "target", None),
         per_channel_weights=getattr(args, "per_channel_weights", False),
         asymmetric_activations=getattr(args, "asymmetric_activations", False),
+        activation_rounding=getattr(args, "activation_rounding", None),
+        bias_rule=getattr(args, "bias_rule", None),
         **settings,
     )

@@ -37,7 +37,8 @@ _FIXED_ON_RESUME = {
     "weight_decay": "--weight-decay",
     "warmup_epochs": "--warmup-epochs",
     "max_batches": "--max-batches",
-    "quantization": "--target / --per-channel-weights / --asymmetric-activations",
+    "quantization": "--target / --per-channel-weights / --asymmetric-activations / "
+    "--activation-rounding / --bias-rule",
     "distill": "--distill",
     "labels": "--no-labels",
     "distill_temperature": "--distill-temperature",
@@ -273,6 +274,8 @@ def _scheme(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.target,
         "per_channel_weights": args.per_channel_weights,
         "asymmetric_activations": args.asymmetric_activations,
+        "activation_rounding": args.activation_rounding,
+        "bias_rule": args.bias_rule,
     }
 
 
@@ -294,7 +297,7 @@ def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
     }
     if getattr(args, "qat", False):
         given["mode"] = "qat"
-    if args.target or args.per_channel_weights or args.asymmetric_activations:
+    if any(v for v in _scheme(args).values()):
         given["quantization"] = _scheme(args)
     given.update(_recipe(args))
     return {key: value for key, value in given.items() if value is not None}

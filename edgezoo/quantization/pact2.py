@@ -24,6 +24,7 @@ from edgezoo.quantization.affine import (
     fake_quantize_affine,
 )
 from edgezoo.quantization.grid import (
+    ACTIVATION_ROUNDINGS,
     DEFAULT_ACTIVATION_ROUNDING,
     MIN_CLIP,
     activation_scale,
@@ -130,8 +131,8 @@ class PACT2(SavedFlagsMixin, nn.Module):
 
     keep_when_missing: a state_dict without any of this range's entries (a float or torchvision
     checkpoint) leaves the range as it is instead of failing a strict load; False makes such a
-    load fail, as evaluating needs trained ranges. The freeze and rounding switches and the
-    measurement schedule are saved with the range.
+    load fail, as evaluating needs trained ranges. The freeze and rounding switches, the rounding
+    mode and the measurement schedule are saved with the range.
     """
 
     FLAGS = (
@@ -141,7 +142,13 @@ class PACT2(SavedFlagsMixin, nn.Module):
         "_update_gap",
         "_countdown",
         "_since_update",
+        "_rounding_index",
     )
+
+    @property
+    def rounding_mode(self) -> str:
+        """How this range rounds onto its grid (grid.ACTIVATION_ROUNDINGS; saved with it)."""
+        return ACTIVATION_ROUNDINGS[self._rounding_index]
 
     clips_act: Tensor
     running_min: Tensor
@@ -189,7 +196,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
         self.asymmetric = asymmetric
         self.signed = signed
         self.max_update_gap = max_update_gap
-        self.rounding_mode = check_activation_rounding(rounding_mode)
+        self._rounding_index = ACTIVATION_ROUNDINGS.index(check_activation_rounding(rounding_mode))
         self.bitwidth = check_bitwidth(bitwidth)
         self.range_shrink_percentile = float(range_shrink_percentile)
         self.power2 = power2
