@@ -41,7 +41,7 @@ def test_classification_demo_from_the_cli(tmp_path, capsys, monkeypatch):
     assert (out / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
 
     assert main([*args, "--no-progress"]) == 2
-    assert "already holds a demo" in capsys.readouterr().err
+    assert "already holds demo files" in capsys.readouterr().err
 
 
 def test_segmentation_demo_on_composite_scenes(tmp_path):

@@ -7,6 +7,7 @@ Exit status: 0 TIDL-ready / clean, 1 a TIDL rule is broken, 2 the command could 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from edgezoo.cli.arguments import (
     add_input_size_hw,
@@ -16,8 +17,9 @@ from edgezoo.cli.arguments import (
     positive_int,
     quantization_config,
 )
-from edgezoo.errors import ExportVerificationError
+from edgezoo.errors import ExportVerificationError, RunExistsError
 from edgezoo.export import export_onnx, verify_onnx
+from edgezoo.export.tidl_config import tidl_config_paths
 from edgezoo.export.tidl_rules import EXPORT_OPSETS
 from edgezoo.targets import EXPORT_FORMATS
 
@@ -73,6 +75,11 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument(
         "--no-strict", action="store_true", help="write the file even when it breaks a rule"
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the .onnx and TIDL files already in -o (refused otherwise)",
     )
     export.add_argument(
         "--allow-uncalibrated",
@@ -141,6 +148,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.input_size:
         height, width = args.input_size
     path = args.output_dir / f"{name}{'_qat' if args.qat else ''}.onnx"
+    _refuse_to_replace([path, *tidl_config_paths(path)], args.overwrite)
     try:
         report = export_onnx(
             model,
@@ -160,6 +168,21 @@ def run_export(args: argparse.Namespace) -> int:
         return 1
     print(report)
     return 0 if report.ok else 1
+
+
+def _refuse_to_replace(paths: list[Path], overwrite: bool) -> None:
+    """Stop before any work when a file the export would write is already there."""
+    present = [str(path) for path in paths if path.exists()]
+    if present and not overwrite:
+        raise RunExistsError(
+            f"{', '.join(present)} already exist(s); pass --overwrite to replace them, or "
+            "choose another -o folder"
+        )
+    if any(path.is_dir() for path in paths):
+        raise RunExistsError(
+            f"{', '.join(str(p) for p in paths if p.is_dir())} is a folder where the export "
+            "writes a file; remove it or choose another -o folder"
+        )
 
 
 def run_verify(args: argparse.Namespace) -> int:

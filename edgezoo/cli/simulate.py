@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "batch, by ONNX tensor name, to compare with TIDL's fixed-point layer traces"
         ),
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a --save-layers file that exists"
+    )
     parser.set_defaults(func=run_simulate)
 
 
@@ -42,6 +45,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgezoo.simulation import parity_report
     from edgezoo.simulation.inputs import graph_batches
 
+    _check_save_layers(args)
     proto = load_onnx(args.path)
     batches = list(graph_batches(proto, args.data, args.batches, args.batch_size))
     report = parity_report(proto, batches, bitwidth=args.bitwidth)
@@ -49,6 +53,28 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.save_layers:
         _save_layers(proto, batches[0], args.bitwidth, args.save_layers)
     return 0 if report.exact else 1
+
+
+def _check_save_layers(args: argparse.Namespace) -> None:
+    """Refuse a --save-layers path that is the model itself, a folder, or (without
+    --overwrite) an existing file, before any work."""
+    from pathlib import Path
+
+    from edgezoo.errors import RunExistsError
+
+    if not args.save_layers:
+        return
+    target = Path(args.save_layers).expanduser()
+    if target.resolve() == Path(args.path).expanduser().resolve():
+        raise RunExistsError(
+            f"--save-layers {target} is the model being simulated; name another file"
+        )
+    if target.is_dir():
+        raise RunExistsError(f"--save-layers {target} is a folder; name a .npz file")
+    if target.exists() and not args.overwrite:
+        raise RunExistsError(
+            f"{target} already exists; pass --overwrite to replace it or name another file"
+        )
 
 
 def _save_layers(proto, batch, bitwidth: int | None, path: str) -> None:

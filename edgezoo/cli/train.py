@@ -17,7 +17,7 @@ from edgezoo.cli.arguments import (
     positive_int,
     quantization_config,
 )
-from edgezoo.errors import ResumeMismatchError, UsageError
+from edgezoo.errors import ResumeMismatchError, RunExistsError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate quantized (implied by a QAT or calibrated checkpoint)",
     )
     evaluate.add_argument("--out", type=output_dir, help="also write the metrics to OUT/eval.json")
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace an eval.json already in --out"
+    )
     evaluate.add_argument("--onnx", type=Path, help="the exported QAT graph of this model")
     evaluate.add_argument(
         "--simulate",
@@ -333,6 +336,21 @@ def _resumed_config(args: argparse.Namespace, name: str):
     return config
 
 
+def _keep_inputs(args: argparse.Namespace) -> None:
+    """Refuse an --overwrite that would delete the --checkpoint the run starts from."""
+    from edgezoo.engine.checkpoint import RUN_FILES
+
+    checkpoint = getattr(args, "checkpoint", None)
+    if not (args.overwrite and checkpoint):
+        return
+    run_files = {(args.out / name).resolve() for name in RUN_FILES}
+    if Path(checkpoint).expanduser().resolve() in run_files:
+        raise RunExistsError(
+            f"--checkpoint {checkpoint} is a file of the run in {args.out} that --overwrite "
+            "would delete; copy it elsewhere first, or choose another --out"
+        )
+
+
 def _prepare_out(args: argparse.Namespace, ctx: Any) -> None:
     """Check --out on every rank before rank 0 clears it, so all ranks agree."""
     from edgezoo.engine.checkpoint import check_run_dir, clear_run_dir
@@ -352,6 +370,7 @@ def run_train(args: argparse.Namespace) -> int:
     from edgezoo.registry import resolve_name
 
     name = resolve_name(args.model)
+    _keep_inputs(args)
     ctx = setup_distributed(args.device)
     _prepare_out(args, ctx)
     if args.resume:
@@ -451,6 +470,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     name = resolve_name(args.model)
     task = model_task(name)
+    if args.out is not None and (args.out / "eval.json").exists() and not args.overwrite:
+        raise RunExistsError(
+            f"{args.out / 'eval.json'} already exists; pass --overwrite to replace it or choose "
+            "another --out"
+        )
     ctx = setup_distributed(args.device)
     data_name = _or(args.data, "embedded")
     input_size = _run_input_size(args, task, data_name)

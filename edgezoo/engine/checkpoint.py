@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +147,12 @@ def check_run_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     out_dir = Path(out_dir).expanduser()
     if resume and overwrite:
         raise RunExistsError("pass --resume or --overwrite, not both")
+    folders = [name for name in RUN_FILES if (out_dir / name).is_dir()]
+    if folders:
+        raise RunExistsError(
+            f"{out_dir} holds folders named like run files ({', '.join(folders)}); edgezoo "
+            "deletes files, never folders: move them, or choose another --out"
+        )
     if resume:
         if not (out_dir / LAST).is_file():
             raise RunExistsError(
@@ -173,11 +178,7 @@ def clear_run_dir(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir).expanduser()
     removed = [name for name in RUN_FILES if (out_dir / name).exists()]
     for name in removed:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+        (out_dir / name).unlink()  # check_run_dir refused folders
     if removed:
         logger.info("removed the previous run's %s from %s", ", ".join(removed), out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -219,11 +219,16 @@ def _stage_dirs(out_dir: Path) -> dict[str, Path]:
     return {stage: out_dir / stage for stage in STAGES}
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if (out_dir / RESULTS_JSON).exists() and not overwrite:
+def _check_out_dir(out_dir: Path, overwrite: bool, model: str) -> None:
+    from edgezoo.export.tidl_config import tidl_config_paths
+
+    onnx_path = out_dir / f"{model}_qat.onnx"
+    files = [out_dir / RESULTS_JSON, out_dir / PLOT_PNG, onnx_path, *tidl_config_paths(onnx_path)]
+    present = [path.name for path in files if path.exists()]
+    if present and not overwrite:
         raise RunExistsError(
-            f"{out_dir} already holds a demo ({RESULTS_JSON}); pass --overwrite to replace it "
-            "or choose another --out"
+            f"{out_dir} already holds demo files ({', '.join(present)}); pass --overwrite to "
+            "replace them or choose another --out"
         )
     for run_dir in _stage_dirs(out_dir).values():
         check_run_dir(run_dir, resume=False, overwrite=overwrite)
@@ -301,7 +306,7 @@ def _plan(options: DemoOptions) -> _DemoPlan:
     """Check and clear the output folders, load the data, decide where the weights start."""
     defaults = DEFAULTS[options.task]
     out_dir = Path(options.out_dir).expanduser()
-    _check_out_dir(out_dir, options.overwrite)
+    _check_out_dir(out_dir, options.overwrite, defaults.model)
     dirs = {stage: clear_run_dir(path) for stage, path in _stage_dirs(out_dir).items()}
     input_size = options.input_size or defaults.input_size
     mean, std = preprocessing(defaults.model)

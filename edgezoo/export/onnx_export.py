@@ -51,6 +51,7 @@ from edgezoo.export.report import ExportReport, VerifyReport
 from edgezoo.export.tidl_config import TIDLCompilation, TIDLInputSpec, write_tidl_configs
 from edgezoo.export.verify import input_range, normalised_input_range, verify_onnx
 from edgezoo.export.weight_grid import nudged_entries
+from edgezoo.fileio import atomic_path
 from edgezoo.quantization import (
     QUANT_WRAPPERS,
     Clip,
@@ -382,8 +383,9 @@ def _write(proto: onnx.ModelProto, report: ExportReport, strict: bool) -> None:
     """Save the graph, unless strict and it is not TIDL-ready (then raise, writing nothing)."""
     if strict and not report.ok:
         raise ExportVerificationError(_failure_message(report), report.verification)
-    report.path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, report.path, save_as_external_data=False)
+    # Atomic: a full disk or a kill leaves the previous file intact, never a broken one.
+    with atomic_path(report.path) as partial:
+        onnx.save_model(proto, partial, save_as_external_data=False)
 
 
 def _untrained_ranges(model: nn.Module, allow_uncalibrated: bool) -> list[str]:

@@ -16,12 +16,14 @@ for float graphs, as TI recommends, and for QDQ graphs that use those schemes.
 """
 
 import json
+import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import edgezoo
+from edgezoo.fileio import atomic_path
 from edgezoo.targets import (
     CLIP_FORMAT,
     DEFAULT_TARGET,
@@ -42,6 +44,7 @@ __all__ = [
     "compile_options",
     "import_config_text",
     "model_config",
+    "tidl_config_paths",
     "write_tidl_configs",
 ]
 
@@ -298,14 +301,24 @@ def write_tidl_configs(
         "provider_options": options,
         "option_meanings": {key: OPTION_MEANINGS[key] for key in options},
     }
-    paths["compile_options"].write_text(json.dumps(compile_file, indent=2) + "\n")
+    texts = {"compile_options": json.dumps(compile_file, indent=2) + "\n"}
     if compilation.target.name == DEFAULT_TARGET and compilation.export_format == CLIP_FORMAT:
         paths["import_config"] = onnx_path.with_name(f"{stem}_tidl_import.txt")
-        paths["import_config"].write_text(import_config_text(name, spec, compilation))
-    paths["model_config"].write_text(
-        json.dumps(model_config(name, spec, compilation, options), indent=2) + "\n"
-    )
+        texts["import_config"] = import_config_text(name, spec, compilation)
+    config = model_config(name, spec, compilation, options)
+    texts["model_config"] = json.dumps(config, indent=2) + "\n"
+    for role, text in texts.items():
+        with atomic_path(paths[role]) as partial:
+            partial.write_text(text)
     return paths
+
+
+def tidl_config_paths(onnx_path: str | os.PathLike) -> list[Path]:
+    """Every file write_tidl_configs may write beside onnx_path (to check before writing)."""
+    onnx_path = Path(onnx_path)
+    stem = onnx_path.stem
+    suffixes = ("_tidl_compile_options.json", "_param.json", "_tidl_import.txt")
+    return [onnx_path.with_name(stem + suffix) for suffix in suffixes]
 
 
 def _size(value: int | Sequence[int]) -> int | list[int]:

@@ -1,0 +1,88 @@
+"""No user file is replaced or deleted without --overwrite, and exports are written atomically."""
+
+import onnx
+import pytest
+
+from edgezoo.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EXPORT = ["export", "mobilenetv2", "--input-size", "32", "32"]
+
+
+def test_export_refuses_to_replace_files_without_overwrite(tmp_path, capsys):
+    assert main([*EXPORT, "-o", str(tmp_path)]) == 0
+    onnx_path = tmp_path / "mobilenetv2.onnx"
+    before = onnx_path.read_bytes()
+    user_file = tmp_path / "mobilenetv2_param.json"
+    user_file.write_text("mine")
+    capsys.readouterr()
+    assert main([*EXPORT, "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "already exist" in err and "--overwrite" in err and "mobilenetv2.onnx" in err
+    assert onnx_path.read_bytes() == before and user_file.read_text() == "mine"
+    assert main([*EXPORT, "-o", str(tmp_path), "--overwrite"]) == 0
+    assert user_file.read_text() != "mine"
+
+
+def test_a_failed_export_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    assert main([*EXPORT, "-o", str(tmp_path)]) == 0
+    onnx_path = tmp_path / "mobilenetv2.onnx"
+    before = onnx_path.read_bytes()
+
+    def disk_full(proto, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"\0" * 1024)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        main([*EXPORT, "-o", str(tmp_path), "--overwrite"])
+    assert onnx_path.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_simulate_never_writes_over_its_model_or_another_file(tmp_path, capsys):
+    assert main([*EXPORT, "--qat", "--allow-uncalibrated", "-o", str(tmp_path)]) == 0
+    model = tmp_path / "mobilenetv2_qat.onnx"
+    before = model.read_bytes()
+    simulate = ["simulate", str(model), "--batches", "1", "--batch-size", "2"]
+    assert main([*simulate, "--save-layers", str(model), "--overwrite"]) == 2
+    assert "is the model being simulated" in capsys.readouterr().err
+    assert model.read_bytes() == before
+    other = tmp_path / "notes.npz"
+    other.write_text("mine")
+    assert main([*simulate, "--save-layers", str(other)]) == 2
+    assert other.read_text() == "mine" and "--overwrite" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_to_replace_eval_json(tmp_path, capsys):
+    (tmp_path / "eval.json").write_text("mine")
+    args = ["evaluate", "--model", "mobilenetv2", "--max-batches", "1", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "eval.json").read_text() == "mine"
+    assert main([*args, "--out", str(tmp_path), "--overwrite"]) == 0
+    assert (tmp_path / "eval.json").read_text() != "mine"
+
+
+def test_train_overwrite_never_deletes_its_own_input_or_a_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    quick = ["train", "--model", "mobilenetv2", "--epochs", "1", "--max-batches", "1"]
+    quick += ["--batch-size", "8", "--no-progress"]
+    assert main([*quick, "--out", str(run)]) == 0
+    checkpoint = run / "last.pth"
+    again = [*quick, "--checkpoint", str(checkpoint), "--out", str(run), "--overwrite"]
+    assert main(again) == 2
+    assert "would delete" in capsys.readouterr().err and checkpoint.is_file()
+    other = tmp_path / "other"
+    (other / "best.pth").mkdir(parents=True)
+    (other / "best.pth" / "keep.txt").write_text("mine")
+    assert main([*quick, "--out", str(other), "--overwrite"]) == 2
+    assert (other / "best.pth" / "keep.txt").read_text() == "mine"
+
+
+def test_demo_refuses_to_replace_its_files_without_overwrite(tmp_path, capsys):
+    (tmp_path / "accuracy.png").write_bytes(b"mine")
+    assert main(["demo", "--out", str(tmp_path), "--max-batches", "1", "--no-progress"]) == 2
+    assert "accuracy.png" in capsys.readouterr().err
+    assert (tmp_path / "accuracy.png").read_bytes() == b"mine"
