@@ -319,12 +319,12 @@ def test_dynamic_shape_is_named():
     assert ("shape-inference", "input") in found
 
 
-def test_checker_failure_is_named():
+def test_a_value_no_node_makes_is_named():
     g, out = clean_graph()
     model = g.build(out)
     model.graph.node[1].input[0] = "nowhere"
-    _, found = violations(model)
-    assert ("onnx-checker", "<graph>") in found
+    report, found = violations(model)
+    assert found == [("graph-order", "<graph>")] and "'nowhere'" in str(report)
 
 
 def test_verify_reads_a_file(tmp_path):

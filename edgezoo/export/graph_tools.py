@@ -12,7 +12,14 @@ import math
 import onnx
 from onnx import helper
 
-__all__ = ["check_model", "infer_shapes", "node_attributes", "weightless_view", "without_argmax"]
+__all__ = [
+    "check_model",
+    "infer_shapes",
+    "node_attributes",
+    "order_problem",
+    "weightless_view",
+    "without_argmax",
+]
 
 _KEEP_BYTES = 4096
 
@@ -103,3 +110,27 @@ def node_attributes(node: onnx.NodeProto) -> dict[str, object]:
         value = helper.get_attribute_value(attr)
         values[attr.name] = value.decode() if isinstance(value, bytes) else value
     return values
+
+
+def order_problem(graph: onnx.GraphProto) -> str | None:
+    """Why the nodes cannot run in their listed order (a cycle, a value read before any node
+    makes it, a value made twice), or None: the one structural check of verify and the
+    integer simulation, so neither can loop or read a missing value."""
+    known = {value.name for value in graph.input} | {init.name for init in graph.initializer}
+    made: set[str] = set()
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        missing = [v for v in node.input if v and v not in known and v not in made]
+        if missing:
+            return (
+                f"node {name} ({node.op_type}) reads {missing[0]!r} before any node makes it: "
+                "the graph has a cycle or is not in topological order"
+            )
+        twice = [v for v in node.output if v in made or v in known]
+        if twice:
+            return f"node {name} ({node.op_type}) makes {twice[0]!r}, which is made already"
+        made.update(v for v in node.output if v)
+    missing_outputs = [o.name for o in graph.output if o.name not in made | known]
+    if missing_outputs:
+        return f"graph output {missing_outputs[0]!r} is made by no node"
+    return None

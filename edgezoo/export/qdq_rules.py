@@ -15,8 +15,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from edgezoo.export import tidl_rules as rules
 from edgezoo.export.qdq import QDQ_MIN_OPSET
 from edgezoo.export.report import GraphViolation
+from edgezoo.targets import TARGETS
 
 __all__ = ["QDQ_OPS", "check_qdq_graph", "is_qdq_graph"]
 
@@ -78,6 +80,7 @@ def _check_qdq_node(graph, node, name: str) -> Iterator[GraphViolation]:
         )
         return
     constant_input = node.input[0] in graph.constants
+    yield from _check_scale(graph, node, name, scale, constant_input)
     if scale.size > 1 and not constant_input:
         yield GraphViolation(
             "qdq-axis",
@@ -107,6 +110,51 @@ def _check_qdq_node(graph, node, name: str) -> Iterator[GraphViolation]:
             "qdq-dangling",
             name,
             "DequantizeLinear of a tensor no QuantizeLinear made (nor a constant)",
+        )
+
+
+def _check_scale(graph, node, name: str, scale: np.ndarray, constant_input: bool):
+    """Scales TIDL can use: finite, positive, normal floats; powers of two for TDA4VM, whose
+    fixed-point arithmetic shifts."""
+    values = scale.astype(np.float64).reshape(-1)
+    tiny = float(np.finfo(np.float32).tiny)
+    bad = ~np.isfinite(values) | (values < tiny)
+    if bad.any():
+        yield GraphViolation(
+            "qdq-scale",
+            name,
+            f"{node.op_type} scale {values[bad][0]!r}: a scale must be a finite, positive, normal "
+            "float; export the QAT model with edgezoo.export_onnx",
+        )
+        return
+    target = rules.graph_properties(graph.proto).get(rules.TARGET_PROP)
+    device = TARGETS.get(target or "")
+    if device is not None and not device.asymmetric and not constant_input:
+        mantissa, _ = np.frexp(values)
+        if np.any(mantissa != 0.5):
+            yield GraphViolation(
+                "qdq-power-of-two",
+                name,
+                f"{node.op_type} scale {values[mantissa != 0.5][0]!r} on a {target} graph: "
+                "TDA4VM requantizes with shifts, so activation scales must be powers of two",
+            )
+    if node.op_type == "DequantizeLinear" and not constant_input:
+        yield from _check_pair_types(graph, node, name)
+
+
+def _check_pair_types(graph, node, name: str) -> Iterator[GraphViolation]:
+    """A DequantizeLinear reads the integers its QuantizeLinear made: same zero-point type."""
+    producer = graph.producer_nodes.get(node.input[0])
+    if producer is None or producer.op_type != "QuantizeLinear" or len(producer.input) < 3:
+        return
+    made = graph.constants.get(producer.input[2])
+    read = graph.constants.get(node.input[2])
+    if made is not None and read is not None and made.dtype != read.dtype:
+        yield GraphViolation(
+            "qdq-pair-types",
+            name,
+            f"DequantizeLinear reads {read.dtype} zero points after a QuantizeLinear of "
+            f"{made.dtype}: a Q/DQ pair must agree on its integer type",
         )
 
 

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from edgezoo.errors import ModelFileNotFoundError, UnreadableModelError
 from edgezoo.export import tidl_rules as rules
-from edgezoo.export.graph_tools import check_model, infer_shapes, node_attributes
+from edgezoo.export.graph_tools import check_model, infer_shapes, node_attributes, order_problem
 from edgezoo.export.qdq_rules import QDQ_OPS, check_qdq_graph, is_qdq_graph
 from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
@@ -169,7 +169,15 @@ class _GraphChecker:
         }
 
     def run(self) -> Iterator[GraphViolation]:
-        """Yield every violation: graph-level rules first, then node by node."""
+        """Yield every violation: graph-level rules first, then node by node. A graph whose
+        nodes cannot run in order is reported alone: the other rules assume an order."""
+        problem = order_problem(self.proto.graph)
+        if problem is not None:
+            yield GraphViolation("graph-order", "<graph>", problem)
+            return
+        if not self.proto.graph.output:
+            yield GraphViolation("no-outputs", "<graph>", "the graph has no outputs")
+        yield from self._check_finite()
         yield from self._check_model()
         yield from self._check_opset()
         yield from self._check_shapes()
@@ -187,6 +195,19 @@ class _GraphChecker:
             yield from self._check_input_clipped()
 
     # Graph-level rules.
+
+    def _check_finite(self) -> Iterator[GraphViolation]:
+        """NaN or infinite constants: TIDL would import them as they are, and every output
+        they reach would be meaningless."""
+        for name, value in self.constants.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                count = int((~np.isfinite(value)).sum())
+                yield GraphViolation(
+                    "non-finite",
+                    name,
+                    f"{count} NaN or infinite value(s): re-export from a model whose weights and "
+                    "biases are finite (the checkpoint is damaged, or training diverged)",
+                )
 
     def _check_model(self) -> Iterator[GraphViolation]:
         complaint = check_model(self.proto)

@@ -8,15 +8,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from edgezoo.errors import UnknownModelError
+from edgezoo.errors import SimulationError, UnknownModelError
 from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
 
 
 def graph_input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
-    """The static (N, C, H, W) of the graph's input."""
+    """The static (N, C, H, W) of the graph's input; SimulationError for anything else."""
     initializers = {init.name for init in proto.graph.initializer}
-    (graph_input,) = [i for i in proto.graph.input if i.name not in initializers]
-    return tuple(d.dim_value for d in graph_input.type.tensor_type.shape.dim)
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    shape = tuple(d.dim_value for d in inputs[0].type.tensor_type.shape.dim) if inputs else ()
+    if len(inputs) != 1 or len(shape) != 4 or not all(v > 0 for v in shape):
+        raise SimulationError(
+            f"the graph has {len(inputs)} input(s), the first of shape {list(shape)}: edgezoo "
+            "simulates one static NCHW image input, as export_onnx writes it"
+        )
+    return shape
 
 
 def graph_task(proto: onnx.ModelProto) -> str:

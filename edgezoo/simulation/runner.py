@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from torch import Tensor
 
 from edgezoo.errors import SimulationError
-from edgezoo.export.graph_tools import node_attributes
+from edgezoo.export.graph_tools import node_attributes, order_problem
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
 
@@ -63,6 +63,16 @@ class GraphProgram:
             init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
             for init in proto.graph.initializer
         }
+        problem = order_problem(proto.graph)
+        if problem is not None:
+            raise SimulationError(f"{problem}; export the graph with edgezoo.export_onnx")
+        broken = [name for name, value in self.constants.items() if _non_finite(value)]
+        if broken:
+            raise SimulationError(
+                f"constant {broken[0]!r} holds NaN or infinite values: the graph cannot be "
+                "simulated (re-export from a model with finite weights)"
+            )
+        self.names = _unique_names(proto.graph)
         self.consumers: dict[str, list[str]] = {}
         for node in proto.graph.node:
             for name in node.input:
@@ -88,14 +98,14 @@ class _Runner:
         self.opset = program.opset
         self.constants = program.constants
         self.consumers = program.consumers
+        self.names = program.names
         self.values: dict[str, Value | Tensor] = {}
 
     def run(self, inputs: dict[str, Tensor], record: bool) -> GraphRun:
         self.record = record
         self.values.update(inputs)
         run = GraphRun([])
-        for index, node in enumerate(self.graph.node):
-            name = node.name or f"{node.op_type}_{index}"
+        for node, name in zip(self.graph.node, self.names, strict=True):
             if node.op_type not in _SUPPORTED:
                 raise SimulationError(
                     f"node {name} ({node.op_type}) has no definition in edgezoo's TIDL integer "
@@ -227,6 +237,22 @@ class _Runner:
             return tuple(float(self.constants[node.input[i]].reshape(-1)[0]) for i in (1, 2))
         except (KeyError, IndexError):
             raise SimulationError(f"node {name} (Clip) has no constant min and max") from None
+
+
+def _non_finite(value: Tensor) -> bool:
+    return value.is_floating_point() and not bool(torch.isfinite(value).all())
+
+
+def _unique_names(graph: onnx.GraphProto) -> list[str]:
+    """A name per node for reports: its own, or op_index; a repeated name gets #index."""
+    names, seen = [], set()
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        if name in seen:
+            name = f"{name}#{index}"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def _pool_spec(node: onnx.NodeProto, name: str) -> PoolSpec:

@@ -1,0 +1,147 @@
+"""Graphs a user did not export with edgezoo, or damaged: verify and simulate refuse them with
+the rule that is broken, never hang, never call them OK."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+import edgezoo
+from edgezoo.cli import main
+from edgezoo.errors import SimulationError
+from edgezoo.quantization import QuantizationConfig, QuantTrainModule
+from edgezoo.simulation import parity_report, simulate_tidl
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu2(self.conv2(self.relu1(self.conv1(x))))
+
+
+def exported(tmp_path, qdq: bool) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    config = QuantizationConfig(activation_rounding="half_even", bias_rule="joint") if qdq else None
+    q = QuantTrainModule(Tiny(), torch.rand(1, 3, 8, 8), config=config)
+    with torch.no_grad():
+        q(torch.randn(4, 3, 8, 8))
+    path = tmp_path / "tiny.onnx"
+    edgezoo.export_onnx(
+        q.eval(), path, input_size=(8, 8), write_configs=False, format="qdq" if qdq else None
+    )
+    return onnx.load(path)
+
+
+def replace_constant(proto: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    init = next(i for i in proto.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype), name))
+
+
+def constant(proto: onnx.ModelProto, name: str) -> np.ndarray:
+    return numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == name))
+
+
+def activation_dequantizers(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    constants = {i.name for i in proto.graph.initializer}
+    return [
+        n
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] not in constants
+    ]
+
+
+def rules_broken(proto: onnx.ModelProto) -> set[str]:
+    return edgezoo.verify_onnx(proto).rules()
+
+
+def test_a_cycle_is_refused_at_once_by_verify_and_simulate(tmp_path, capsys):
+    nodes = [
+        helper.make_node("Flatten", ["b"], ["a"], name="first"),
+        helper.make_node("Flatten", ["a"], ["b"], name="second"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cycle",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    report = edgezoo.verify_onnx(proto)
+    assert report.rules() == {"graph-order"} and "cycle" in str(report)
+    with pytest.raises(SimulationError, match="cycle"):
+        simulate_tidl(proto, np.zeros((1, 4), np.float32))
+    path = tmp_path / "cycle.onnx"
+    onnx.save(proto, path)
+    assert main(["verify", str(path)]) == 1
+    assert main(["simulate", str(path)]) == 2
+
+
+def test_non_finite_weights_are_never_ok(tmp_path):
+    proto = exported(tmp_path, qdq=False)
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    weight = numpy_helper.to_array(
+        next(i for i in proto.graph.initializer if i.name == conv.input[1])
+    )
+    broken = weight.copy()
+    broken.flat[0] = np.nan
+    replace_constant(proto, conv.input[1], broken)
+    assert "non-finite" in rules_broken(proto)
+    with pytest.raises(SimulationError, match="NaN or infinite"):
+        simulate_tidl(proto, np.zeros((1, 3, 8, 8), np.float32))
+    replace_constant(proto, conv.input[1], weight)
+    replace_constant(proto, conv.input[2], np.full(8, np.inf, np.float32))
+    assert "non-finite" in rules_broken(proto)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.25, np.nan, np.inf, 1e-45])
+def test_broken_qdq_scales_are_violations(tmp_path, scale):
+    proto = exported(tmp_path, qdq=True)
+    quantize = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"][1]
+    replace_constant(proto, quantize.input[1], np.asarray(scale, np.float32))
+    assert "qdq-scale" in rules_broken(proto)
+
+
+def test_a_tda4vm_qdq_graph_needs_power_of_two_activation_scales(tmp_path):
+    proto = exported(tmp_path, qdq=True)
+    dequantize = [
+        n
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] not in {i.name for i in proto.graph.initializer}
+    ][1]
+    replace_constant(proto, dequantize.input[1], np.asarray(0.3, np.float32))
+    assert "qdq-power-of-two" in rules_broken(proto)
+
+
+def test_a_qdq_pair_whose_zero_point_types_differ_is_a_violation(tmp_path):
+    proto = exported(tmp_path, qdq=True)
+    dequantize = activation_dequantizers(proto)[0]
+    zero = constant(proto, dequantize.input[2])
+    other = np.uint8 if zero.dtype == np.int8 else np.int8
+    proto.graph.initializer.append(numpy_helper.from_array(np.zeros(zero.shape, other), "zp2"))
+    dequantize.input[2] = "zp2"
+    assert "qdq-pair-types" in rules_broken(proto)
+
+
+def test_a_graph_without_outputs_is_a_violation(tmp_path):
+    proto = exported(tmp_path, qdq=False)
+    del proto.graph.output[:]
+    assert "no-outputs" in rules_broken(proto)
+
+
+def test_simulate_reports_every_layer_when_names_repeat(tmp_path):
+    proto = exported(tmp_path, qdq=False)
+    for node in proto.graph.node:
+        node.name = "same"
+    report = parity_report(proto, [torch.randn(2, 3, 8, 8)])
+    assert len(report.layers) == len(proto.graph.node)
