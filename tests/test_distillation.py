@@ -159,3 +159,19 @@ def test_the_cli_distils_without_labels_from_the_float_checkpoint(tmp_path):
     assert main([*qat, "--no-labels", "--out", str(tmp_path / "q2")]) == 2
     no_teacher = ["train", *quick, "--qat", "--distill", "--out", str(tmp_path / "q3")]
     assert main(no_teacher) == 2
+
+
+def test_writing_the_quantized_weights_back_keeps_what_qat_computes():
+    from edgezoo.quantization import write_back_quantized_weights
+    from edgezoo.quantization.weight_layers import QuantWeightMixin
+
+    q = QuantTrainModule(tiny_net(), torch.rand(1, 3, 8, 8))
+    q(torch.randn(8, 3, 8, 8))
+    units = [m for m in q.module.modules() if isinstance(m, QuantWeightMixin)]
+    before = [u.quantized_weight_bias()[0].detach().clone() for u in units]
+    assert write_back_quantized_weights(q) == len(units)
+    for unit, old in zip(units, before, strict=True):
+        new, _ = unit.quantized_weight_bias()
+        assert float((new != old).double().mean()) < 0.01
+        folded, _ = unit.folded_weight_bias()
+        assert torch.allclose(folded, new, rtol=0, atol=1e-6)  # the float weights are the grid

@@ -272,6 +272,8 @@ def _stuck_rank(rank: int, port: int, errors, released) -> None:
                 dist.all_reduce(torch.ones(1))
             except RuntimeError as err:
                 errors.put(str(as_distributed_error(err, ctx.rank)))
+                errors.close()
+                errors.join_thread()  # the message is in the pipe before the hard exit below
     finally:
         if rank == 0:
             os._exit(0)

@@ -145,3 +145,95 @@ def test_simulate_reports_every_layer_when_names_repeat(tmp_path):
         node.name = "same"
     report = parity_report(proto, [torch.randn(2, 3, 8, 8)])
     assert len(report.layers) == len(proto.graph.node)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("edgezoo.weight_bits", "99"),
+        ("edgezoo.activation_bits", "eight"),
+        ("edgezoo.activation_rounding", "stochastic"),
+        ("edgezoo.bias_rule", "none"),
+        ("edgezoo.input_std", "0 0 0"),
+    ],
+)
+def test_bad_metadata_is_a_violation_and_simulate_refuses_it(tmp_path, key, value, capsys):
+    proto = exported(tmp_path, qdq=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[key] = value
+    del proto.metadata_props[:]
+    helper.set_model_props(proto, props)
+    assert "metadata" in rules_broken(proto)
+    path = tmp_path / "bad.onnx"
+    onnx.save(proto, path)
+    if key != "edgezoo.input_std":
+        assert main(["simulate", str(path), "--batches", "1", "--batch-size", "1"]) == 2
+
+
+@pytest.mark.parametrize("bound", [3.0, np.inf, np.nan])
+def test_simulate_refuses_clip_bounds_tidl_cannot_hold(tmp_path, bound):
+    proto = exported(tmp_path, qdq=False)
+    clip = [n for n in proto.graph.node if n.op_type == "Clip"][1]
+    replace_constant(proto, clip.input[2], np.asarray(bound, np.float32))
+    with pytest.raises(SimulationError):
+        simulate_tidl(proto, np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_simulate_names_a_malformed_node(tmp_path):
+    proto = exported(tmp_path, qdq=False)
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    del conv.input[1:]
+    with pytest.raises(SimulationError, match="Conv"):
+        simulate_tidl(proto, np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_simulate_refuses_an_input_it_cannot_allocate(tmp_path, capsys):
+    proto = exported(tmp_path, qdq=False)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 60000
+    path = tmp_path / "huge.onnx"
+    onnx.save(proto, path)
+    assert main(["simulate", str(path)]) == 2
+    assert "values per image" in capsys.readouterr().err
+
+
+def test_sizes_and_seeds_beyond_reason_are_refused_when_parsed(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--model", "resnet18", "--input-size", "100000", "--out", "x"])
+    assert info.value.code == 2 and "at most 8192" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "resnet18", "--input-size", "32", "100000", "-o", "x"])
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "resnet18", "--seed", str(2**70), "--out", "x"])
+
+
+def test_crafted_tensors_and_missing_opsets_are_violations_not_tracebacks(tmp_path):
+    proto = exported(tmp_path, qdq=False)
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    next(i for i in proto.graph.initializer if i.name == conv.input[1]).dims[0] = 10**7
+    assert "tensor-payload" in rules_broken(proto)  # declared dims far beyond the data
+    with pytest.raises(SimulationError, match="needs"):
+        simulate_tidl(proto, np.zeros((1, 3, 8, 8), np.float32))
+    proto = exported(tmp_path, qdq=False)
+    del proto.opset_import[:]
+    assert "opset" in rules_broken(proto)
+
+
+def test_a_vector_clip_bound_is_refused(tmp_path):
+    proto = exported(tmp_path, qdq=False)
+    clip = [n for n in proto.graph.node if n.op_type == "Clip"][1]
+    replace_constant(proto, clip.input[2], np.array([4.0, 4.0], np.float32))
+    assert "clip-bounds" in rules_broken(proto)
+    with pytest.raises(SimulationError, match="scalar"):
+        simulate_tidl(proto, np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_a_model_with_nan_weights_is_not_exported(tmp_path):
+    from edgezoo.errors import ExportVerificationError
+
+    model = Tiny()
+    with torch.no_grad():
+        model.conv2.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ExportVerificationError, match=r"conv2\.weight holds NaN"):
+        edgezoo.export_onnx(model, tmp_path / "m.onnx", input_size=(8, 8), write_configs=False)
+    assert not (tmp_path / "m.onnx").exists()

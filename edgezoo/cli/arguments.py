@@ -26,13 +26,32 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def _int_at_least(text: str, low: int) -> int:
+MAX_INPUT_SIZE = 8192
+"""Largest input height or width the commands accept (a 3 x 8192 x 8192 batch of one is 800 MB
+in float32; anything larger is a typo, not an image TIDL runs)."""
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's generators take 32-bit seeds."""
+
+
+def input_size(text: str) -> int:
+    """An image height or width in [1, MAX_INPUT_SIZE]."""
+    return _int_at_least(text, 1, MAX_INPUT_SIZE)
+
+
+def seed(text: str) -> int:
+    """A seed in [0, 2^32 - 1]."""
+    return _int_at_least(text, 0, MAX_SEED)
+
+
+def _int_at_least(text: str, low: int, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
     return value
 
 
@@ -62,7 +81,7 @@ def add_input_size_hw(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-size",
         nargs=2,
-        type=positive_int,
+        type=input_size,
         metavar=("H", "W"),
         help="input height and width (default: the model's default input size)",
     )

@@ -4,10 +4,12 @@ import argparse
 from pathlib import Path
 
 from edgezoo.cli.arguments import (
+    input_size,
     non_negative_int,
     output_dir,
     positive_float,
     positive_int,
+    seed,
 )
 from edgezoo.tasks import CLASSIFICATION, TASKS
 
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibration-batches", type=positive_int, help="PTQ batches (default: per task)"
     )
     demo.add_argument(
-        "--input-size", type=positive_int, help="input height = width (default: per task)"
+        "--input-size", type=input_size, help="input height = width (default: per task)"
     )
     demo.add_argument("--batch-size", type=positive_int)
     demo.add_argument("--lr", type=positive_float, help="float learning rate (AdamW)")
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--max-batches", type=positive_int, help="cap batches per epoch and evaluation (quick runs)"
     )
-    demo.add_argument("--seed", type=non_negative_int, default=0)
+    demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--num-workers", type=non_negative_int, default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -10,12 +10,14 @@ from edgezoo.cli.arguments import (
     DATA_HELP,
     add_quantization_scheme,
     add_weights_source,
+    input_size,
     non_negative_float,
     non_negative_int,
     output_dir,
     positive_float,
     positive_int,
     quantization_config,
+    seed,
 )
 from edgezoo.errors import ResumeMismatchError, RunExistsError, UsageError
 
@@ -164,7 +166,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_weights_source(parser, backbone=True)
     parser.add_argument(
         "--input-size",
-        type=positive_int,
+        type=input_size,
         help="input height = width (default: 32 for Fashion-MNIST, 64 for composite, else "
         "the model's default)",
     )
@@ -189,7 +191,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument(
         "--lr", type=positive_float, help="learning rate (default: by mode and optimizer)"
     )
-    parser.add_argument("--seed", type=non_negative_int, help="default 0")
+    parser.add_argument("--seed", type=seed, help="default 0")
     state = parser.add_mutually_exclusive_group()
     state.add_argument(
         "--resume", action="store_true", help="continue the run in --out with its saved settings"

@@ -9,14 +9,16 @@ inference may read.
 
 import math
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 __all__ = [
     "check_model",
     "infer_shapes",
     "node_attributes",
     "order_problem",
+    "read_constants",
     "weightless_view",
     "without_argmax",
 ]
@@ -68,11 +70,15 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     inferred are still there.
     """
     view = weightless_view(proto)
+    failures = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError)
     try:
         return onnx.shape_inference.infer_shapes(view, strict_mode=True, data_prop=True), None
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
+    except failures as err:
         message = str(err).strip().splitlines()[0]
+    try:
         return onnx.shape_inference.infer_shapes(view, strict_mode=False), message
+    except failures:
+        return view, message  # no shapes at all: the rules that need them report it
 
 
 def _copy_fields(source: object, target: object, skip: str) -> None:
@@ -87,6 +93,27 @@ def _copy_fields(source: object, target: object, skip: str) -> None:
             destination.CopyFrom(value)
         else:
             setattr(target, field.name, value)
+
+
+def read_constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The graph's initializers as arrays, and what is wrong with those that cannot be read (a
+    payload that does not fit the declared shape and type: a crafted or damaged file)."""
+    constants, problems = {}, []
+    for init in graph.initializer:
+        expected = math.prod(init.dims)
+        if init.raw_data:
+            itemsize = helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            if len(init.raw_data) != expected * itemsize:
+                problems.append(
+                    f"initializer {init.name!r} holds {len(init.raw_data)} bytes, but its shape "
+                    f"{list(init.dims)} needs {expected * itemsize}"
+                )
+                continue
+        try:
+            constants[init.name] = numpy_helper.to_array(init)
+        except (ValueError, TypeError) as err:
+            problems.append(f"initializer {init.name!r} cannot be read: {err}")
+    return constants, problems
 
 
 def without_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:

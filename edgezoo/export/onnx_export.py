@@ -122,6 +122,7 @@ def export_onnx(
     are untrained, for verify_onnx). The caller's train/eval modes are restored afterwards.
     """
     path = Path(path)
+    _refuse_non_finite(model)
     wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
     settings = graph_quantization(model) if wrapped else None
     plan = export_plan(settings, target, format, opset)
@@ -386,6 +387,17 @@ def _write(proto: onnx.ModelProto, report: ExportReport, strict: bool) -> None:
     # Atomic: a full disk or a kill leaves the previous file intact, never a broken one.
     with atomic_path(report.path) as partial:
         onnx.save_model(proto, partial, save_as_external_data=False)
+
+
+def _refuse_non_finite(model: nn.Module) -> None:
+    """A NaN or infinite weight or buffer would export a graph whose every output it reaches is
+    meaningless: refuse it, naming the tensor."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ExportVerificationError(
+                f"{name} holds NaN or infinite values: the model cannot be exported; load a "
+                "checkpoint from before training diverged (or lower the learning rate)"
+            )
 
 
 def _untrained_ranges(model: nn.Module, allow_uncalibrated: bool) -> list[str]:

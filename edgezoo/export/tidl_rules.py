@@ -8,7 +8,10 @@ The depthwise (kernel, stride) table is edgezoo.check's TIDL_DEPTHWISE_KERNEL_ST
 the module lint and the graph check agree.
 """
 
+import math
+
 from edgezoo.check import TIDL_DEPTHWISE_KERNEL_STRIDE
+from edgezoo.errors import UnreadableModelError
 
 __all__ = [
     "ACTIVATION_BITS_PROP",
@@ -35,6 +38,8 @@ __all__ = [
     "WEIGHT_BITS_PROP",
     "graph_bits",
     "graph_properties",
+    "input_normalisation",
+    "metadata_problems",
 ]
 
 TIDL_SUPPORTED_OPS: frozenset[str] = frozenset(
@@ -132,6 +137,50 @@ def graph_properties(proto) -> dict[str, str]:
 
 
 def graph_bits(proto) -> tuple[int, int]:
-    """(weight bits, activation bits) an export recorded; 8 and 8 when it recorded none."""
+    """(weight bits, activation bits) an export recorded; 8 and 8 when it recorded none.
+    UnreadableModelError when a recorded value is not a bit width in [2, 16]."""
     props = graph_properties(proto)
-    return int(props.get(WEIGHT_BITS_PROP, 8)), int(props.get(ACTIVATION_BITS_PROP, 8))
+    return _bits(props, WEIGHT_BITS_PROP), _bits(props, ACTIVATION_BITS_PROP)
+
+
+def _bits(props: dict[str, str], key: str) -> int:
+    text = props.get(key, "8")
+    if not (text.isdigit() and 2 <= int(text) <= 16):
+        raise UnreadableModelError(
+            f"the graph's metadata {key}={text!r} is not a bit width in [2, 16]; re-export the "
+            "model with edgezoo.export_onnx (or remove the property)"
+        )
+    return int(text)
+
+
+def metadata_problems(proto) -> list[str]:
+    """What is wrong with the edgezoo properties an export recorded (empty when nothing)."""
+    from edgezoo.quantization.grid import ACTIVATION_ROUNDINGS, BIAS_RULES
+
+    props = graph_properties(proto)
+    problems = []
+    try:
+        graph_bits(proto)
+    except UnreadableModelError as err:
+        problems.append(str(err))
+    for key, allowed in ((ROUNDING_PROP, ACTIVATION_ROUNDINGS), (BIAS_RULE_PROP, BIAS_RULES)):
+        if key in props and props[key] not in allowed:
+            problems.append(f"{key}={props[key]!r} is not one of {', '.join(allowed)}")
+    if (INPUT_MEAN_PROP in props or INPUT_STD_PROP in props) and input_normalisation(proto) is None:
+        problems.append(
+            f"{INPUT_MEAN_PROP} / {INPUT_STD_PROP} are not one finite mean and one finite "
+            "positive std per channel"
+        )
+    return problems
+
+
+def input_normalisation(proto) -> tuple[list[float], list[float]] | None:
+    """The (mean, std) per channel an export recorded; None when absent or unusable."""
+    props = graph_properties(proto)
+    try:
+        mean = [float(v) for v in props[INPUT_MEAN_PROP].split()]
+        std = [float(v) for v in props[INPUT_STD_PROP].split()]
+    except (KeyError, ValueError):
+        return None
+    usable = len(mean) == len(std) > 0 and all(math.isfinite(v) for v in mean + std)
+    return (mean, std) if usable and all(v > 0 for v in std) else None

@@ -16,7 +16,13 @@ from onnx import numpy_helper
 
 from edgezoo.errors import ModelFileNotFoundError, UnreadableModelError
 from edgezoo.export import tidl_rules as rules
-from edgezoo.export.graph_tools import check_model, infer_shapes, node_attributes, order_problem
+from edgezoo.export.graph_tools import (
+    check_model,
+    infer_shapes,
+    node_attributes,
+    order_problem,
+    read_constants,
+)
 from edgezoo.export.qdq_rules import QDQ_OPS, check_qdq_graph, is_qdq_graph
 from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
@@ -63,11 +69,10 @@ def verify_onnx(
 def normalised_input_range(proto: onnx.ModelProto) -> tuple[float, float] | None:
     """(min, max) over channels of (0 - mean) / std and (1 - mean) / std for the normalisation
     an export recorded, or None when it recorded none."""
-    props = rules.graph_properties(proto)
-    if rules.INPUT_MEAN_PROP not in props or rules.INPUT_STD_PROP not in props:
+    normalisation = rules.input_normalisation(proto)
+    if normalisation is None:
         return None
-    mean = [float(v) for v in props[rules.INPUT_MEAN_PROP].split()]
-    std = [float(v) for v in props[rules.INPUT_STD_PROP].split()]
+    mean, std = normalisation
     low = min((0.0 - m) / s for m, s in zip(mean, std, strict=True))
     high = max((1.0 - m) / s for m, s in zip(mean, std, strict=True))
     return low, high
@@ -76,7 +81,7 @@ def normalised_input_range(proto: onnx.ModelProto) -> tuple[float, float] | None
 def input_range(proto: onnx.ModelProto) -> tuple[str, float, float] | None:
     """(node, low, high) of the range the graph input goes through first (a Clip's bounds, or
     a QuantizeLinear's representable range), or None."""
-    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    constants, _ = read_constants(proto.graph)
     inputs = [i.name for i in proto.graph.input if i.name not in constants]
     for index, node in enumerate(proto.graph.node):
         if not inputs or not node.input or node.input[0] != inputs[0]:
@@ -125,7 +130,8 @@ class _GraphChecker:
         self.quantized = quantized
         self.input_clipped = input_clipped
         self.allow_uncalibrated = allow_uncalibrated
-        self.weight_bits = rules.graph_bits(proto)[0]
+        self.metadata_problems = rules.metadata_problems(proto)
+        self.weight_bits = 8 if self.metadata_problems else rules.graph_bits(proto)[0]
         self.opset = next(
             (o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), None
         )
@@ -133,9 +139,7 @@ class _GraphChecker:
         graph = proto.graph
         self.nodes = list(graph.node)
         self.names = [node.name or f"{node.op_type}_{i}" for i, node in enumerate(self.nodes)]
-        self.constants: dict[str, np.ndarray] = {
-            init.name: numpy_helper.to_array(init) for init in graph.initializer
-        }
+        self.constants, self.payload_problems = read_constants(graph)
         for node in self.nodes:
             if node.op_type == "Constant" and node.output:
                 value = _constant_node_value(node)
@@ -175,8 +179,12 @@ class _GraphChecker:
         if problem is not None:
             yield GraphViolation("graph-order", "<graph>", problem)
             return
+        for problem in self.payload_problems:
+            yield GraphViolation("tensor-payload", "<graph>", problem)
         if not self.proto.graph.output:
             yield GraphViolation("no-outputs", "<graph>", "the graph has no outputs")
+        for problem in self.metadata_problems:
+            yield GraphViolation("metadata", "<graph>", problem)
         yield from self._check_finite()
         yield from self._check_model()
         yield from self._check_opset()

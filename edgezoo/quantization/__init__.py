@@ -25,6 +25,7 @@ from edgezoo.quantization.freeze import (
     freeze_quant_range,
     unfreeze_bn,
     unfreeze_quant_range,
+    write_back_quantized_weights,
 )
 from edgezoo.quantization.grid import (
     ceil2,
@@ -89,4 +90,5 @@ __all__ = [
     "unfreeze_quant_range",
     "weight_scale",
     "wrap_model",
+    "write_back_quantized_weights",
 ]

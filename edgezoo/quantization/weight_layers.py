@@ -211,6 +211,18 @@ class QuantWeightMixin(SavedFlagsMixin):
         return self.bias_rule, self.bias_input_range.clip_range()[0] < 0
 
     @torch.no_grad()
+    def write_back_quantized_weights(self) -> None:
+        """Replace the float weights by the quantized ones (TI's v1 does this once, at the
+        first QAT iteration): W <- fq(W * s) / s, so QAT starts from weights on the grid."""
+        if self.per_channel or not self.quantize_weights:
+            return
+        scale = None if self.bn is None else bn_scale(self.bn)
+        weight, _ = quantize_weight_ste(
+            self.weight, self.bitwidth, False, scale, self._channel_shape
+        )
+        self.weight.copy_(weight)
+
+    @torch.no_grad()
     def constrain_outliers(self) -> None:
         """Apply TI's outlier constraint to the folded weights, writing the result back to W."""
         self.outlier_check_pending = False

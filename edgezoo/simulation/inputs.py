@@ -1,5 +1,6 @@
 """Inputs for a graph alone: images from a data set at the graph's input size, or random."""
 
+import math
 from collections.abc import Iterator
 from itertools import islice
 
@@ -11,6 +12,9 @@ from torch.utils.data import DataLoader
 from edgezoo.errors import SimulationError, UnknownModelError
 from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
 
+MAX_IMAGE_ELEMENTS = 3 * 4096 * 4096
+"""Largest image (values per input) the simulation allocates batches for."""
+
 
 def graph_input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
     """The static (N, C, H, W) of the graph's input; SimulationError for anything else."""
@@ -21,6 +25,12 @@ def graph_input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
         raise SimulationError(
             f"the graph has {len(inputs)} input(s), the first of shape {list(shape)}: edgezoo "
             "simulates one static NCHW image input, as export_onnx writes it"
+        )
+    if math.prod(shape[1:]) > MAX_IMAGE_ELEMENTS:
+        raise SimulationError(
+            f"the graph's input declares {list(shape)}, {math.prod(shape[1:])} values per "
+            f"image; edgezoo simulates images of up to {MAX_IMAGE_ELEMENTS} values (about "
+            "4096 x 4096 x 3)"
         )
     return shape
 

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import Tensor
 
 from edgezoo.errors import SimulationError
-from edgezoo.export.graph_tools import node_attributes, order_problem
+from edgezoo.export.graph_tools import node_attributes, order_problem, read_constants
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
 
@@ -59,10 +58,10 @@ class GraphProgram:
         self.opset = next(
             (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 11
         )
-        self.constants = {
-            init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
-            for init in proto.graph.initializer
-        }
+        arrays, problems = read_constants(proto.graph)
+        if problems:
+            raise SimulationError(f"{problems[0]}; the file is damaged or was not written by ONNX")
+        self.constants = {name: torch.from_numpy(value.copy()) for name, value in arrays.items()}
         problem = order_problem(proto.graph)
         if problem is not None:
             raise SimulationError(f"{problem}; export the graph with edgezoo.export_onnx")
@@ -112,7 +111,14 @@ class _Runner:
                     f"simulation (it runs {', '.join(sorted(_SUPPORTED))}); export the model "
                     "with edgezoo.export_onnx from a module-only QAT model"
                 )
-            out = getattr(self, f"_{node.op_type.lower()}")(node, name)
+            try:
+                out = getattr(self, f"_{node.op_type.lower()}")(node, name)
+            except (KeyError, IndexError, TypeError) as err:
+                raise SimulationError(
+                    f"node {name} ({node.op_type}) is malformed ({type(err).__name__}: {err}): "
+                    "a required attribute or input is missing; export the model with "
+                    "edgezoo.export_onnx"
+                ) from err
             self.values[node.output[0]] = out
             if record:
                 run.nodes[name] = (node.op_type, out)
@@ -233,10 +239,10 @@ class _Runner:
         if self.opset < 11:
             attrs = node_attributes(node)
             return float(attrs["min"]), float(attrs["max"])
-        try:
-            return tuple(float(self.constants[node.input[i]].reshape(-1)[0]) for i in (1, 2))
-        except (KeyError, IndexError):
-            raise SimulationError(f"node {name} (Clip) has no constant min and max") from None
+        bounds = [self.constants.get(v) for v in node.input[1:3]]
+        if len(bounds) != 2 or any(b is None or b.numel() != 1 for b in bounds):
+            raise SimulationError(f"node {name} (Clip) needs constant scalar min and max")
+        return float(bounds[0]), float(bounds[1])
 
 
 def _non_finite(value: Tensor) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from edgezoo.errors import SimulationError
 from edgezoo.quantization.grid import activation_grid
 
 
@@ -32,7 +33,10 @@ class Grid:
         scale, low, high = (float(v) for v in activation_grid(bounds[0], bounds[1], bitwidth))
         mantissa, exponent = math.frexp(scale)
         if mantissa != 0.5:
-            raise ValueError(f"Clip({clip_min:g}, {clip_max:g}) has no power-of-two grid")
+            raise SimulationError(
+                f"Clip({clip_min:g}, {clip_max:g}) has no power-of-two grid: TIDL's Clip "
+                "ranges are (0, 2^k) or (-2^k, 2^k); export the QAT model with edgezoo.export_onnx"
+            )
         return cls(exponent - 1, int(low), int(high), clip_min, clip_max)
 
 
