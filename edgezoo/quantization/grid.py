@@ -370,20 +370,14 @@ def bias_integers(
     joint_scale: input scale x weight scale (0-d, or per output channel). bitwidth: b of the
     bias rule (the model's widest tensor): the joint limit is a signed 2b-bit integer.
     """
-    check_bias_rule(rule)
-    bias = bias.detach().double()
-    joint = torch.as_tensor(joint_scale, dtype=torch.float64, device=bias.device)
+    bias, joint = _bias_operands(bias, joint_scale, rule)
     low, high = bias_limits(bitwidth)
     if rule == BIAS_JOINT:
         return round_half_away(bias * joint).clamp_(low, high)
     own = weight_scale(bias, bitwidth).double()
-    steps = weight_integers(bias, own, bitwidth)
     ratio = joint / own  # a power of two: steps * ratio is exact
-    multiplier = bias_multiplier(bitwidth, input_signed)
-    full = steps * ratio
-    qmin, qmax = quant_limits(bitwidth, signed=True)
-    parts = torch.div(full.clamp(low, high), multiplier, rounding_mode="trunc").clamp_(qmin, qmax)
-    return torch.where(ratio > multiplier, parts * multiplier, torch.trunc(full))
+    full = weight_integers(bias, own, bitwidth) * ratio
+    return _parts_times_m(full.clamp(low, high), ratio, bitwidth, input_signed, torch.trunc(full))
 
 
 def imported_bias_integers(
@@ -402,18 +396,30 @@ def imported_bias_integers(
     QAT's biases unchanged: imported_bias_integers(bias_integers(b) / joint) ==
     bias_integers(b) under either rule.
     """
-    check_bias_rule(rule)
-    bias = bias.detach().double()
-    joint = torch.as_tensor(joint_scale, dtype=torch.float64, device=bias.device)
-    low, high = bias_limits(bitwidth)
-    integers = round_half_away(bias * joint).clamp_(low, high)
+    bias, joint = _bias_operands(bias, joint_scale, rule)
+    integers = round_half_away(bias * joint).clamp_(*bias_limits(bitwidth))
     if rule == BIAS_JOINT:
         return integers
     ratio = joint / weight_scale(bias, bitwidth).double()
+    return _parts_times_m(integers, ratio, bitwidth, input_signed, integers)
+
+
+def _bias_operands(bias: Tensor, joint_scale: Tensor | float, rule: str) -> tuple[Tensor, Tensor]:
+    """The bias and joint scale in float64 (every step of the bias rules is exact there)."""
+    check_bias_rule(rule)
+    bias = bias.detach().double()
+    return bias, torch.as_tensor(joint_scale, dtype=torch.float64, device=bias.device)
+
+
+def _parts_times_m(
+    integers: Tensor, ratio: Tensor, bitwidth: int, input_signed: bool, otherwise: Tensor
+) -> Tensor:
+    """ti_v1's split: where the joint grid is more than M times finer than the bias's own,
+    trunc(integers / M) saturated to b bits, times M; elsewhere `otherwise`."""
     multiplier = bias_multiplier(bitwidth, input_signed)
     qmin, qmax = quant_limits(bitwidth, signed=True)
     parts = torch.div(integers, multiplier, rounding_mode="trunc").clamp_(qmin, qmax)
-    return torch.where(ratio > multiplier, parts * multiplier, integers)
+    return torch.where(ratio > multiplier, parts * multiplier, otherwise)
 
 
 class _StraightThroughBias(torch.autograd.Function):
