@@ -89,7 +89,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         help="per-epoch learning-rate schedule (default cosine)",
     )
     train.add_argument(
-        "--weight-decay", type=non_negative_float, help="default: 0.05 AdamW, 4e-5 SGD"
+        "--weight-decay",
+        type=non_negative_float,
+        help="default: 0.05 AdamW (0 in QAT), 4e-5 SGD",
     )
     train.add_argument("--warmup-epochs", type=non_negative_int, help="default: 1 (float), 0 (QAT)")
     _add_qat_recipe_arguments(train)
@@ -106,7 +108,8 @@ def _add_qat_recipe_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--freeze-ranges-epoch",
         type=non_negative_int,
-        help="QAT: activation ranges stay frozen from this epoch (default TI's epochs//2 + 1)",
+        help="QAT: activation ranges stay frozen from this epoch (default 1: after the first "
+        "epoch, chosen on validation data; TI's rule is epochs//2 + 1)",
     )
     train.add_argument(
         "--distill",
@@ -224,7 +227,12 @@ def _or(value: Any, default: Any) -> Any:
 def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int):
     """The TrainConfig of a new run from the command line and the mode's defaults."""
     from edgezoo.engine import TrainConfig
-    from edgezoo.engine.recipes import default_lr, default_warmup, default_weight_decay
+    from edgezoo.engine.recipes import (
+        default_lr,
+        default_range_freeze_epoch,
+        default_warmup,
+        default_weight_decay,
+    )
     from edgezoo.engine.setup import model_task
 
     mode = args.mode or ("qat" if args.qat else "float")
@@ -238,14 +246,16 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
         batch_size=_or(args.batch_size, 64),
         lr=_or(args.lr, default_lr(mode, optimizer)),
         optimizer=optimizer,
-        weight_decay=_or(getattr(args, "weight_decay", None), default_weight_decay(optimizer)),
+        weight_decay=_or(
+            getattr(args, "weight_decay", None), default_weight_decay(optimizer, mode)
+        ),
         schedule=_or(getattr(args, "schedule", None), "cosine"),
         warmup_epochs=_or(getattr(args, "warmup_epochs", None), default_warmup(mode)),
         max_batches=args.max_batches,
         num_workers=args.num_workers,
         seed=_or(args.seed, 0),
         device=args.device,
-        **_recipe(args),
+        **{"range_freeze_epoch": default_range_freeze_epoch(mode), **_recipe(args)},
         metadata={
             "model": name,
             "data": _or(args.data, "embedded"),
