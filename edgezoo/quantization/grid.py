@@ -41,7 +41,6 @@ __all__ = [
     "fake_quantize_activation",
     "fake_quantize_bias",
     "fake_quantize_weight",
-    "imported_bias",
     "imported_bias_integers",
     "is_power_of_two",
     "keep_scale_on_import",
@@ -440,25 +439,14 @@ def fake_quantize_bias(
     bitwidth: int = 8,
     rule: str = BIAS_JOINT,
     input_signed: bool = True,
+    imported: bool = False,
 ) -> Tensor:
     """QAT's bias under `rule` (bias_integers) as values on the joint grid (scale: input scale x
-    weight scale); straight-through gradient."""
+    weight scale); with imported, what the device adds for an exported bias b
+    (imported_bias_integers). Straight-through gradient."""
     scale = torch.as_tensor(scale, device=b.device).detach()
-    return _StraightThroughBias.apply(b, scale, bitwidth, rule, input_signed, bias_integers)
-
-
-def imported_bias(
-    b: Tensor,
-    scale: Tensor,
-    bitwidth: int = 8,
-    rule: str = BIAS_JOINT,
-    input_signed: bool = True,
-) -> Tensor:
-    """The values the device adds for an exported bias b (imported_bias_integers / scale);
-    straight-through gradient."""
-    scale = torch.as_tensor(scale, device=b.device).detach()
-    args = (bitwidth, rule, input_signed, imported_bias_integers)
-    return _StraightThroughBias.apply(b, scale, *args)
+    integers = imported_bias_integers if imported else bias_integers
+    return _StraightThroughBias.apply(b, scale, bitwidth, rule, input_signed, integers)
 
 
 def apply_outlier_constraint(w: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -41,7 +41,6 @@ from edgezoo.quantization.grid import (
     check_bias_rule,
     check_bitwidth,
     fake_quantize_bias,
-    imported_bias,
     keep_scale_on_import,
     quantize_weight_ste,
 )
@@ -175,7 +174,7 @@ class QuantWeightMixin(SavedFlagsMixin):
         rule_args = (self.bias_bitwidth, *self._bias_rule_args())
         bias = fake_quantize_bias(bias, joint_scale, *rule_args)
         if bias_dtype is not None:
-            bias = imported_bias(bias.to(bias_dtype), joint_scale, *rule_args)
+            bias = fake_quantize_bias(bias.to(bias_dtype), joint_scale, *rule_args, imported=True)
         return weight, bias
 
     def deployed_weight_bias(self) -> tuple[Tensor, Tensor | None]:

@@ -24,7 +24,7 @@ from edgezoo.quantization.exact import exact_conv2d
 from edgezoo.quantization.grid import (
     BIAS_JOINT,
     fake_quantize_activation,
-    imported_bias,
+    fake_quantize_bias,
     imported_bias_integers,
     rounding_divide,
     scaled_round,
@@ -286,7 +286,8 @@ class FloatArithmetic:
         signed = value.grid.low < 0
         read = bias.to(self.dtype)
         joint_scale = torch.tensor(joint, dtype=torch.float64)
-        return imported_bias(read, joint_scale, self.bits.bias, self.bias_rule, signed)
+        args = (self.bits.bias, self.bias_rule, signed)
+        return fake_quantize_bias(read, joint_scale, *args, imported=True)
 
     def add(self, a: FloatValue, b: FloatValue) -> FloatValue:
         return FloatValue(torch.add(a.data, b.data))
