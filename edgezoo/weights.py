@@ -82,6 +82,12 @@ def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
                 f"{preview(source.keys())}"
             )
         source = nested
+    broken = [k for k, v in source.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointMismatchError(
+            f"the checkpoint holds NaN or infinite values in {preview(broken)}: training "
+            "diverged before it was saved; use an earlier checkpoint"
+        )
     return dict(source)
 
 

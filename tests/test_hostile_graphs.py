@@ -237,3 +237,45 @@ def test_a_model_with_nan_weights_is_not_exported(tmp_path):
     with pytest.raises(ExportVerificationError, match=r"conv2\.weight holds NaN"):
         edgezoo.export_onnx(model, tmp_path / "m.onnx", input_size=(8, 8), write_configs=False)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_simulate_refuses_a_bitwidth_the_graph_was_not_exported_with(tmp_path, capsys):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(exported(tmp_path, qdq=False), path)
+    assert main(["simulate", str(path), "--bitwidth", "16", "--batches", "1"]) == 2
+    assert "drop --bitwidth" in capsys.readouterr().err
+
+
+def test_evaluate_says_what_onnx_needs_and_refuses_a_nan_checkpoint(tmp_path, capsys):
+    quick = ["evaluate", "--model", "mobilenetv2", "--max-batches", "1", "--no-progress"]
+    assert main([*quick, "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "add --simulate" in capsys.readouterr().err
+    state = edgezoo.get_model("mobilenetv2", num_classes=10).state_dict()
+    state["features.0.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    assert main([*quick, "--checkpoint", str(tmp_path / "nan.pth")]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+
+
+def test_data_that_is_a_file_or_a_decompression_bomb_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    from edgezoo.data import build_task_data
+    from edgezoo.errors import DataError
+
+    text = tmp_path / "afile.txt"
+    text.write_text("not data")
+    with pytest.raises(DataError, match="is a file"):
+        build_task_data(text, "classification", 32)
+    for split in ("train", "val"):
+        (tmp_path / "folder" / split / "cat").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "folder" / "train" / "cat" / "a.png")
+    Image.new("L", (8, 8)).save(tmp_path / "folder" / "val" / "cat" / "a.png")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 16  # every image above it is a "bomb" to PIL
+    try:
+        data = build_task_data(tmp_path / "folder", "classification", 32)
+        with pytest.raises(DataError, match="cannot read image"):
+            data.train[0]
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

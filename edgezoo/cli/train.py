@@ -482,6 +482,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     name = resolve_name(args.model)
     task = model_task(name)
+    if args.onnx is not None and not args.simulate:
+        raise UsageError("--onnx is read by --simulate: add --simulate, or drop --onnx")
     if args.out is not None and (args.out / "eval.json").exists() and not args.overwrite:
         raise RunExistsError(
             f"{args.out / 'eval.json'} already exists; pass --overwrite to replace it or choose "

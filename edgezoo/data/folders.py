@@ -42,7 +42,7 @@ def read_rgb_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as opened:
             return opened.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise DataError(
             f"cannot read image {path} ({err}); replace or remove the file (a truncated or "
             "corrupt image?)"
@@ -107,7 +107,7 @@ class SegmentationFolder(Dataset):
                         "PNGs (mode L or P) whose pixel values are class ids"
                     )
                 mask = np.asarray(mask_image, dtype=np.int64)
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise DataError(f"cannot read mask {path}: {err}") from err
         ids = np.unique(mask)
         bad = ids[((ids < 0) | (ids >= self.num_classes)) & (ids != self.ignore_index)]
@@ -131,7 +131,7 @@ class SegmentationFolder(Dataset):
             try:
                 with Image.open(image_path) as opened:
                     size = opened.size
-            except (OSError, UnidentifiedImageError) as err:
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
                 raise DataError(f"cannot read image {image_path}: {err}") from err
             _check_same_size(image_path, size, mask_path, mask)
 

@@ -196,6 +196,11 @@ def _folder_data(
 
 def _split_folders(root: Path) -> dict[str, Path]:
     """root/train and root/val, or a DataError saying what the data directory needs."""
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"--data {root} is a file; pass one of {', '.join(DATA_NAMES)} or a directory "
+            "holding Fashion-MNIST idx files, or train/ and val/ sub-folders"
+        )
     if not root.is_dir():
         raise DataError(
             f"data directory {root} does not exist; pass one of {', '.join(DATA_NAMES)} or a "

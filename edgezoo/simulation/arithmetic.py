@@ -208,10 +208,11 @@ class IntegerArithmetic:
         if mode == "nearest":
             return replace(value, data=F.interpolate(value.data, scale_factor=scale))
         extra = 2 * int(math.log2(2 * scale))
-        upsampled = F.interpolate(
-            value.data.double(), scale_factor=scale, mode="bilinear", align_corners=False
-        )
-        return IntegerValue(torch.round(upsampled * 2.0**extra), value.exponent + extra)
+        # Half-pixel weights at a power-of-two scale are exact binary fractions, so float32
+        # interpolates exactly while the result, in units of 2^-extra, stays within its bound.
+        data = value.data.to(_exact_dtype(_peak(value) * 2.0**extra))
+        upsampled = F.interpolate(data, scale_factor=scale, mode="bilinear", align_corners=False)
+        return IntegerValue(torch.round(upsampled.mul_(2.0**extra)), value.exponent + extra)
 
     def argmax(self, value: IntegerValue, axis: int) -> Tensor:
         return value.data.argmax(dim=axis, keepdim=True)

@@ -73,9 +73,17 @@ class GraphProgram:
             )
         self.names = _unique_names(proto.graph)
         self.consumers: dict[str, list[str]] = {}
-        for node in proto.graph.node:
+        last_reader: dict[str, int] = {}
+        for index, node in enumerate(proto.graph.node):
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node.op_type)
+                last_reader[name] = index
+        kept = {o.name for o in proto.graph.output} | set(self.constants)
+        self.released_after: list[list[str]] = [[] for _ in proto.graph.node]
+        """Per node, the values no later node reads: freed then, so big inputs fit memory."""
+        for name, index in last_reader.items():
+            if name not in kept:
+                self.released_after[index].append(name)
         inputs = [i.name for i in proto.graph.input if i.name not in self.constants]
         if len(inputs) != 1:
             raise SimulationError(f"the graph has {len(inputs)} inputs; edgezoo simulates one")
@@ -98,13 +106,14 @@ class _Runner:
         self.constants = program.constants
         self.consumers = program.consumers
         self.names = program.names
+        self.released_after = program.released_after
         self.values: dict[str, Value | Tensor] = {}
 
     def run(self, inputs: dict[str, Tensor], record: bool) -> GraphRun:
         self.record = record
         self.values.update(inputs)
         run = GraphRun([])
-        for node, name in zip(self.graph.node, self.names, strict=True):
+        for index, (node, name) in enumerate(zip(self.graph.node, self.names, strict=True)):
             if node.op_type not in _SUPPORTED:
                 raise SimulationError(
                     f"node {name} ({node.op_type}) has no definition in edgezoo's TIDL integer "
@@ -123,6 +132,9 @@ class _Runner:
             if record:
                 run.nodes[name] = (node.op_type, out)
                 run.tensors[node.output[0]] = out
+            else:
+                for released in self.released_after[index]:
+                    self.values.pop(released, None)
         run.outputs = [self.values[o.name] for o in self.graph.output]
         return run
 
