@@ -108,8 +108,7 @@ def _add_qat_recipe_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--freeze-ranges-epoch",
         type=non_negative_int,
-        help="QAT: activation ranges stay frozen from this epoch (default 1: after the first "
-        "epoch, chosen on validation data; TI's rule is epochs//2 + 1)",
+        help="QAT: activation ranges stay frozen from this epoch (default TI's epochs//2 + 1)",
     )
     train.add_argument(
         "--distill",
@@ -229,7 +228,6 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
     from edgezoo.engine import TrainConfig
     from edgezoo.engine.recipes import (
         default_lr,
-        default_range_freeze_epoch,
         default_warmup,
         default_weight_decay,
     )
@@ -255,7 +253,7 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
         num_workers=args.num_workers,
         seed=_or(args.seed, 0),
         device=args.device,
-        **{"range_freeze_epoch": default_range_freeze_epoch(mode), **_recipe(args)},
+        **_recipe(args),
         metadata={
             "model": name,
             "data": _or(args.data, "embedded"),
