@@ -138,6 +138,7 @@ def model_section(name: str, runs: dict[str, Any], figures: Path) -> str:
         )
     lines.append("")
     lines.extend(goal_lines(named, classification))
+    lines.extend(design_lines(named, classification))
     lines.append("\nEvery recipe tried on validation (the choice is made on this column):\n")
     lines.append(f"| schedule | lr | validation {metric} | test {metric} | seconds |")
     lines.append("|---|---|---|---|---|")
@@ -177,6 +178,22 @@ def goal_lines(named: dict[str, Any], classification: bool) -> list[str]:
         ),
     ]
     return [f"- Goal: {text}: **{'met' if ok else 'missed'}**" for text, ok in checks]
+
+
+def design_lines(named: dict[str, Any], classification: bool) -> list[str]:
+    """The choices where edgezoo and TI's v1 differ, each against the chosen recipe."""
+    lines = []
+    for run, text in (
+        ("qat_chosen_bias_joint", "bias rule joint instead of ti_v1"),
+        (
+            "qat_chosen_weights_written_back",
+            "quantized weights written back (TI v1) instead of not",
+        ),
+    ):
+        if run in named:
+            versus = paired(named[run], named["qat_chosen"], classification)
+            lines.append(f"- Design choice, {text}: {versus} against the chosen recipe")
+    return lines
 
 
 def paired(record: dict[str, Any], other: dict[str, Any], classification: bool) -> str:
