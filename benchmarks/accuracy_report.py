@@ -72,8 +72,11 @@ the mIoU difference for segmentation.
 What was not measured: TI's v1 computes each conv twice (float for ranges and BN statistics,
 quantized for the forward); edgezoo runs one conv with batch-statistics BN. Only the two other
 differences between the designs are measured here (the bias rule, and writing quantized
-weights back). One run per recipe and seed 0 only: the paired tests, not the digits, say which
-differences are real.
+weights back); each model's section lists them against its chosen recipe. Decisions taken from
+them: edgezoo does not write quantized weights back (no gain on the classifiers, a significant
+loss on segmentation), and keeps the ti_v1 bias rule for TDA4VM (no accuracy difference the
+paired tests can see; chosen for device fidelity, docs/integer_simulation.md). One run per
+recipe and seed 0 only: the paired tests, not the digits, say which differences are real.
 
 Published anchors, for scale only (ImageNet, other models' data, not comparable figures):
 TI v1 MobileNetV2 72.13 float -> 71.76 QAT; NNCF 71.87 -> 71.07; AIMET 71.67 -> 71.14 (per-tensor
