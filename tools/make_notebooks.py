@@ -1,393 +1,323 @@
-"""Write notebooks/qat_classification.ipynb and notebooks/qat_segmentation.ipynb.
+"""Write (and with --execute, run and store with outputs) the two QAT notebooks.
 
-The notebooks are generated so that their code stays reviewable as Python and they are
-committed without outputs (execution_count None); ruff then formats their code cells. Run
-from the repository root:
+notebooks/qat_classification.ipynb (MobileNetV2, Fashion-MNIST subset) and
+notebooks/qat_segmentation.ipynb (DeepLabV3+ MobileNetV2, composite scenes) teach the flow a
+TIDL user follows with edgezoo's public API and a plain PyTorch training loop: float model,
+check and conversion, PTQ baseline, QAT with distillation and a freeze schedule, save and
+reload, export, verify, integer simulation, the TIDL compile options. The code lives here so it
+stays reviewable as Python; run from the repository root:
 
-    python tools/make_notebooks.py
+    python tools/make_notebooks.py            # write them without outputs
+    python tools/make_notebooks.py --execute  # run them at default settings and store outputs
+
+Executing writes files only to a temporary folder (EDGEZOO_NOTEBOOK_OUT overrides it), so the
+checkout stays clean.
 """
 
-import subprocess
-import sys
+import argparse
+import tempfile
+import time
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TIME_MARK = "Measured run time"
 
-SETTINGS_NOTE = (
-    "## Settings\n\n"
-    "`EDGEZOO_NOTEBOOK_SMALL=1` (set by the test suite) shrinks every stage to a few batches, so "
-    "the whole chain runs in seconds; the numbers are then meaningless. Without it, the "
-    "notebook trains for a few minutes on two CPU cores. Files go to `OUT` (relative to the "
-    "notebook's working directory)."
+
+def settings(name: str, model: str, task: str, size: int, float_epochs: int, qat_epochs: int):
+    return f'''import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+import edgezoo
+
+SMALL = os.environ.get("EDGEZOO_NOTEBOOK_SMALL") == "1"  # the test suite's seconds-long run
+MODEL, TASK, INPUT_SIZE = "{model}", "{task}", {size}
+FLOAT_EPOCHS = 1 if SMALL else {float_epochs}  # only when no float checkpoint is given
+QAT_EPOCHS = 2 if SMALL else {qat_epochs}
+MAX_BATCHES = 2 if SMALL else None  # caps every loop (training, calibration, evaluation)
+FLOAT_CHECKPOINT = os.environ.get("EDGEZOO_FLOAT_CHECKPOINT")  # your trained float model
+# Files go to a temporary folder, never into the checkout.
+OUT = Path(os.environ.get("EDGEZOO_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="edgezoo-{name}-"))
+OUT.mkdir(parents=True, exist_ok=True)
+torch.manual_seed(0)
+torch.set_num_threads(1 if SMALL else torch.get_num_threads())
+OUT'''
+
+
+BATCHES = """def batches(loader):
+    \"\"\"The loader, cut to MAX_BATCHES batches in the small run.\"\"\"
+    for index, batch in enumerate(loader):
+        if MAX_BATCHES is not None and index >= MAX_BATCHES:
+            return
+        yield batch
+"""
+
+DATA_CLASSIFICATION = '''from edgezoo.data import IMAGENET_MEAN, IMAGENET_STD, build_task_data
+
+data = build_task_data("embedded", TASK, INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+train_loader = DataLoader(data.train, batch_size=64, shuffle=True)
+test_loader = DataLoader(data.val, batch_size=256)
+example = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE)  # fixes the input shape for tracing
+criterion = torch.nn.CrossEntropyLoss()
+
+{batches}
+
+@torch.no_grad()
+def evaluate(model):
+    """Test top-1 (%) in eval mode."""
+    model.eval()
+    correct = total = 0
+    for images, labels in batches(test_loader):
+        correct += int((model(images).argmax(1) == labels).sum())
+        total += len(labels)
+    return 100.0 * correct / total
+
+
+data.description'''
+
+DATA_SEGMENTATION = '''from edgezoo.data import IMAGENET_MEAN, IMAGENET_STD, build_task_data
+
+data = build_task_data(
+    "composite", TASK, INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD, composite_scenes=(2000, 256)
 )
+train_loader = DataLoader(data.train, batch_size=16, shuffle=True)
+test_loader = DataLoader(data.val, batch_size=32)
+example = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE)
+criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
 
-CLASSIFICATION = [
-    new_markdown_cell(
-        "# Quantization-aware training for TIDL: classification\n\n"
-        "MobileNetV2 on the Fashion-MNIST subset shipped with edgezoo (real images, 6000 train / "
-        "1000 test): float training, post-training quantization (PTQ), quantization-aware "
-        "training (QAT), export to a TIDL-ready ONNX file, verification, and plots. All "
-        "quantization is 8-bit power-of-two per-tensor, as TI's TIDL runs it. No pretrained "
-        "weights are downloaded: the model trains from scratch."
-    ),
-    new_markdown_cell(SETTINGS_NOTE),
-    new_code_cell(
-        "import os\n"
-        "from pathlib import Path\n\n"
-        "import torch\n\n"
-        'SMALL = os.environ.get("EDGEZOO_NOTEBOOK_SMALL") == "1"\n'
-        'MODEL = "mobilenetv2"\n'
-        "INPUT_SIZE = 32\n"
-        "BATCH_SIZE = 64\n"
-        "FLOAT_EPOCHS = 1 if SMALL else 5\n"
-        "QAT_EPOCHS = 1 if SMALL else 2\n"
-        "CALIBRATION_BATCHES = 2 if SMALL else 32\n"
-        "MAX_BATCHES = 3 if SMALL else None  # caps training and evaluation batches\n"
-        'OUT = Path("qat_classification_out")\n'
-        "OUT.mkdir(exist_ok=True)\n"
-        "torch.manual_seed(0)\n"
-        "torch.set_num_threads(1 if SMALL else torch.get_num_threads())"
-    ),
-    new_markdown_cell(
-        "## Data\n\n"
-        "`build_task_data` gives train / test datasets with the model's normalisation; the "
-        "training split is augmented."
-    ),
-    new_code_cell(
-        "from edgezoo.data import build_task_data\n"
-        "from edgezoo.engine.setup import preprocessing\n\n"
-        "mean, std = preprocessing(MODEL)\n"
-        'data = build_task_data("embedded", "classification", INPUT_SIZE, mean, std)\n'
-        "data.description"
-    ),
-    new_markdown_cell(
-        "## Float training\n\n"
-        "`get_model` builds the module-only MobileNetV2 (every operation is a module, so it can "
-        "be quantized without rewriting). `fit` is the engine's loop: it validates every epoch "
-        "and writes `last.pth` / `best.pth` and the metrics to the run folder."
-    ),
-    new_code_cell(
-        "from edgezoo import get_model\n"
-        "from edgezoo.engine import LAST, TrainConfig, fit\n\n\n"
-        "def config(mode, epochs, lr):\n"
-        '    """The run settings of one stage."""\n'
-        "    return TrainConfig(\n"
-        '        task="classification",\n'
-        "        mode=mode,\n"
-        "        num_classes=data.num_classes,\n"
-        "        epochs=epochs,\n"
-        "        batch_size=BATCH_SIZE,\n"
-        "        lr=lr,\n"
-        '        optimizer="adamw",\n'
-        "        weight_decay=0.05,\n"
-        "        max_batches=MAX_BATCHES,\n"
-        "        seed=0,\n"
-        "    )\n\n\n"
-        "model = get_model(MODEL, num_classes=data.num_classes)\n"
-        'float_run = fit(model, data.train, data.val, config("float", FLOAT_EPOCHS, 2e-3), '
-        'OUT / "float", progress=False)\n'
-        'float_checkpoint = OUT / "float" / LAST\n'
-        'float_run.final["val_top1"]'
-    ),
-    new_markdown_cell(
-        "## PTQ: calibration\n\n"
-        '`QuantCalibrateModule` (through `build_model(mode="calibrate")`) inserts power-of-two '
-        "quantizers, collects activation ranges on training batches and nudges biases towards "
-        "the float outputs. No gradients: this is what TIDL's own calibration does."
-    ),
-    new_code_cell(
-        "from torch.utils.data import Subset\n\n"
-        "from edgezoo.engine.setup import build_model\n\n"
-        "calibrated = build_model(\n"
-        '    MODEL, data.num_classes, INPUT_SIZE, mode="calibrate", checkpoint=float_checkpoint\n'
-        ")\n"
-        "# A fixed random subset of the training set is the calibration data.\n"
-        "order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))\n"
-        "calibration_set = Subset(data.train, order[: CALIBRATION_BATCHES * BATCH_SIZE].tolist())\n"
-        "ptq_run = fit(\n"
-        '    calibrated, calibration_set, data.val, config("calibrate", 1, 0.0), OUT / "ptq",\n'
-        "    progress=False,\n"
-        ")\n"
-        'ptq_run.final["val_top1"]'
-    ),
-    new_markdown_cell(
-        "## QAT\n\n"
-        '`QuantTrainModule` (through `build_model(mode="qat")`) fine-tunes the float checkpoint '
-        "with the quantizers in the forward pass; the engine applies TI's schedule (BatchNorm "
-        "frozen from epoch epochs//2 - 1, ranges from epochs//2 + 1). The learning rate is "
-        "about 20x below the float one."
-    ),
-    new_code_cell(
-        'qat = build_model(MODEL, data.num_classes, INPUT_SIZE, mode="qat", '
-        "checkpoint=float_checkpoint)\n"
-        'qat_run = fit(qat, data.train, data.val, config("qat", QAT_EPOCHS, 1e-4), OUT / "qat", '
-        "progress=False)\n"
-        "results = {\n"
-        '    "float": float_run.final["val_top1"],\n'
-        '    "PTQ": ptq_run.final["val_top1"],\n'
-        '    "QAT": qat_run.final["val_top1"],\n'
-        "}\n"
-        "for stage, top1 in results.items():\n"
-        '    print(f"{stage:>5}: top-1 {top1:.2f} %")'
-    ),
-    new_markdown_cell(
-        "## Which layers lose signal\n\n"
-        "`layer_report` compares every conv/linear output of the quantized model with a float "
-        "reference on the same inputs: weight clip, activation range and SQNR per layer. The "
-        "first layer where SQNR drops sharply is the one to look at."
-    ),
-    new_code_cell(
-        "from torch.utils.data import DataLoader\n\n"
-        "from edgezoo.quantization import layer_report\n\n"
-        "batches = DataLoader(data.val, batch_size=BATCH_SIZE)\n"
-        "report = layer_report(qat, batches, max_batches=2)\n"
-        "print(report)"
-    ),
-    new_markdown_cell(
-        "## Export and verify\n\n"
-        "`export_onnx` converts the QAT model to its deploy form (activation ranges become ONNX "
-        "`Clip` nodes, weights on TIDL's grid), checks onnxruntime against PyTorch, checks "
-        "TIDL's import rules and writes the TIDL import / inference config files beside it. "
-        "`verify_onnx` re-checks the written file on its own."
-    ),
-    new_code_cell(
-        "from edgezoo.export import export_onnx, verify_onnx\n\n"
-        'onnx_path = OUT / f"{MODEL}_qat.onnx"\n'
-        "export = export_onnx(\n"
-        "    qat,\n"
-        "    onnx_path,\n"
-        "    example_input=data.val[0][0][None],\n"
-        "    model_name=MODEL,\n"
-        '    task="classification",\n'
-        '    preprocessing={"mean": list(mean), "std": list(std)},\n'
-        ")\n"
-        "verification = verify_onnx(onnx_path)\n"
-        "print(export)\n"
-        "print(verification)\n"
-        "assert verification.ok"
-    ),
-    new_markdown_cell(
-        "## Run the ONNX file\n\n"
-        "onnxruntime on a few test images, one at a time (the file has TIDL's static batch of "
-        "1): the exported model predicts what the QAT model does."
-    ),
-    new_code_cell(
-        "import numpy as np\n\n"
-        "from edgezoo.export import onnxruntime_session\n\n"
-        "session = onnxruntime_session(onnx_path)\n"
-        "input_name = session.get_inputs()[0].name\n"
-        "images = torch.stack([data.val[i][0] for i in range(16)])\n"
-        "# The file has a static batch of 1, as TIDL imports it.\n"
-        "onnx_logits = np.concatenate(\n"
-        "    [session.run(None, {input_name: image[None].numpy()})[0] for image in images]\n"
-        ")\n"
-        "qat.eval()\n"
-        "with torch.no_grad():\n"
-        "    torch_logits = qat(images).numpy()\n"
-        "agreement = float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1)))\n"
-        'print(f"ONNX and PyTorch agree on {agreement:.0%} of 16 predictions")'
-    ),
-    new_markdown_cell(
-        "## Plots\n\nTest accuracy per epoch: float training, the PTQ point, then QAT."
-    ),
-    new_code_cell(
-        "import json\n\n"
-        "import matplotlib.pyplot as plt\n\n"
-        'float_top1 = [r["val_top1"] for r in float_run.history]\n'
-        'qat_top1 = [r["val_top1"] for r in qat_run.history]\n'
-        "x_float = list(range(1, len(float_top1) + 1))\n"
-        "x_qat = [len(float_top1) + e for e in range(1, len(qat_top1) + 1)]\n"
-        "figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))\n"
-        'left.plot(x_float, float_top1, "o-", label="float")\n'
-        'left.plot([len(float_top1) + 0.5], [results["PTQ"]], "s", label="PTQ")\n'
-        'left.plot(x_qat, qat_top1, "o-", label="QAT")\n'
-        'left.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{MODEL}, w8 a8 power-of-two")\n'
-        "left.legend()\n"
-        'right.plot([s.sqnr_db for s in report.layers], "o-", ms=3)\n'
-        'right.set(xlabel="conv / linear layer", ylabel="SQNR (dB)", title="QAT per-layer SQNR")\n'
-        'figure.savefig(OUT / "accuracy.png")\n'
-        'summary = {"top1": results, "onnx": str(onnx_path), "verified": verification.ok}\n'
-        '(OUT / "results.json").write_text(json.dumps(summary, indent=2))\n'
-        "plt.show()"
-    ),
-]
+{batches}
 
-SEGMENTATION = [
-    new_markdown_cell(
-        "# Quantization-aware training for TIDL: segmentation\n\n"
-        "DeepLabV3+ with a MobileNetV2 backbone on a **COMPOSITE** segmentation set: real "
-        "Fashion-MNIST items pasted onto a blank 64x64 canvas, each item's pixels labelled with "
-        "its class (background 0). No real multi-object segmentation set with masks ships "
-        "offline, so this composite set stands in; its mIoU says nothing about Cityscapes or "
-        "VOC. The chain is the same as for classification: float training, PTQ, QAT, export "
-        "(with the ArgMax TIDL expects at the end), verification and plots."
-    ),
-    new_markdown_cell(SETTINGS_NOTE),
-    new_code_cell(
-        "import os\n"
-        "from pathlib import Path\n\n"
-        "import torch\n\n"
-        'SMALL = os.environ.get("EDGEZOO_NOTEBOOK_SMALL") == "1"\n'
-        'MODEL = "deeplabv3plus_mobilenetv2"\n'
-        "INPUT_SIZE = 64\n"
-        "BATCH_SIZE = 16 if SMALL else 32\n"
-        "SCENES = (64, 32) if SMALL else (2000, 500)  # composite (train, test) scenes\n"
-        "FLOAT_EPOCHS = 1 if SMALL else 4\n"
-        "QAT_EPOCHS = 1 if SMALL else 2\n"
-        "CALIBRATION_BATCHES = 2 if SMALL else 16\n"
-        "MAX_BATCHES = 2 if SMALL else None  # caps training and evaluation batches\n"
-        'OUT = Path("qat_segmentation_out")\n'
-        "OUT.mkdir(exist_ok=True)\n"
-        "torch.manual_seed(0)\n"
-        "torch.set_num_threads(1 if SMALL else torch.get_num_threads())"
-    ),
-    new_markdown_cell(
-        "## Data\n\n"
-        "Composite scenes from the embedded Fashion-MNIST items. Scene i depends only on the "
-        "seed and i, so every run sees the same scenes."
-    ),
-    new_code_cell(
-        "from edgezoo.data import build_task_data\n"
-        "from edgezoo.engine.setup import preprocessing\n\n"
-        "mean, std = preprocessing(MODEL)\n"
-        "data = build_task_data(\n"
-        '    "composite", "segmentation", INPUT_SIZE, mean, std, composite_scenes=SCENES\n'
-        ")\n"
-        "data.description"
-    ),
-    new_markdown_cell(
-        "## Float training\n\n"
-        "`get_model` builds the module-only DeepLabV3+ (its upsampling and concatenation are "
-        "modules TIDL supports); `fit` trains it, validating mIoU every epoch."
-    ),
-    new_code_cell(
-        "from edgezoo import get_model\n"
-        "from edgezoo.engine import LAST, TrainConfig, fit\n\n\n"
-        "def config(mode, epochs, lr):\n"
-        '    """The run settings of one stage."""\n'
-        "    return TrainConfig(\n"
-        '        task="segmentation",\n'
-        "        mode=mode,\n"
-        "        num_classes=data.num_classes,\n"
-        "        ignore_index=data.ignore_index,\n"
-        "        epochs=epochs,\n"
-        "        batch_size=BATCH_SIZE,\n"
-        "        lr=lr,\n"
-        '        optimizer="adamw",\n'
-        "        weight_decay=0.05,\n"
-        "        max_batches=MAX_BATCHES,\n"
-        "        seed=0,\n"
-        "    )\n\n\n"
-        "model = get_model(MODEL, num_classes=data.num_classes)\n"
-        'float_run = fit(model, data.train, data.val, config("float", FLOAT_EPOCHS, 2e-3), '
-        'OUT / "float", progress=False)\n'
-        'float_checkpoint = OUT / "float" / LAST\n'
-        'float_run.final["val_miou"]'
-    ),
-    new_markdown_cell(
-        "## PTQ: calibration\n\nRanges and biases from a few training batches, without gradients."
-    ),
-    new_code_cell(
-        "from torch.utils.data import Subset\n\n"
-        "from edgezoo.engine.setup import build_model\n\n"
-        "calibrated = build_model(\n"
-        '    MODEL, data.num_classes, INPUT_SIZE, mode="calibrate", checkpoint=float_checkpoint\n'
-        ")\n"
-        "# A fixed random subset of the training set is the calibration data.\n"
-        "order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))\n"
-        "calibration_set = Subset(data.train, order[: CALIBRATION_BATCHES * BATCH_SIZE].tolist())\n"
-        "ptq_run = fit(\n"
-        '    calibrated, calibration_set, data.val, config("calibrate", 1, 0.0), OUT / "ptq",\n'
-        "    progress=False,\n"
-        ")\n"
-        'ptq_run.final["val_miou"]'
-    ),
-    new_markdown_cell(
-        "## QAT\n\nFine-tune the float checkpoint with quantizers in the forward pass."
-    ),
-    new_code_cell(
-        'qat = build_model(MODEL, data.num_classes, INPUT_SIZE, mode="qat", '
-        "checkpoint=float_checkpoint)\n"
-        'qat_run = fit(qat, data.train, data.val, config("qat", QAT_EPOCHS, 1e-4), OUT / "qat", '
-        "progress=False)\n"
-        "results = {\n"
-        '    "float": float_run.final["val_miou"],\n'
-        '    "PTQ": ptq_run.final["val_miou"],\n'
-        '    "QAT": qat_run.final["val_miou"],\n'
-        "}\n"
-        "for stage, miou in results.items():\n"
-        '    print(f"{stage:>5}: mIoU {miou:.2f} % (COMPOSITE scenes)")'
-    ),
-    new_markdown_cell(
-        "## Which layers lose signal\n\nPer-layer range, weight clip and SQNR of the QAT model."
-    ),
-    new_code_cell(
-        "from torch.utils.data import DataLoader\n\n"
-        "from edgezoo.quantization import layer_report\n\n"
-        "report = layer_report(qat, DataLoader(data.val, batch_size=BATCH_SIZE), max_batches=2)\n"
-        "print(report)"
-    ),
-    new_markdown_cell(
-        "## Export and verify\n\n"
-        "`argmax=True` appends the ArgMax(axis=1) TIDL uses to emit a class map; the parity "
-        "check runs on the logits before it."
-    ),
-    new_code_cell(
-        "from edgezoo.export import export_onnx, verify_onnx\n\n"
-        'onnx_path = OUT / f"{MODEL}_qat.onnx"\n'
-        "export = export_onnx(\n"
-        "    qat,\n"
-        "    onnx_path,\n"
-        "    example_input=data.val[0][0][None],\n"
-        "    argmax=True,\n"
-        "    model_name=MODEL,\n"
-        '    task="segmentation",\n'
-        '    preprocessing={"mean": list(mean), "std": list(std)},\n'
-        ")\n"
-        "verification = verify_onnx(onnx_path)\n"
-        "print(export)\n"
-        "print(verification)\n"
-        "assert verification.ok"
-    ),
-    new_markdown_cell(
-        "## Run the ONNX file and plot\n\n"
-        "onnxruntime gives a class map for one test scene; next to it, the scene, its mask, "
-        "and mIoU per stage."
-    ),
-    new_code_cell(
-        "import json\n\n"
-        "import matplotlib.pyplot as plt\n\n"
-        "from edgezoo.export import onnxruntime_session\n\n"
-        "session = onnxruntime_session(onnx_path)\n"
-        "image, mask = data.val[0]\n"
-        "classes = session.run(None, {session.get_inputs()[0].name: image[None].numpy()})[0]\n"
-        "figure, axes = plt.subplots(1, 4, figsize=(14, 3.5))\n"
-        'axes[0].imshow(image[0], cmap="gray")\n'
-        'axes[0].set_title("composite scene")\n'
-        'axes[1].imshow(mask, vmin=0, vmax=data.num_classes - 1, cmap="tab20")\n'
-        'axes[1].set_title("mask")\n'
-        'axes[2].imshow(classes[0, 0], vmin=0, vmax=data.num_classes - 1, cmap="tab20")\n'
-        'axes[2].set_title("QAT ONNX prediction")\n'
-        "for axis in axes[:3]:\n"
-        '    axis.axis("off")\n'
-        "axes[3].bar(list(results), list(results.values()))\n"
-        'axes[3].set(ylabel="test mIoU (%)", title="COMPOSITE scenes")\n'
-        'figure.savefig(OUT / "segmentation.png")\n'
-        'summary = {"miou": results, "onnx": str(onnx_path), "verified": verification.ok}\n'
-        '(OUT / "results.json").write_text(json.dumps(summary, indent=2))\n'
-        "plt.show()"
-    ),
-]
+@torch.no_grad()
+def evaluate(model):
+    """Test mIoU (%) in eval mode, over the classes present."""
+    model.eval()
+    n = data.num_classes
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    for images, masks in batches(test_loader):
+        predicted = model(images).argmax(1)
+        kept = masks != 255
+        confusion += torch.bincount(masks[kept] * n + predicted[kept], minlength=n * n).view(n, n)
+    inter = confusion.diag().double()
+    union = confusion.sum(0) + confusion.sum(1) - confusion.diag()
+    return 100.0 * float((inter[union > 0] / union[union > 0]).mean())
 
 
-def write_notebook(path: Path, cells: list) -> None:
-    """Write cells as an output-free notebook with the venv's python3 kernel."""
+data.description'''
+
+FLOAT_MODEL = '''def train(model, epochs, lr, teacher=None, distill=None, schedule=None, log=None):
+    """A plain PyTorch loop: what your own training code already does."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for epoch in range(epochs):
+        if schedule is not None:
+            schedule.step(model, epoch)  # BN and range freezing for this epoch
+        model.train()
+        for images, labels in batches(train_loader):
+            outputs = model(images)
+            if distill is None:
+                loss = criterion(outputs, labels)
+            else:
+                with torch.no_grad():
+                    target_logits = teacher(images)
+                loss = distill(outputs, target_logits, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if log is not None:
+            log.append(evaluate(model))
+
+
+float_model = edgezoo.get_model(MODEL, num_classes=data.num_classes)
+if FLOAT_CHECKPOINT:
+    float_model.load_state_dict(torch.load(FLOAT_CHECKPOINT, weights_only=True))
+else:  # a small float model of our own, trained from scratch
+    train(float_model, FLOAT_EPOCHS, 2e-3)
+torch.save(float_model.state_dict(), OUT / "float.pth")
+results = {"float": evaluate(float_model)}
+results'''
+
+CHECK = """import torchvision
+
+report = edgezoo.check_model(float_model, example)
+print("our model:", "module-only, QAT-ready" if report.ok else report)
+
+# A model written with functional calls (torchvision's ResNet18 shares one ReLU and adds with +)
+# is converted automatically; make_module_only shows what changes.
+converted, changes = edgezoo.make_module_only(
+    torchvision.models.resnet18(), torch.rand(1, 3, 64, 64), return_report=True
+)
+print(changes)"""
+
+PTQ = """calibrated = edgezoo.QuantCalibrateModule(copy.deepcopy(float_model), example)
+calibrated.train()  # collects ranges and nudges biases; no gradients, BN stays frozen
+with torch.no_grad():
+    for images, _ in batches(DataLoader(Subset(data.train, range(1024)), batch_size=64)):
+        calibrated(images)
+results["PTQ"] = evaluate(calibrated)
+results"""
+
+QAT = """q = edgezoo.QuantTrainModule(copy.deepcopy(float_model), example)
+teacher = float_model.eval()
+distill = edgezoo.DistillationLoss(temperature=2.0, weight=0.5{ignore})
+# The recipe edgezoo chose on validation data (docs/accuracy.md): lr 1e-4 with AdamW and no
+# weight decay, TI's freeze schedule, distillation from the float model.
+schedule = edgezoo.QATSchedule(QAT_EPOCHS)
+qat_history = []
+train(q, QAT_EPOCHS, 1e-4, teacher, distill, schedule, qat_history)
+results["QAT"] = evaluate(q)
+results"""
+
+RELOAD = """torch.save(q.module.state_dict(), OUT / "qat.pth")  # your keys + ranges + switches
+
+# Later, or on another machine: the same architecture, wrapped for evaluation, loads it.
+tested = edgezoo.QuantTestModule(edgezoo.get_model(MODEL, num_classes=data.num_classes), example)
+tested.module.load_state_dict(torch.load(OUT / "qat.pth", weights_only=True))
+images, _ = next(iter(test_loader))
+with torch.no_grad():
+    same = torch.equal(tested(images), q.eval()(images))
+print("reloaded model computes the same outputs:", same)"""
+
+EXPORT = """onnx_path = OUT / f"{{MODEL}}_qat.onnx"
+export = edgezoo.export_onnx(
+    tested, onnx_path, model_name=MODEL, input_size=(INPUT_SIZE, INPUT_SIZE){argmax}
+)
+print(export)  # nodes, parity, the integer check against QAT, verification, files written
+verification = edgezoo.verify_onnx(onnx_path)
+print(verification)"""
+
+SIMULATE = """from edgezoo.simulation import parity_report
+
+(device,) = edgezoo.simulate_tidl(onnx_path, images)  # what TIDL outputs, dequantized
+with torch.no_grad():
+    qat_outputs = tested(images)
+if TASK == "segmentation":  # the graph ends in ArgMax: compare the class maps
+    qat_outputs = qat_outputs.argmax(1, keepdim=True)
+same = bool((torch.from_numpy(device) == qat_outputs.to(torch.from_numpy(device).dtype)).all())
+print("the device's outputs equal the QAT model's, bit for bit:", same)
+print(parity_report(onnx_path, [images[:4]]))  # every layer: integers vs QAT's arithmetic"""
+
+TIDL_OPTIONS = """options = json.loads(export.config_files["compile_options"].read_text())
+for key, value in options["provider_options"].items():
+    print(f"{key:45} {value!s:>10}  {options['option_meanings'][key]}")"""
+
+PLOTS = """import matplotlib.pyplot as plt
+
+sqnr = edgezoo.layer_report(q, [images[:16]])
+figure, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+axes[0].plot(range(1, len(qat_history) + 1), qat_history, marker="o")
+axes[0].axhline(results["float"], color="gray", linestyle="--", label="float")
+axes[0].axhline(results["PTQ"], color="tab:orange", linestyle=":", label="PTQ")
+axes[0].set(xlabel="QAT epoch", ylabel="test {metric} (%)", title="QAT per epoch")
+axes[0].legend()
+axes[1].plot([layer.sqnr_db for layer in sqnr.layers], marker=".")
+axes[1].set(xlabel="conv / linear layer", ylabel="SQNR (dB)", title="per-layer SQNR after QAT")
+axes[2].bar(list(results), list(results.values()))
+axes[2].set(ylabel="test {metric} (%)", title="{title}")
+figure.tight_layout()
+figure.savefig(OUT / "qat.png")
+summary = {{"{key}": results, "onnx": str(onnx_path), "verified": verification.ok}}
+(OUT / "results.json").write_text(json.dumps(summary, indent=2))
+plt.close(figure)
+from IPython.display import Image  # shown whatever matplotlib backend the kernel uses
+
+Image(filename=str(OUT / "qat.png"))"""
+
+
+def notebook_cells(task: str) -> list:
+    classification = task == "classification"
+    if classification:
+        intro = (
+            "# Quantization-aware training for TIDL: classification\n\n"
+            "MobileNetV2 on the Fashion-MNIST subset shipped with edgezoo (real images, 6000 "
+            "train / 1000 test), in the order a TIDL user lives it, with edgezoo's public API "
+            "and your own PyTorch loop: float model, check, PTQ baseline, QAT with "
+            "distillation, save and reload, export, verify, integer simulation, TIDL options."
+        )
+        setup = settings("classification", "mobilenetv2", "classification", 32, 4, 3)
+        data, metric, key, title = DATA_CLASSIFICATION, "top-1", "top1", "Fashion-MNIST subset"
+    else:
+        intro = (
+            "# Quantization-aware training for TIDL: segmentation\n\n"
+            "DeepLabV3+ MobileNetV2 on COMPOSITE scenes (real Fashion-MNIST items pasted on a "
+            "background, 64x64; not a real segmentation data set), the same flow as the "
+            "classification notebook: float model, check, PTQ, QAT with distillation (per "
+            "pixel), save and reload, export with ArgMax, verify, integer simulation."
+        )
+        setup = settings("segmentation", "deeplabv3plus_mobilenetv2", "segmentation", 64, 3, 2)
+        data, metric, key, title = DATA_SEGMENTATION, "mIoU", "miou", "COMPOSITE scenes"
+    ignore = "" if classification else ", ignore_index=255"
+    argmax = "" if classification else ", argmax=True"
+    return [
+        new_markdown_cell(intro + f"\n\n{TIME_MARK}: not yet measured."),
+        new_markdown_cell(
+            "## Settings\n\n`EDGEZOO_NOTEBOOK_SMALL=1` (the test suite) runs every loop for two "
+            "batches: seconds, meaningless numbers. `EDGEZOO_FLOAT_CHECKPOINT=path.pth` starts "
+            "from your own float model instead of training a small one here."
+        ),
+        new_code_cell(setup),
+        new_markdown_cell("## Data\n\nTrain and test sets with ImageNet normalisation."),
+        new_code_cell(data.replace("{batches}", "\n" + BATCHES)),
+        new_markdown_cell(
+            "## The float model\n\n`get_model` builds the module-only network (every "
+            "operation a module of its own, the keys torchvision's). Your own loop trains it; "
+            "with a float checkpoint, it is loaded instead."
+        ),
+        new_code_cell(FLOAT_MODEL),
+        new_markdown_cell(
+            "## Check it, and convert a model that is not module-only\n\n`check_model` lists "
+            "what quantization cannot handle; `make_module_only` converts functional calls."
+        ),
+        new_code_cell(CHECK),
+        new_markdown_cell(
+            "## PTQ baseline\n\n`QuantCalibrateModule`: power-of-two ranges measured on "
+            "training images, biases calibrated, no gradients: what TIDL's own calibration "
+            "does, and the figure QAT has to beat."
+        ),
+        new_code_cell(PTQ),
+        new_markdown_cell(
+            "## QAT in your loop\n\n`QuantTrainModule` quantizes in the forward pass (BN folded "
+            "on the fly, PACT2 ranges, straight-through gradients). `QATSchedule` freezes BN and "
+            "ranges by epoch; `DistillationLoss` lets the float model teach the quantized one "
+            "(`distill(student, teacher_logits)` without labels works too). The small float "
+            "model trained here is far from converged, so QAT's extra epochs also train it "
+            "further and can end above float; docs/accuracy.md starts from converged ones."
+        ),
+        new_code_cell(QAT.format(ignore=ignore)),
+        new_markdown_cell(
+            "## Save, reload\n\n`q.module.state_dict()` is your model's state dict plus the "
+            "ranges and switches; `QuantTestModule` reloads it for evaluation and export."
+        ),
+        new_code_cell(RELOAD),
+        new_markdown_cell(
+            "## Export and verify\n\n`export_onnx` writes the TDA4VM Clip graph and TIDL's "
+            "files, and refuses a graph that breaks TIDL's rules or whose integers differ from "
+            "the QAT model."
+        ),
+        new_code_cell(EXPORT.format(argmax=argmax)),
+        new_markdown_cell(
+            "## What the device computes\n\n`simulate_tidl` runs the graph in TIDL's integer "
+            "arithmetic; the QAT model computes the same integers, layer by layer."
+        ),
+        new_code_cell(SIMULATE),
+        new_markdown_cell("## TIDL's compile options, and what each means"),
+        new_code_cell(TIDL_OPTIONS),
+        new_markdown_cell("## Accuracy per epoch, per-layer SQNR"),
+        new_code_cell(PLOTS.format(metric=metric, key=key, title=title)),
+    ]
+
+
+def build(path: Path, cells: list) -> nbformat.NotebookNode:
     for index, cell in enumerate(cells):
-        # Stable ids keep regenerated notebooks byte-identical.
-        cell.id = f"{path.stem}-{index}"
+        cell.id = f"{path.stem}-{index}"  # stable ids: regenerated notebooks stay comparable
     notebook = new_notebook(
         cells=cells,
         metadata={
@@ -396,16 +326,36 @@ def write_notebook(path: Path, cells: list) -> None:
         },
     )
     nbformat.validate(notebook)
-    path.write_text(nbformat.writes(notebook))
+    return notebook
+
+
+def execute(notebook: nbformat.NotebookNode, workdir: Path) -> float:
+    """Run the notebook at default settings; its wall time in seconds."""
+    started = time.perf_counter()
+    client = NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
+    client.execute()
+    seconds = time.perf_counter() - started
+    first = notebook.cells[0]
+    first.source = first.source.split(f"\n\n{TIME_MARK}")[0] + (
+        f"\n\n{TIME_MARK}: {seconds / 60:.1f} minutes at these default settings on a shared "
+        f"2-core CPU ({time.strftime('%Y-%m-%d')})."
+    )
+    return seconds
 
 
 def main() -> None:
-    """Regenerate both notebooks, formatted by the project's ruff settings."""
-    NOTEBOOKS.mkdir(exist_ok=True)
-    paths = [NOTEBOOKS / "qat_classification.ipynb", NOTEBOOKS / "qat_segmentation.ipynb"]
-    write_notebook(paths[0], CLASSIFICATION)
-    write_notebook(paths[1], SEGMENTATION)
-    subprocess.run([sys.executable, "-m", "ruff", "format", *map(str, paths)], check=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--execute", action="store_true", help="run and store outputs")
+    args = parser.parse_args()
+    for task in ("classification", "segmentation"):
+        path = NOTEBOOKS / f"qat_{task}.ipynb"
+        notebook = build(path, notebook_cells(task))
+        if args.execute:
+            with tempfile.TemporaryDirectory() as workdir:
+                print(f"{path.name}: {execute(notebook, Path(workdir)):.0f} s")
+        path.write_text(nbformat.writes(notebook))
 
 
 if __name__ == "__main__":
