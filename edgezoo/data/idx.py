@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgezoo.errors import DataError
+from edgezoo.fileio import atomic_path
 
 # idx type codes (third magic byte) -> numpy big-endian dtypes.
 _IDX_DTYPES = {
@@ -62,9 +63,13 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     header = bytes([0, 0, _DTYPE_CODES[dtype], array.ndim])
     header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     payload = header + np.ascontiguousarray(array, dtype=dtype).tobytes()
-    if path.suffix == ".gz":
-        # mtime=0 keeps the output byte-identical from run to run.
-        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
+    with atomic_path(path) as partial:
+        if path.suffix == ".gz":
+            # mtime=0 and the final name in the header keep the output byte-identical.
+            with (
+                open(partial, "wb") as raw,
+                gzip.GzipFile(str(path), "wb", fileobj=raw, mtime=0) as f,
+            ):
+                f.write(payload)
+        else:
+            partial.write_bytes(payload)

@@ -362,7 +362,7 @@ def bias_integers(
     joint_scale: Tensor | float,
     bitwidth: int = 8,
     rule: str = BIAS_JOINT,
-    input_signed: bool = True,
+    input_signed: bool | Tensor = True,
 ) -> Tensor:
     """The integers the device adds to the accumulator for a float bias (float64, exact).
 
@@ -384,7 +384,7 @@ def imported_bias_integers(
     joint_scale: Tensor | float,
     bitwidth: int = 8,
     rule: str = BIAS_JOINT,
-    input_signed: bool = True,
+    input_signed: bool | Tensor = True,
 ) -> Tensor:
     """The integers the device holds for an exported float bias (float64, exact).
 
@@ -411,11 +411,15 @@ def _bias_operands(bias: Tensor, joint_scale: Tensor | float, rule: str) -> tupl
 
 
 def _parts_times_m(
-    integers: Tensor, ratio: Tensor, bitwidth: int, input_signed: bool, otherwise: Tensor
+    integers: Tensor, ratio: Tensor, bitwidth: int, input_signed: bool | Tensor, otherwise: Tensor
 ) -> Tensor:
     """ti_v1's split: where the joint grid is more than M times finer than the bias's own,
-    trunc(integers / M) saturated to b bits, times M; elsewhere `otherwise`."""
-    multiplier = bias_multiplier(bitwidth, input_signed)
+    trunc(integers / M) saturated to b bits, times M; elsewhere `otherwise`. input_signed may
+    be a 0-d tensor, so a forward on an accelerator never waits for the host."""
+    signed = torch.as_tensor(input_signed, device=integers.device)
+    multiplier = torch.where(
+        signed, float(bias_multiplier(bitwidth, True)), float(bias_multiplier(bitwidth, False))
+    ).to(integers.dtype)
     qmin, qmax = quant_limits(bitwidth, signed=True)
     parts = torch.div(integers, multiplier, rounding_mode="trunc").clamp_(qmin, qmax)
     return torch.where(ratio > multiplier, parts * multiplier, otherwise)
@@ -438,7 +442,7 @@ def fake_quantize_bias(
     scale: Tensor,
     bitwidth: int = 8,
     rule: str = BIAS_JOINT,
-    input_signed: bool = True,
+    input_signed: bool | Tensor = True,
     imported: bool = False,
 ) -> Tensor:
     """QAT's bias under `rule` (bias_integers) as values on the joint grid (scale: input scale x

@@ -205,9 +205,9 @@ class QuantWeightMixin(SavedFlagsMixin):
         joint_scale = input_range.grid_scale().to(scale.dtype) * scale
         return quant_weight, bias, scale, joint_scale.reshape(-1)
 
-    def _bias_rule_args(self) -> tuple[str, bool]:
-        """(rule, whether the input grid is signed) for the grid's bias functions."""
-        return self.bias_rule, self.bias_input_range.clip_range()[0] < 0
+    def _bias_rule_args(self) -> tuple[str, Tensor]:
+        """(rule, whether the input grid is signed, a 0-d tensor read without a host sync)."""
+        return self.bias_rule, self.bias_input_range.clips_act[0] < 0
 
     @torch.no_grad()
     def write_back_quantized_weights(self) -> None:
