@@ -8,10 +8,13 @@ result is a torch.fx.GraphModule whose parameters and buffers are the original m
 under the original state_dict keys, computing the same outputs bit for bit.
 """
 
+import contextlib
 import copy
 import inspect
 import logging
+import operator
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +23,13 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 import edgezoo.layers
+from edgezoo.conversion.equivalence import check_equivalent
 from edgezoo.conversion.rewrites import Rewrite, find_rewrite
+from edgezoo.conversion.training_branches import (
+    mode_dependent_calls,
+    source_line,
+    trace_in_other_mode,
+)
 from edgezoo.errors import ConversionError, SharedModuleError, TIDLRuleError
 
 __all__ = ["ConversionReport", "make_module_only"]
@@ -56,7 +65,11 @@ def _branches_on_training(module: nn.Module) -> bool:
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, keeping edgezoo's layer modules and mode-dependent parameter-free
-    modules whole."""
+    modules whole, recording each node's source line for error messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if isinstance(module, _EDGEZOO_LEAVES) or _branches_on_training(module):
@@ -77,8 +90,8 @@ def _trace(model: nn.Module) -> fx.GraphModule:
 
 
 def _propagate_shapes(module: fx.GraphModule, inputs: tuple[Any, ...]) -> None:
-    """Record each value's shape (node.meta['tensor_meta']) from one eval forward."""
-    flags = {m: m.training for m in module.modules()}
+    """Record each value's shape (node.meta['tensor_meta']) from one eval forward (the
+    caller restores modes and buffers)."""
     try:
         module.eval()
         with torch.no_grad():
@@ -89,9 +102,6 @@ def _propagate_shapes(module: fx.GraphModule, inputs: tuple[Any, ...]) -> None:
             f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); check the input "
             "size the model expects, or run edgezoo.check_model on it"
         ) from error
-    finally:
-        for m, training in flags.items():
-            m.training = training
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -119,22 +129,66 @@ def _free_name(module: fx.GraphModule, owner: str, kind: str) -> str:
     return f"{owner}.{leaf}".lstrip(".")
 
 
-def _read_after(node: fx.Node, value: fx.Node) -> bool:
-    """Whether `value` is read by a node after `node` (it would see an in-place change)."""
+_VIEW_METHODS = frozenset(
+    {
+        "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "t",
+        "permute", "narrow", "select", "unsqueeze", "squeeze", "expand", "expand_as", "chunk",
+        "split", "tensor_split", "unbind", "movedim", "as_strided", "diagonal", "unfold",
+        "contiguous", "detach", "__getitem__",
+    }
+)  # fmt: skip
+_VIEW_FUNCTIONS = frozenset(
+    {
+        operator.getitem, torch.reshape, torch.flatten, torch.transpose, torch.permute,
+        torch.narrow, torch.select, torch.unsqueeze, torch.squeeze, torch.chunk, torch.split,
+        torch.tensor_split, torch.unbind, torch.movedim, torch.detach,
+    }
+)  # fmt: skip
+
+
+def _is_view(node: fx.Node) -> bool:
+    """A call whose result may share memory with its first argument (conservatively)."""
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    return node.op == "call_function" and node.target in _VIEW_FUNCTIONS
+
+
+def _aliases(value: fx.Node) -> set[fx.Node]:
+    """value and every traced value that may share its memory: views of it, what it is a view
+    of, and so on (an in-place change to one is seen through all of them)."""
+    found, pending = set(), [value]
+    while pending:
+        current = pending.pop()
+        if current in found:
+            continue
+        found.add(current)
+        pending += [user for user in current.users if _is_view(user) and user.args[0] is current]
+        source = current.args[0] if _is_view(current) and current.args else None
+        if isinstance(source, fx.Node):
+            pending.append(source)
+    return found
+
+
+def _read_after(node: fx.Node, value: fx.Node) -> fx.Node | None:
+    """A node after `node` that reads `value` or a view sharing its memory (it would see the
+    in-place change), or None."""
     later, seen = set(), False
     for other in node.graph.nodes:
         if other is node:
             seen = True
         elif seen:
             later.add(other)
-    return any(user in later for user in value.users)
+    readers = (user for alias in _aliases(value) for user in alias.users)
+    return next((user for user in readers if user in later and user is not node), None)
 
 
 def _apply(module: fx.GraphModule, node: fx.Node, rewrite: Rewrite, report: ConversionReport):
-    if rewrite.mutates is not None and _read_after(node, rewrite.mutates):
+    reader = None if rewrite.mutates is None else _read_after(node, rewrite.mutates)
+    if reader is not None:
         raise ConversionError(
-            f"node {node.name!r}: an in-place {rewrite.kind} whose input is read again later; "
-            "rewrite it out of place (y = a + b) so the converted model computes the same"
+            f"an in-place {rewrite.kind} at {source_line(node)} changes a tensor that is read "
+            f"again later (directly or through a view, at {source_line(reader)}); rewrite it "
+            "out of place (y = a + b) so the converted model computes the same"
         )
     name = _free_name(module, _owner(node), rewrite.kind)
     module.add_submodule(name, rewrite.module)
@@ -208,16 +262,61 @@ def make_module_only(
     cannot trace the model and SharedModuleError for a parameterised module called twice.
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    module = _trace(model)
-    _propagate_shapes(module, inputs)
     report = ConversionReport()
-    _rewrite_calls(module, tidl_rules, report)
-    _split_shared_modules(module, report)
-    module.graph.lint()
-    module.recompile()
-    _check_state_keys(model, module)
+    with _state_preserved(model):
+        module = _trace(model)
+        flipped = trace_in_other_mode(_trace, model)
+        live = mode_dependent_calls(type(model).__name__, module, flipped)
+        _propagate_shapes(module, inputs)
+        _keep_dropouts_live(module, live, report)
+        _rewrite_calls(module, tidl_rules, report)
+        _split_shared_modules(module, report)
+        module.graph.lint()
+        module.recompile()
+        _check_state_keys(model, module)
+        check_equivalent(model, module, inputs)
+    _copy_modes(model, module)
     logger.info("make_module_only(%s): %s", type(model).__name__, report)
     return (module, report) if return_report else module
+
+
+@contextlib.contextmanager
+def _state_preserved(model: nn.Module) -> Iterator[None]:
+    """Leave the caller's buffers and modes as they were, whatever tracing and the example
+    forward did (a traced-through BatchNorm subclass updates its running statistics and
+    num_batches_tracked even in eval, having its training branch baked in)."""
+    buffers = {id(b): (b, b.detach().clone()) for b in model.buffers()}
+    flags = {module: module.training for module in model.modules()}
+    try:
+        yield
+    finally:
+        for buffer, saved in buffers.values():
+            if not torch.equal(buffer, saved):
+                with torch.no_grad():
+                    buffer.copy_(saved)
+        for module, training in flags.items():
+            module.training = training
+
+
+def _copy_modes(model: nn.Module, converted: fx.GraphModule) -> None:
+    """Each converted module in the mode of the original module of its name, or of the nearest
+    original it was added under (a user's frozen block stays in eval)."""
+    originals = dict(model.named_modules())
+    for name, module in converted.named_modules():
+        owner = name
+        while owner not in originals:
+            owner = owner.rpartition(".")[0]
+        module.training = originals[owner].training
+
+
+def _keep_dropouts_live(module: fx.GraphModule, live: list, report: ConversionReport) -> None:
+    """Each functional dropout whose `training` came from self.training becomes its own
+    nn.Dropout, which reads its mode at run time as the original did."""
+    nodes = {node.name: node for node in module.graph.nodes}
+    for call in live:
+        node = nodes[call.node_name]
+        source = node.args[0] if node.args else node.kwargs["input"]
+        _apply(module, node, Rewrite("dropout", call.module, (source,)), report)
 
 
 def _check_state_keys(model: nn.Module, converted: nn.Module) -> None:

@@ -1,0 +1,203 @@
+"""docs/benchmarks.md's Peers section from docs/peers.json (written by benchmarks/peers.py)."""
+
+from pathlib import Path
+from typing import Any
+
+from edgezoo.fileio import atomic_path
+
+SECTION = "## Peers: the same QAT budget with the tools users would pick instead"
+LABELS = {
+    "float": "float (converged checkpoint)",
+    "edgezoo_ptq": "edgezoo PTQ (calibration)",
+    "edgezoo_qat": "edgezoo QAT (TDA4VM, Clip graph)",
+    "edgezoo_qat_distill": "edgezoo QAT + distillation",
+    "edgezoo_qat_qdq": "edgezoo QAT (AM68A, QDQ graph)",
+    "ti_v1_ptq": "TI v1 QuantCalibrateModule",
+    "ti_v1_qat": "TI v1 QuantTrainModule",
+    "torch_ao_qat": "torch.ao eager QAT (x86 qconfig)",
+    "brevitas_qat": "Brevitas, po2 per-tensor",
+    "nncf_qat": "NNCF, symmetric per-tensor",
+}
+QAT_PEERS = ("ti_v1_qat", "torch_ao_qat", "brevitas_qat", "nncf_qat")
+# What each verify_onnx rule means on the device: "device" when TIDL would compute something
+# else than the framework (or refuse the graph), "convention" when only edgezoo's stricter
+# convention is broken and TIDL computes the same thing.
+RULE_EFFECT = {
+    "weight-grid": (
+        "convention",
+        "float weights off the power-of-two grid: TIDL re-quantizes them itself, as the "
+        "integer simulation column shows",
+    ),
+    "untrained-ranges": ("convention", "ranges the export marked as never calibrated"),
+    "metadata": ("convention", "edgezoo's metadata missing or inconsistent"),
+    "qdq-power-of-two": (
+        "device",
+        "TDA4VM takes only power-of-two scales: TIDL would round them, changing every result",
+    ),
+    "qdq-symmetric": ("device", "TDA4VM has no asymmetric (zero-point) quantization"),
+    "qdq-axis": ("device", "TIDL supports QuantizeLinear/DequantizeLinear only on axis 1"),
+    "qdq-pairs": ("device", "a tensor the device computes without the Q/DQ pair TIDL needs"),
+    "qdq-weights": ("device", "weights not given as an int8 DequantizeLinear TIDL can import"),
+    "qdq-bits": ("device", "prequantized import is 8-bit only"),
+    "qdq-clip": ("device", "a Clip inside a QDQ graph that TIDL's import does not fold"),
+    "unsupported-op": ("device", "an op TIDL's supported-op list lacks: the import fails"),
+    "range-coverage": (
+        "device",
+        "a tensor without a Clip range: TIDL calibrates it itself, not as trained",
+    ),
+    "input-clip": ("device", "no range on the input: TIDL picks its own input scale"),
+    "clip-bounds": ("device", "a Clip range off the power-of-two grid: TIDL rounds it"),
+}
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def row(run: str, record: dict[str, Any], float_top1: float | None) -> str:
+    """One table row: accuracy, cost, export and the verdicts."""
+    label = LABELS.get(run, run)
+    if "test_top1" not in record:
+        why = record.get("skipped") or record.get("failed", "not run")
+        return f"| {label} | not run: {why.splitlines()[0][:160]} |" + " |" * 9
+    top1 = record["test_top1"]
+    delta = "-" if float_top1 is None or run == "float" else f"{top1 - float_top1:+.2f}"
+    paired = record.get("vs_edgezoo_qat")
+    versus = "-" if not paired or run == "edgezoo_qat" else f"p {paired['p']:.2g}"
+    step = record.get("step_time", {}).get("ratio")
+    export = record.get("export", {})
+    kind = export.get("kind") or f"failed: {export.get('failed', '?')[:80]}"
+    simulation = record.get("simulation", {})
+    verdicts = record.get("verify", {})
+    return (
+        f"| {label} | {top1:.2f} | {delta} | {versus} | {fmt(step)}x | "
+        f"{record['peak_rss_mib'] - record['rss_before_mib']:.0f} | {kind} | "
+        f"{fmt(record.get('onnx_top1'))} | {fmt(simulation.get('top1'))} | "
+        f"{verdict_text(verdicts.get('tda4vm'))} | {verdict_text(verdicts.get('am68a'))} |"
+    )
+
+
+def verdict_text(verdict: dict[str, Any] | None) -> str:
+    if verdict is None:
+        return "-"
+    if verdict["ok"]:
+        return "**passes**"
+    if "why" in verdict:
+        return f"no: {verdict['why']}"
+    rules = ", ".join(f"{rule} x{count}" for rule, count in verdict["rules"].items())
+    effects = {RULE_EFFECT.get(rule, ("unclassified",))[0] for rule in verdict["rules"]}
+    return f"no ({'/'.join(sorted(effects))}): {rules}"
+
+
+def model_table(name: str, runs: dict[str, Any]) -> list[str]:
+    float_top1 = runs.get("float", {}).get("test_top1")
+    lines = [
+        f"### {name}",
+        "",
+        "| tool | test top-1 % | vs float | vs edgezoo QAT (McNemar) | step time vs float | "
+        "training memory (MiB above start) | ONNX | ONNX top-1 (onnxruntime) | "
+        "TIDL integer simulation top-1 (first 2000) | TDA4VM | newer devices (AM68A) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [row(run, runs[run], float_top1) for run in LABELS if run in runs]
+    return [*lines, ""]
+
+
+def first_violations(results: dict[str, Any]) -> list[str]:
+    """Each tool's first violation per device, with what the rule means on the device."""
+    lines = ["First violation of each export, and what its rule means on the device:", ""]
+    for name, runs in results["models"].items():
+        for run, record in runs.items():
+            for device, verdict in record.get("verify", {}).items():
+                if verdict.get("first"):
+                    rule = verdict["first"].split("]")[0].lstrip("[")
+                    effect, meaning = RULE_EFFECT.get(rule, ("unclassified", "see the message"))
+                    lines.append(
+                        f"- {name}, {LABELS.get(run, run)}, {device}: `{verdict['first'][:220]}` "
+                        f"({effect}: {meaning})"
+                    )
+    return [*lines, ""]
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    """The issue's goals, met or missed, per model."""
+    lines = []
+    for name, runs in results["models"].items():
+        ours = runs.get("edgezoo_qat", {})
+        peers = {r: runs[r] for r in QAT_PEERS if "test_top1" in runs.get(r, {})}
+        if "test_top1" not in ours or not peers:
+            continue
+        best = max(peers, key=lambda r: peers[r]["test_top1"])
+        met = ours["test_top1"] >= peers[best]["test_top1"]
+        lines.append(
+            f"- {name}: edgezoo QAT {ours['test_top1']:.2f} vs best peer {LABELS[best]} "
+            f"{peers[best]['test_top1']:.2f}: **{'met' if met else 'missed'}**"
+        )
+        ratios = {r: p["step_time"]["ratio"] for r, p in peers.items() if "step_time" in p}
+        if ratios and "step_time" in ours:
+            fastest = min(ratios, key=ratios.get)
+            met = ours["step_time"]["ratio"] <= ratios[fastest]
+            lines.append(
+                f"- {name}: step time edgezoo {ours['step_time']['ratio']:.2f}x vs lowest peer "
+                f"{LABELS[fastest]} {ratios[fastest]:.2f}x: **{'met' if met else 'missed'}**"
+            )
+    return [*lines, ""]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    machines = {
+        f"{r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}"
+        for runs in results["models"].values()
+        for r in runs.values()
+        if "machine" in r
+    }
+    dates = sorted({r["date"] for runs in results["models"].values() for r in runs.values()})
+    lines = [SECTION, "", *INTRO, "", f"Machine: {'; '.join(sorted(machines))}.", ""]
+    lines.append(f"Dates: {', '.join(dates)}. Versions: {results.get('versions', {})}.")
+    lines.append("")
+    for name, runs in results["models"].items():
+        lines += model_table(name, runs)
+    lines += ["Goals:", "", *goals(results), *first_violations(results), *NOTES]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(results: dict[str, Any], docs: Path) -> None:
+    """Replace (or append) the Peers section of docs/benchmarks.md, leaving the rest as is."""
+    text = markdown(results)
+    existing = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    start = existing.find(f"\n{SECTION}\n")
+    if start == -1:
+        updated = existing.rstrip("\n") + "\n\n" + text
+    else:
+        end = existing.find("\n## ", start + 1)
+        updated = existing[: start + 1] + text + (existing[end:] if end != -1 else "")
+    with atomic_path(docs) as partial:
+        partial.write_text(updated)
+
+
+INTRO = [
+    "Command (each model and tool in its own process, one thread, resumable from "
+    "docs/peers.json; the peers from `pip install -e '.[peers]'`, TI's v1 from a checkout of "
+    "edgeai-tensorlab that is never committed here):",
+    "",
+    "    OMP_NUM_THREADS=1 python benchmarks/peers.py --ti-path "
+    "PATH/edgeai-tensorlab/edgeai-modeloptimization/torchmodelopt",
+    "",
+    "Every run starts from the converged float checkpoints in `../shared/checkpoints/` "
+    "(Fashion-MNIST, 32x32) and sees the budget of docs/accuracy.md's chosen recipe: 4 "
+    "sub-epochs of 25 batches of 128 training images (12800 images; the 5000-image "
+    "validation split held out), AdamW at the learning rate chosen there (MobileNetV2 1e-5, "
+    "ResNet18 1e-4), no weight decay, cosine per sub-epoch. edgezoo runs its own trainer "
+    "with the freeze schedule chosen on validation; the peers run the same plain loop over "
+    "the same images. PTQ rows calibrate on 50 batches. Test top-1: the full 10000-image "
+    "test split, in PyTorch (torch.ao: its converted int8 model). Step time: the median "
+    "over 8 alternated pairs of one training step of the tool and of the float model on "
+    "the same batch, in one process. Memory: peak resident memory while wrapping and "
+    "training, above the process's memory at the start of it. verify_onnx is told which "
+    "device each graph is for; Clip-range graphs are for TDA4VM only.",
+]
+NOTES = [
+    "What was cut to fit the budget: one seed, MobileNetV2 and ResNet18 only (DeepLabV3+ "
+    "needs each peer's segmentation support: not run), simulation on the first 2000 test "
+    "images.",
+]

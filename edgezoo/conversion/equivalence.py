@@ -1,0 +1,75 @@
+"""The converted model must compute what the original computes: checked on the example input.
+
+torch.fx records what a forward does to traced values, not everything Python does: `f += g`
+on a tensor some view also reads traces as an out-of-place add, so a later reader of the view
+sees other values than in the original. Running both models on the example input, in eval mode
+and in the model's training mode (same random seed, so dropout draws alike), catches this and
+anything like it before a wrong model reaches training.
+"""
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree
+
+from edgezoo.errors import ConversionError
+
+__all__ = ["check_equivalent"]
+
+
+def _run(model: nn.Module, inputs: tuple, training: bool) -> object:
+    model.train(training)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        return model(*inputs)
+
+
+def _plain(value: object) -> object:
+    """OrderedDicts as dicts (fx returns a dict where a forward built an OrderedDict; the keys
+    and their order are what matter)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if type(value) is tuple:
+        return tuple(_plain(item) for item in value)
+    return value
+
+
+def _difference(expected: object, got: object) -> str | None:
+    """Why two outputs differ (structure, type, shape or values), or None when they agree."""
+    leaves, spec = _pytree.tree_flatten(_plain(expected))
+    other_leaves, other_spec = _pytree.tree_flatten(_plain(got))
+    if spec != other_spec:
+        return f"the outputs' structure differs ({spec} became {other_spec})"
+    for index, (a, b) in enumerate(zip(leaves, other_leaves, strict=True)):
+        if not isinstance(a, Tensor):
+            if a != b:
+                return f"output {index} was {a!r}, became {b!r}"
+            continue
+        if not isinstance(b, Tensor) or a.shape != b.shape:
+            return f"output {index} has shape {tuple(a.shape)}, became {getattr(b, 'shape', b)}"
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True):
+            diff = (a.double() - b.double()).abs().max().item()
+            return f"output {index} differs by up to {diff:.3g}"
+    return None
+
+
+def check_equivalent(original: nn.Module, converted: nn.Module, inputs: tuple) -> None:
+    """Raise ConversionError when the converted model's outputs (every one, in eval mode and in
+    the original's training mode) differ from the original's on the example input. The caller
+    restores modes and buffers (a train-mode forward moves BatchNorm statistics)."""
+    modes = [False] + ([True] if original.training else [])
+    for training in modes:
+        try:
+            expected = _run(original, inputs, training)
+        except Exception:  # e.g. train-mode BatchNorm on a batch of one: nothing to compare
+            continue
+        problem = _difference(expected, _run(converted, inputs, training))
+        if problem is not None:
+            mode = "train" if training else "eval"
+            raise ConversionError(
+                f"the converted {type(original).__name__} computes something else than the "
+                f"original on the example input in {mode} mode: {problem}. torch.fx traces "
+                "`a += b` out of place, so a view of `a` taken before it keeps the old values: "
+                "write such adds out of place, or convert by hand"
+            )

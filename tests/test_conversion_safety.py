@@ -1,0 +1,186 @@
+"""make_module_only is never silently wrong: mode-dependent code kept live or refused with its
+line, in-place changes seen through views refused, and the caller's model left as it was."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import edgezoo
+from edgezoo.errors import ConversionError, ModuleOnlyViolationError
+from edgezoo.quantization import wrap_model
+
+IMAGE = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+class DropoutHead(nn.Module):
+    """A user head with functional dropout reading self.training (timm's forward_head does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.flatten(self.pool(self.conv(x)), 1)
+        return self.fc(F.dropout(y, p=0.5, training=self.training))
+
+
+class TrainOnlyOutput(nn.Module):
+    """Returns an extra output in training only (torchvision's GoogLeNet aux logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.aux = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor):
+        y = self.conv(x)
+        if self.training:
+            return y, self.aux(y)
+        return y
+
+
+class NormAct(nn.BatchNorm2d):
+    """A BatchNorm subclass with its activation, branching on self.training (timm's
+    BatchNormAct2d): traced through, its train branch would be baked in."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        x = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training
+        )
+        return self.act(x)
+
+
+class NormActNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = NormAct(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.bn(self.conv(x))), 1)
+
+
+def outputs(model: nn.Module, training: bool) -> torch.Tensor:
+    model.train(training)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return model(IMAGE)
+
+
+@pytest.mark.parametrize("converted_in_training", [True, False])
+def test_functional_dropout_on_self_training_stays_live_in_both_modes(converted_in_training):
+    model = DropoutHead().train(converted_in_training)
+    converted, report = edgezoo.make_module_only(model, IMAGE, return_report=True)
+
+    assert report.changes["dropout"] == 1
+    assert converted.training == converted_in_training
+    for training in (True, False):
+        assert torch.equal(outputs(model, training), outputs(converted, training))
+    # dropout really drops in training and is off in eval
+    assert not torch.equal(outputs(converted, True), outputs(converted, False))
+
+
+def test_explicit_always_on_dropout_is_kept_as_written():
+    class MonteCarlo(DropoutHead):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.flatten(self.pool(self.conv(x)), 1)
+            return self.fc(F.dropout(y, p=0.5, training=True))
+
+    model = MonteCarlo().eval()
+    converted, report = edgezoo.make_module_only(model, IMAGE, return_report=True)
+    assert report.changes["dropout"] == 0
+    assert torch.equal(outputs(model, False), outputs(converted, False))
+
+
+def test_a_train_only_branch_is_refused_with_what_differs():
+    where = r"depends on train/eval mode at (.*test_conversion_safety.py:\d+|the forward.s return)"
+    for training in (True, False):
+        with pytest.raises(ConversionError, match=where):
+            edgezoo.make_module_only(TrainOnlyOutput().train(training), IMAGE)
+
+
+def test_googlenet_aux_logits_branch_is_refused_naming_torchvision_line():
+    model = torchvision.models.googlenet(num_classes=4, aux_logits=True, init_weights=False)
+    image = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ConversionError, match=r"googlenet\.py:\d+ in .*self\.training"):
+        edgezoo.make_module_only(model.train(), image)
+
+
+def test_an_in_place_add_read_through_an_earlier_view_is_refused():
+    class ViewThenAdd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.refine = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.conv(x)
+            low = f[:, :4]
+            f += self.refine(f)  # fx traces this out of place: `low` would keep old values
+            return torch.cat([f, low], dim=1)
+
+    class ViewThenAddUnderscore(ViewThenAdd):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.conv(x)
+            low = f[:, :4]
+            f.add_(self.refine(f))
+            return torch.cat([f, low], dim=1)
+
+    with pytest.raises(ConversionError, match=r"computes something else.*differs by up to"):
+        edgezoo.make_module_only(ViewThenAdd(), IMAGE)
+    with pytest.raises(ConversionError, match=r"in-place add at .*test_conversion_safety.py"):
+        edgezoo.make_module_only(ViewThenAddUnderscore(), IMAGE)
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy(model.state_dict())
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor], training: bool) -> None:
+    after = model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
+    assert all(m.training == training for m in model.modules())
+
+
+class NormActMean(NormActNet):
+    """The same with a functional mean, which only conversion can make module-only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+def test_a_failed_conversion_leaves_the_callers_buffers_and_modes_as_they_were():
+    model = NormActNet().train()
+    before = state(model)
+    with pytest.raises(ConversionError, match=r"test_conversion_safety.py:\d+ in forward"):
+        edgezoo.make_module_only(model, IMAGE)
+    assert_unchanged(model, before, training=True)
+    model = NormActMean().train()
+    before = state(model)
+    with pytest.raises(ModuleOnlyViolationError, match=r"automatic conversion.*train/eval mode"):
+        wrap_model(model, "train", IMAGE)
+    assert_unchanged(model, before, training=True)
+
+
+def test_a_successful_train_mode_conversion_moves_no_statistics_and_keeps_mixed_modes():
+    model = torchvision.models.resnet18(num_classes=4).train()
+    model.layer1.eval()  # a user's frozen block stays frozen
+    before = state(model)
+    converted = edgezoo.make_module_only(model, IMAGE)
+    assert [k for k in before if not torch.equal(before[k], model.state_dict()[k])] == []
+    assert not model.layer1.training and not converted.layer1.training
+    assert model.training and converted.training and converted.layer2.training
