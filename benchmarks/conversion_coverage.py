@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from edgezoo import QuantTrainModule, check_model, export_onnx, make_module_only
 from edgezoo.benchmarking import machine_description
+from edgezoo.conversion.equivalence import output_difference
+from edgezoo.fileio import atomic_path
 
 TIMM_MODELS = (
     "resnet18",
@@ -65,15 +67,26 @@ TIMM_MODELS = (
 
 
 def _equal(original, converted, example, training: bool) -> bool:
+    """Every output (tensors, tuples, dicts, namedtuples) equal, same seed for both."""
     results = []
     for model in (original, converted):
         torch.manual_seed(0)
         with torch.no_grad():
-            out = copy.deepcopy(model).train(training)(example)
-        if isinstance(out, dict):
-            out = out["out"]
-        results.append(out if isinstance(out, torch.Tensor) else out[0])
-    return torch.equal(*results)
+            results.append(copy.deepcopy(model).train(training)(example))
+    return output_difference(*results) is None
+
+
+def _snapshot(model) -> tuple[dict, dict]:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, {name: m.training for name, m in model.named_modules()}
+
+
+def _unchanged(model, snapshot: tuple[dict, dict]) -> bool:
+    """The caller's tensors and modes are as they were before conversion."""
+    state, modes = snapshot
+    now = model.state_dict()
+    same_state = all(torch.equal(now[k], v) for k, v in state.items())
+    return same_state and modes == {name: m.training for name, m in model.named_modules()}
 
 
 def _qat_step(converted, example):
@@ -117,10 +130,17 @@ def measure(source: str, name: str, model, size: int) -> dict:
     example = _example(size)
     row["rules_before"] = []
     stage = "converts"
+    snapshot = _snapshot(model)
     try:
         row["rules_before"] = _rules(check_model(model, example[:1], tidl_rules=False))
-        converted = make_module_only(model, example[:1], tidl_rules=False)
+        try:
+            converted = make_module_only(model, example[:1], tidl_rules=False)
+        finally:
+            row["caller_unchanged"] = _unchanged(model, snapshot)
         row["converts"] = True
+        row["state_order_kept"] = list(model.state_dict()) == list(converted.state_dict())
+        names = [name for name, _ in model.named_parameters()]
+        row["parameter_order_kept"] = names == [n for n, _ in converted.named_parameters()]
         stage = "equal_eval"
         row["equal_eval"] = _equal(model, converted, example, False)
         row["equal_train"] = _equal(model, converted, example, True)
@@ -174,22 +194,25 @@ def _mark(value) -> str:
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "| source | model | params (M) | module-only rules broken before / after | converts "
-        "| equal eval / train | QAT step | export verifies | TIDL rules / blocked by |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| caller's model unchanged | state / parameter order kept | equal eval / train (every "
+        "output) | QAT step | export verifies | TIDL rules / blocked by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         head = f"| {r['source']} | {r['model']} | {r['params_m']} |"
         if r.get("skipped"):
-            lines.append(f"{head} - | - | - | - | - | {r['skipped']} |")
+            lines.append(f"{head} - | - | - | - | - | - | - | {r['skipped']} |")
             continue
         before = ", ".join(r["rules_before"]) or "none"
         after = ", ".join(r["rules_after"]) or "none" if "rules_after" in r else "-"
         equal = f"{_mark(r.get('equal_eval'))} / {_mark(r.get('equal_train'))}"
+        order = f"{_mark(r.get('state_order_kept'))} / {_mark(r.get('parameter_order_kept'))}"
         blocked = r.get("blocked_by")
         blocked = ", ".join(blocked) if isinstance(blocked, list) else (blocked or "")
         why = "; ".join(p for p in (", ".join(r.get("tidl_rules") or []), blocked) if p)
         lines.append(
-            f"{head} {before} / {after} | {_mark(r.get('converts'))} | {equal} | "
+            f"{head} {before} / {after} | {_mark(r.get('converts'))} | "
+            f"{_mark(r.get('caller_unchanged'))} | {order} | {equal} | "
             f"{_mark(r.get('qat_step'))} | {_mark(r.get('export_verifies'))} | "
             f"{why.replace('|', '/')} |"
         )
@@ -205,11 +228,17 @@ def summary(rows: list[dict]) -> list[str]:
         counts["equal"] += bool(r.get("equal_eval") and r.get("equal_train"))
         counts["qat"] += bool(r.get("qat_step"))
         counts["verifies"] += bool(r.get("export_verifies"))
+        counts["changed"] += r.get("caller_unchanged") is False
+        counts["silent"] += bool(r.get("converts")) and not (
+            r.get("equal_eval") and r.get("equal_train")
+        )
     return [
         f"{counts['models']} models measured ({len(rows) - len(counted)} skipped for size): "
         f"{counts['converts']} convert, {counts['equal']} with bit-equal outputs in eval and "
         f"train, {counts['qat']} run a QAT step with finite gradients, {counts['verifies']} "
-        "export a graph that passes verify_onnx.",
+        f"export a graph that passes verify_onnx. Silent wrong results: {counts['silent']} "
+        f"converted models whose outputs differ from the original's, {counts['changed']} "
+        "conversions that changed the caller's model.",
     ]
 
 
@@ -243,9 +272,10 @@ def main() -> None:
             )
         else:
             done.append(measure(source, name, model, size))
-        json_path.write_text(
-            json.dumps({"machine": machine_description(), "results": done}, indent=2)
-        )
+        with atomic_path(json_path) as partial:
+            partial.write_text(
+                json.dumps({"machine": machine_description(), "results": done}, indent=2)
+            )
     text = [
         "# Conversion coverage: make_module_only over torchvision (and timm)",
         "",
@@ -257,7 +287,8 @@ def main() -> None:
         *table(done),
         "",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(text))
+    with atomic_path(args.out.with_suffix(".md")) as partial:
+        partial.write_text("\n".join(text))
     print("\n".join(summary(done)))
 
 

@@ -2,6 +2,7 @@
 line, in-place changes seen through views refused, and the caller's model left as it was."""
 
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -184,3 +185,28 @@ def test_a_successful_train_mode_conversion_moves_no_statistics_and_keeps_mixed_
     assert [k for k in before if not torch.equal(before[k], model.state_dict()[k])] == []
     assert not model.layer1.training and not converted.layer1.training
     assert model.training and converted.training and converted.layer2.training
+
+
+def test_an_ordered_dict_output_stays_an_ordered_dict():
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor):
+            y = self.conv(x)
+            return OrderedDict([("out", y), ("aux", torch.relu(y))])
+
+    model = Named().eval()
+    converted = edgezoo.make_module_only(model, IMAGE)
+    result = converted(IMAGE)
+    assert type(result) is OrderedDict and list(result) == ["out", "aux"]
+    assert torch.equal(result["aux"], model(IMAGE)["aux"])
+
+
+def test_a_converted_mnasnet_checkpoint_loads_back_into_torchvision():
+    model = torchvision.models.mnasnet0_5(num_classes=4).eval()
+    converted = edgezoo.make_module_only(model, torch.randn(1, 3, 64, 64))
+    fresh = torchvision.models.mnasnet0_5(num_classes=4)
+    fresh.load_state_dict(converted.state_dict())  # width 0.5 reads the stored version
+    assert list(fresh.state_dict()) == list(model.state_dict())

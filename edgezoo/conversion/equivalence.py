@@ -13,7 +13,7 @@ from torch.utils import _pytree
 
 from edgezoo.errors import ConversionError
 
-__all__ = ["check_equivalent"]
+__all__ = ["check_equivalent", "output_difference"]
 
 
 def _run(model: nn.Module, inputs: tuple, training: bool) -> object:
@@ -35,7 +35,7 @@ def _plain(value: object) -> object:
     return value
 
 
-def _difference(expected: object, got: object) -> str | None:
+def output_difference(expected: object, got: object) -> str | None:
     """Why two outputs differ (structure, type, shape or values), or None when they agree."""
     leaves, spec = _pytree.tree_flatten(_plain(expected))
     other_leaves, other_spec = _pytree.tree_flatten(_plain(got))
@@ -54,17 +54,20 @@ def _difference(expected: object, got: object) -> str | None:
     return None
 
 
-def check_equivalent(original: nn.Module, converted: nn.Module, inputs: tuple) -> None:
+def check_equivalent(original: nn.Module, converted: nn.Module, inputs: tuple) -> type | None:
     """Raise ConversionError when the converted model's outputs (every one, in eval mode and in
-    the original's training mode) differ from the original's on the example input. The caller
-    restores modes and buffers (a train-mode forward moves BatchNorm statistics)."""
+    the original's training mode) differ from the original's on the example input; return the
+    type of the original's eval output. The caller restores modes and buffers (a train-mode
+    forward moves BatchNorm statistics)."""
     modes = [False] + ([True] if original.training else [])
+    returned = None
     for training in modes:
         try:
             expected = _run(original, inputs, training)
         except Exception:  # e.g. train-mode BatchNorm on a batch of one: nothing to compare
             continue
-        problem = _difference(expected, _run(converted, inputs, training))
+        returned = returned or type(expected)
+        problem = output_difference(expected, _run(converted, inputs, training))
         if problem is not None:
             mode = "train" if training else "eval"
             raise ConversionError(
@@ -73,3 +76,4 @@ def check_equivalent(original: nn.Module, converted: nn.Module, inputs: tuple) -
                 "`a += b` out of place, so a view of `a` taken before it keeps the old values: "
                 "write such adds out of place, or convert by hand"
             )
+    return returned

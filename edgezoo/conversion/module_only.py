@@ -13,7 +13,7 @@ import copy
 import inspect
 import logging
 import operator
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -274,7 +274,8 @@ def make_module_only(
         module.graph.lint()
         module.recompile()
         _check_state_keys(model, module)
-        check_equivalent(model, module, inputs)
+        if check_equivalent(model, module, inputs) is OrderedDict:
+            _return_ordered_dict(module)
     _copy_modes(model, module)
     logger.info("make_module_only(%s): %s", type(model).__name__, report)
     return (module, report) if return_report else module
@@ -298,15 +299,29 @@ def _state_preserved(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+def _return_ordered_dict(module: fx.GraphModule) -> None:
+    """Return an OrderedDict where the original did (fx's generated code returns a dict)."""
+    output = next(node for node in module.graph.nodes if node.op == "output")
+    if isinstance(output.args[0], dict):
+        with module.graph.inserting_before(output):
+            ordered = module.graph.call_function(OrderedDict, (output.args[0],))
+        output.args = (ordered,)
+        module.recompile()
+
+
 def _copy_modes(model: nn.Module, converted: fx.GraphModule) -> None:
     """Each converted module in the mode of the original module of its name, or of the nearest
-    original it was added under (a user's frozen block stays in eval)."""
+    original it was added under (a user's frozen block stays in eval); the containers fx made
+    anew keep their originals' state_dict version, so a checkpoint loads back into the original
+    class (torchvision's MNASNet reads it)."""
     originals = dict(model.named_modules())
     for name, module in converted.named_modules():
         owner = name
         while owner not in originals:
             owner = owner.rpartition(".")[0]
         module.training = originals[owner].training
+        if owner == name and originals[name] is not module:
+            module._version = getattr(originals[name], "_version", 1)
 
 
 def _keep_dropouts_live(module: fx.GraphModule, live: list, report: ConversionReport) -> None:

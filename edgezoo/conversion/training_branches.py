@@ -47,16 +47,19 @@ class ModeDependentCall:
 
 
 def source_line(node: fx.Node) -> str:
-    """Where the user's code made a traced call: 'file:line in function: code' of the innermost
-    frame outside torch (a traced node records the stack from the outermost forward inward)."""
+    """Where the user's code made a traced call: 'file:line in function: code' of the two
+    innermost frames outside torch, caller first (a traced node records the stack from the
+    outermost forward inward)."""
     if node.op == "output":
         return "the forward's return (what it returns differs between the modes)"
     frames = [m.groups() for m in _FRAME.finditer(node.stack_trace or "")]
     frames = [frame for frame in frames if not frame[0].startswith(_TORCH_DIR)]
     if not frames:
         return f"traced node {node.name!r} ({node.format_node()})"
-    path, line, function, code = frames[-1]
-    return f"{path}:{line} in {function}" + (f": {code.strip()}" if code else "")
+    return " -> ".join(
+        f"{path}:{line} in {function}" + (f": {code.strip()}" if code else "")
+        for path, line, function, code in frames[-2:]
+    )
 
 
 def dropout_module(node: fx.Node) -> nn.Module | None:
