@@ -210,3 +210,16 @@ def test_a_converted_mnasnet_checkpoint_loads_back_into_torchvision():
     fresh = torchvision.models.mnasnet0_5(num_classes=4)
     fresh.load_state_dict(converted.state_dict())  # width 0.5 reads the stored version
     assert list(fresh.state_dict()) == list(model.state_dict())
+
+
+def test_what_fx_cannot_take_is_refused_with_what_to_pass_instead(capsys):
+    with pytest.raises(ConversionError, match="TorchScript module: convert the eager model"):
+        edgezoo.make_module_only(torch.jit.script(nn.Conv2d(3, 4, 3)), IMAGE)
+    with pytest.raises(ConversionError, match=r"takes an nn\.Module, not function"):
+        edgezoo.make_module_only(lambda x: x, IMAGE)
+    wrapped = wrap_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "train", IMAGE)
+    with pytest.raises(ConversionError, match="already wrapped for quantization"):
+        edgezoo.make_module_only(wrapped, IMAGE)
+    with pytest.raises(ConversionError, match=r"fails on the example input at .*channels"):
+        edgezoo.make_module_only(DropoutHead(), torch.rand(1, 5, 16, 16))
+    assert "Traceback" not in capsys.readouterr().err

@@ -89,19 +89,36 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
+class _Runner(fx.Interpreter):
+    """Runs the traced graph, remembering the node that failed (for the error message)."""
+
+    failed: fx.Node | None = None
+
+    def run_node(self, node: fx.Node) -> Any:
+        try:
+            return super().run_node(node)
+        except Exception:
+            self.failed = self.failed or node
+            raise
+
+
 def _propagate_shapes(module: fx.GraphModule, inputs: tuple[Any, ...]) -> None:
     """Record each value's shape (node.meta['tensor_meta']) from one eval forward (the
-    caller restores modes and buffers)."""
-    try:
-        module.eval()
-        with torch.no_grad():
-            ShapeProp(module).propagate(*inputs)
-    except Exception as error:  # the traced graph failed on the example input
-        raise ConversionError(
-            f"the traced {module.__class__.__name__} fails on the example input "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); check the input "
-            "size the model expects, or run edgezoo.check_model on it"
-        ) from error
+    caller restores modes and buffers). A plain run first finds a failing node without
+    ShapeProp's printed traceback."""
+    runner = _Runner(module)
+    module.eval()
+    with torch.no_grad():
+        try:
+            runner.run(*inputs)
+        except Exception as error:  # the traced graph failed on the example input
+            where = source_line(runner.failed) if runner.failed is not None else "its forward"
+            raise ConversionError(
+                f"the traced {module.__class__.__name__} fails on the example input at "
+                f"{where} ({type(error).__name__}: {str(error).splitlines()[0][:300]}); check "
+                "the input size and channels the model expects, or run edgezoo.check_model on it"
+            ) from error
+        ShapeProp(module).propagate(*inputs)
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -261,6 +278,7 @@ def make_module_only(
     state_dict keys; deepcopy the model first to keep it apart). Raises ConversionError when fx
     cannot trace the model and SharedModuleError for a parameterised module called twice.
     """
+    _check_convertible(model)
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     report = ConversionReport()
     with _state_preserved(model):
@@ -279,6 +297,25 @@ def make_module_only(
     _copy_modes(model, module)
     logger.info("make_module_only(%s): %s", type(model).__name__, report)
     return (module, report) if return_report else module
+
+
+def _check_convertible(model: Any) -> None:
+    """Refuse what torch.fx cannot take, saying what to pass instead."""
+    if not isinstance(model, nn.Module):
+        raise ConversionError(
+            f"make_module_only takes an nn.Module, not {type(model).__name__}: put the "
+            "computation in a module's forward"
+        )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConversionError(
+            "make_module_only cannot convert a TorchScript module: convert the eager model "
+            "(before torch.jit.script or torch.jit.trace)"
+        )
+    if any(type(m).__module__.startswith("edgezoo.quantization") for m in model.modules()):
+        raise ConversionError(
+            f"{type(model).__name__} is already wrapped for quantization: convert the float "
+            "model before wrapping it (wrap_model and QuantTrainModule convert automatically)"
+        )
 
 
 @contextlib.contextmanager
