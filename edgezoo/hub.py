@@ -129,7 +129,7 @@ def _validate_record(problems: list[str], where: str, record: Any, entry: dict) 
         "num_params",
         "preprocessing",
     }
-    _check_keys(problems, where, record, required, {"recipe", "file_size_mb"})
+    _check_keys(problems, where, record, required, {"recipe", "file_size_mb", "sha256"})
     for key in ("url", "file_name", "source", "license", "dataset", "recipe"):
         if key in record and not (isinstance(record[key], str) and record[key]):
             problems.append(f"{where}.{key} must be a non-empty string")
@@ -143,6 +143,11 @@ def _validate_record(problems: list[str], where: str, record: Any, entry: dict) 
         problems.append(f"{where}.sha256_prefix must be 8 to 64 lower-case hex digits")
     elif isinstance(file_name, str) and hash_prefix_of(file_name) != prefix:
         problems.append(f"{where}.sha256_prefix must equal the hash in the file name")
+    full = record.get("sha256", prefix)
+    if not (isinstance(full, str) and isinstance(prefix, str) and full.startswith(prefix)):
+        problems.append(f"{where}.sha256 must be the full hash that sha256_prefix begins")
+    elif "sha256" in record and not re.fullmatch(r"[0-9a-f]{64}", full):
+        problems.append(f"{where}.sha256 must be 64 lower-case hex digits")
     metrics = record.get("metrics")
     if not (
         isinstance(metrics, dict)
@@ -264,11 +269,12 @@ def fetch_weights(
     """
     path = cache_path(record["file_name"])
     remove_stale_partials(path.parent, {path.name})
-    expected = record["sha256_prefix"]
+    expected = expected_sha256(record)
     if path.is_file():
         actual = _sha256_of(path)
         if actual.startswith(expected):
             logger.debug("using cached %s", path)
+            _pin_sha256(record["file_name"], actual)
             return path
         bad = path.with_name(path.name + ".bad")
         os.replace(path, bad)
@@ -280,8 +286,47 @@ def fetch_weights(
             expected,
             bad,
         )
-    download(weights_url(record, base_url), path, expected, progress=progress, timeout=timeout)
+    url = weights_url(record, base_url)
+    digest = download(url, path, expected, progress=progress, timeout=timeout)
+    _pin_sha256(record["file_name"], digest)
     return path
+
+
+def pinned_hashes_path() -> Path:
+    """Where edgezoo keeps the full sha256 of each weights file it has verified (beside
+    torch.hub's checkpoint folder, not in it)."""
+    return Path(torch.hub.get_dir()) / "edgezoo_sha256.json"
+
+
+def _pinned_hashes() -> dict[str, str]:
+    path = pinned_hashes_path()
+    try:
+        pins = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return pins if isinstance(pins, dict) else {}
+
+
+def expected_sha256(record: Mapping[str, Any]) -> str:
+    """The hash a file must have: the manifest's full sha256 where it ships one, else the full
+    hash recorded when the file first matched its 8-digit prefix (torchvision publishes only
+    the prefix: 32 bits alone are too few to trust), else that prefix."""
+    if "sha256" in record:
+        return record["sha256"]
+    pinned = _pinned_hashes().get(record["file_name"], "")
+    return pinned if pinned.startswith(record["sha256_prefix"]) else record["sha256_prefix"]
+
+
+def _pin_sha256(file_name: str, digest: str) -> None:
+    """Record a verified file's full hash, so a later copy must match all 256 bits."""
+    pins = _pinned_hashes()
+    if pins.get(file_name) == digest:
+        return
+    pins[file_name] = digest
+    path = pinned_hashes_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(pins, indent=1, sort_keys=True), "utf-8")
 
 
 def cache_path(file_name: str) -> Path:
@@ -303,8 +348,9 @@ def download(
     *,
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT_S,
-) -> None:
-    """Download url to path atomically: a temp file beside it, verified, then os.replace."""
+) -> str:
+    """Download url to path atomically (a temp file beside it, verified, then os.replace);
+    return its sha256. sha256_prefix: the hash or its beginning the file must have."""
     path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s to %s", url, path)
     try:
@@ -317,6 +363,7 @@ def download(
                     f"the file was not kept at {path}. Check that the mirror serves the "
                     "right file, or place a good copy there by hand"
                 )
+        return digest
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         raise DownloadError(
             f"could not download {url} ({err}). Download it by another route and place it at "
@@ -359,6 +406,17 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _unpickler_detail(err: Exception) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to turn the safety
+    off (weights_only=False runs whatever code the file holds)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error:"):
+            rest = line.removeprefix("WeightsUnpickler error:").strip()
+            return rest or (lines[index + 1] if index + 1 < len(lines) else "unknown")
+    return next((line for line in lines if "weights_only" not in line), type(err).__name__)
+
+
 def load_checkpoint(source: str | os.PathLike) -> Any:
     """torch.load a weights file or a run's checkpoint (path or file:// URL) safely, onto the CPU.
 
@@ -373,9 +431,10 @@ def load_checkpoint(source: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as err:
         if _REFUSED_OBJECT not in str(err).upper():
             raise WeightsError(
-                f"{path} is not a loadable weights file ({err}); it must be a torch.save'd "
-                "state_dict or checkpoint dict of tensors"
-            ) from err
+                f"{path} is not a loadable weights file (the safe loader stopped at: "
+                f"{_unpickler_detail(err)}); it must be a torch.save'd state_dict or "
+                "checkpoint dict of tensors, which edgezoo loads without running code"
+            ) from None
         logger.debug("torch.load(weights_only=True) refused %s: %s", path, err)
         raise WeightsError(
             f"{path} holds objects that are not tensors and is refused for safety (edgezoo "

@@ -3,8 +3,10 @@
 import copy
 import hashlib
 import io
+import json
 import logging
 import os
+import pickle
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -319,3 +321,41 @@ def test_deeplab_backbone_gets_torchvision_imagenet_weights(cache, server, mobil
 
     with pytest.raises(WeightsError, match="pretrained_backbone=True"):
         get_model("deeplabv3plus_mobilenetv2", pretrained=True)
+
+
+def test_the_full_hash_is_pinned_on_first_verify_and_every_later_copy_must_match_it(
+    cache, server, resnet18_file
+):
+    name, data = resnet18_file
+    get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    pins = json.loads(hub.pinned_hashes_path().read_text())
+    assert pins == {name: hashlib.sha256(data).hexdigest()}
+    assert _files(cache) == [name], "the pins live beside torch.hub's cache, not in it"
+    # A copy that matches the 8-digit prefix but not the recorded 256 bits is refused.
+    forged = pins[name][:8] + "0" * 56
+    hub.pinned_hashes_path().write_text(json.dumps({name: forged}))
+    with pytest.raises(HashMismatchError, match=f"expected a hash starting with {forged}"):
+        get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    assert (cache / f"{name}.bad").read_bytes() == data
+
+
+def test_a_full_hash_in_the_manifest_is_checked_in_full(cache, server):
+    record = hub.load_manifest()["models"]["resnet18"]["weights"]["IMAGENET1K_V1"]
+    record["sha256"] = record["sha256_prefix"] + "f" * 56
+    assert hub.validate_manifest(hub.load_manifest()) == []
+    with pytest.raises(HashMismatchError, match="f" * 56):
+        get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    record["sha256"] = "0" * 64
+    assert any(
+        "sha256 must be the full hash" in p for p in hub.validate_manifest(hub.load_manifest())
+    )
+
+
+def test_a_plain_pickle_is_refused_without_torchs_advice_to_turn_safety_off(tmp_path):
+    path = tmp_path / "legacy.pkl"
+    path.write_bytes(pickle.dumps({"a": 1, "b": {1, 2}}, protocol=4))
+    with pytest.raises(WeightsError) as info:
+        get_model("resnet18", pretrained=path)
+    message = str(info.value)
+    assert "is not a loadable weights file (the safe loader stopped at:" in message
+    assert "weights_only" not in message and "Re-running" not in message
