@@ -209,6 +209,11 @@ def _tag(pretrained: bool | str, entry: Mapping[str, Any]) -> str:
     return entry["default_weights"] if text == "DEFAULT" else text
 
 
+def checkpoint_classes(name: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """The number of classes a checkpoint of model `name` was trained for, if it has a head."""
+    return _head_classes(state_dict, _entry(resolve_name(name))["head"])
+
+
 def _head_classes(state_dict: Mapping[str, torch.Tensor], head: str) -> int | None:
     """The number of classes the checkpoint's head produces, if it has one."""
     for key, tensor in state_dict.items():

@@ -103,7 +103,7 @@ def load_weights(model: nn.Module, source: WeightsSource, strict: bool = True) -
     for key, tensor in state_dict.items():
         if key not in model_state:
             unexpected.append(key)
-        elif tensor.shape != model_state[key].shape:
+        elif tensor.shape != model_state[key].shape and not _older_flags(key, tensor):
             mismatched.append(
                 ShapeMismatch(key, tuple(tensor.shape), tuple(model_state[key].shape))
             )
@@ -119,6 +119,12 @@ def load_weights(model: nn.Module, source: WeightsSource, strict: bool = True) -
         )
     model.load_state_dict({key: state_dict[key] for key in loaded}, strict=False)
     return report
+
+
+def _older_flags(key: str, tensor: torch.Tensor) -> bool:
+    """A quantization module's saved flags from before flags were added at the end: they load
+    (the new ones keep their current values; saved_flags.py)."""
+    return key.endswith("._extra_state") and isinstance(tensor, torch.Tensor) and tensor.ndim == 1
 
 
 def _align_ddp_prefix(
@@ -219,8 +225,11 @@ def _load_range_state(
     if mode == TEST and absent:
         raise CheckpointMismatchError(
             f"weights {origin} hold no range for {len(absent)} activation range(s) "
-            f"({preview(absent)}): evaluating quantized needs a QAT or calibrated checkpoint "
-            "(q.module.state_dict()); evaluate a float checkpoint in float, or calibrate it first"
+            f"({preview(absent)}): a quantized model (export --qat, evaluate --qat, simulate) "
+            "needs a QAT or calibrated checkpoint (q.module.state_dict()); use a float "
+            "checkpoint in float (without --qat), or calibrate it first (edgezoo calibrate). "
+            "--allow-uncalibrated only admits ranges a QAT run left untrained, not a float "
+            "checkpoint's missing ones"
         )
     if absent:
         logger.info(

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from edgezoo.cli import main
 from edgezoo.models import BUILDERS
-from edgezoo.quantization import QuantTrainModule, activation_ranges
+from edgezoo.quantization import QuantizationConfig, QuantTrainModule, activation_ranges
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,3 +84,55 @@ def test_opset_choices_are_the_exported_range(tmp_path, capsys):
         main(["export", "resnet18", "--opset", "18", "-o", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "choose from 11, 12, 13, 14, 15, 16, 17" in capsys.readouterr().err
+
+
+def _qat_checkpoint(tmp_path, name: str, config=None, classes: int = 7):
+    """A QAT checkpoint whose ranges saw one batch."""
+    torch.manual_seed(0)
+    model = BUILDERS["resnet18"](num_classes=classes)
+    q = QuantTrainModule(model, torch.rand(1, 3, 32, 32), config=config)
+    with torch.no_grad():
+        q.train()(torch.randn(4, 3, 32, 32))
+    path = tmp_path / name
+    torch.save(q.module.state_dict(), path)
+    return path
+
+
+def test_a_checkpoint_is_exported_only_as_it_was_trained(tmp_path, capsys):
+    # Another --num-classes would export a random head; another scheme a different graph.
+    checkpoint = _qat_checkpoint(tmp_path, "qat.pth")
+    base = ["export", "resnet18", "--qat", "--input-size", "32", "32", "--checkpoint"]
+    out = ["-o", str(tmp_path / "out")]
+    assert main([*base, str(checkpoint), "--num-classes", "3", *out]) == 2
+    assert "--num-classes 3 does not match" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+    per_channel = QuantizationConfig(target="am68a", per_channel_weights=True)
+    checkpoint = _qat_checkpoint(tmp_path, "per_channel.pth", per_channel)
+    assert main([*base, str(checkpoint), *out]) == 2
+    err = capsys.readouterr().err
+    assert "trained with per_channel=True" in err and "--per-channel-weights" in err
+    scheme = ["--per-channel-weights", "--target", "am68a"]
+    assert main([*base, str(checkpoint), *scheme, *out]) == 0
+
+
+def test_a_float_checkpoint_is_not_exported_as_qat_even_when_uncalibrated_is_allowed(
+    tmp_path, capsys
+):
+    checkpoint = tmp_path / "float.pth"
+    torch.save(BUILDERS["resnet18"](num_classes=7).state_dict(), checkpoint)
+    args = ["export", "resnet18", "--qat", "--checkpoint", str(checkpoint), "--input-size"]
+    args += ["32", "32", "--allow-uncalibrated", "-o", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "use a float checkpoint in float (without --qat)" in err
+    assert "--allow-uncalibrated only admits ranges a QAT run left untrained" in err
+
+
+def test_a_checkpoint_from_before_the_scheme_flags_still_exports(tmp_path, capsys):
+    checkpoint = _qat_checkpoint(tmp_path, "qat.pth")
+    state = torch.load(checkpoint, weights_only=True)
+    older = {k: v[:-1] if k.endswith("._extra_state") else v for k, v in state.items()}
+    torch.save(older, checkpoint)  # the flags as written before per_channel / asymmetric
+    args = ["export", "resnet18", "--qat", "--checkpoint", str(checkpoint), "--input-size"]
+    assert main([*args, "32", "32", "-o", str(tmp_path / "out")]) == 0

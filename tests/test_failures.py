@@ -169,6 +169,10 @@ def test_resume_refuses_options_that_differ_and_extends_epochs(capsys, tmp_path,
     assert "--lr 0.5 (the run uses 0.002)" in err
     assert "--seed 3 (the run uses 0)" in err
     assert (out / LAST).read_bytes() == saved  # nothing saved is touched
+    other = ["--checkpoint", str(out / LAST)]
+    status, err = run_cli(["train", *QUICK, "--resume", *other, "--out", str(out)], capsys)
+    assert status == 2
+    assert f"--checkpoint {out / LAST} would be ignored" in err
     assert main(["train", *QUICK, "--resume", "--epochs", "2", "--out", str(out)]) == 0
     assert load_checkpoint(out / LAST)["epoch"] == 2
     assert "with --epochs 2 instead of 1" in caplog.text

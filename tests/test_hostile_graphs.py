@@ -279,3 +279,14 @@ def test_data_that_is_a_file_or_a_decompression_bomb_is_named(tmp_path, capsys):
             data.train[0]
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def test_missing_external_data_is_named_not_called_corrupt(tmp_path, capsys):
+    proto = exported(tmp_path, qdq=False)
+    path = tmp_path / "split.onnx"
+    onnx.save(proto, path, save_as_external_data=True, location="split.onnx.data", size_threshold=0)
+    (tmp_path / "split.onnx.data").unlink()
+    assert main(["verify", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "external data files that are not beside it (split.onnx.data)" in err
+    assert "corrupt" not in err

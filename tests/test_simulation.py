@@ -276,3 +276,12 @@ def test_evaluate_reports_the_integer_accuracy_beside_the_qat_model(tmp_path, ca
     assert record["integer_simulation"]["loss"] == pytest.approx(record["loss"], rel=1e-5)
     without_graph = ["evaluate", *quick, "--checkpoint", checkpoint, "--simulate"]
     assert main(without_graph) == 2 and "pass --onnx FILE.onnx" in capsys.readouterr().err
+    # A graph of another input size or another model is refused before any evaluation.
+    assert main([*evaluate, "--simulate", "--input-size", "64"]) == 2
+    assert "the graph takes inputs of [3, 32, 32]" in capsys.readouterr().err
+    other = onnx.load(onnx_path)
+    other.graph.name = "resnet18"
+    onnx.save(other, tmp_path / "other.onnx")
+    evaluate[-1] = str(tmp_path / "other.onnx")
+    assert main([*evaluate, "--simulate"]) == 2
+    assert "is an export of resnet18, not of mobilenetv2" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from edgezoo.cli.arguments import (
     positive_int,
     quantization_config,
 )
-from edgezoo.errors import ExportVerificationError, RunExistsError
+from edgezoo.errors import ExportVerificationError, RunExistsError, UsageError
 from edgezoo.export import export_onnx, verify_onnx
 from edgezoo.export.tidl_config import tidl_config_paths
 from edgezoo.export.tidl_rules import EXPORT_OPSETS
@@ -131,6 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
     from edgezoo.registry import default_input_size, get_model, resolve_name
 
     name = resolve_name(args.name)
+    _check_checkpoint_classes(name, args)
     pretrained = args.checkpoint or args.pretrained
     if not pretrained:
         logger.warning(
@@ -168,6 +169,23 @@ def run_export(args: argparse.Namespace) -> int:
         return 1
     print(report)
     return 0 if report.ok else 1
+
+
+def _check_checkpoint_classes(name: str, args: argparse.Namespace) -> None:
+    """A run's checkpoint must fit exactly: another --num-classes would export a random head."""
+    if args.checkpoint is None or args.num_classes is None:
+        return
+    from edgezoo.registry import checkpoint_classes
+    from edgezoo.weights import read_state_dict
+
+    classes = checkpoint_classes(name, read_state_dict(args.checkpoint))
+    if classes is not None and classes != args.num_classes:
+        raise UsageError(
+            f"--num-classes {args.num_classes} does not match {args.checkpoint}, whose head has "
+            f"{classes} classes: the export would carry a randomly initialised head. Drop "
+            "--num-classes (the checkpoint's is used), or pass a checkpoint trained for "
+            f"{args.num_classes} classes"
+        )
 
 
 def _refuse_to_replace(paths: list[Path], overwrite: bool) -> None:

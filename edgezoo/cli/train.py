@@ -320,6 +320,21 @@ def _resumed_config(args: argparse.Namespace, name: str):
     """The saved settings of the run in --out; refuse options that differ from them."""
     from edgezoo.engine import load_run_config
 
+    weights = [
+        f"{option} {value if value is not True else ''}".strip()
+        for option, value in (
+            ("--checkpoint", getattr(args, "checkpoint", None)),
+            ("--pretrained", getattr(args, "pretrained", None)),
+            ("--pretrained-backbone", getattr(args, "pretrained_backbone", None)),
+        )
+        if value
+    ]
+    if weights:
+        raise ResumeMismatchError(
+            f"--resume continues from the weights saved in {args.out}, so {', '.join(weights)} "
+            "would be ignored: drop it to resume, or start a new run from those weights with "
+            "--overwrite or another --out"
+        )
     config = load_run_config(args.out)
     saved = {**config.to_dict(), **config.metadata}
     differ = [
@@ -491,6 +506,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data_name = _or(args.data, "embedded")
     input_size = _run_input_size(args, task, data_name)
     data = _task_data(name, task, data_name, input_size, args.num_classes)
+    if args.simulate:
+        _check_graph_model(args.onnx, name)
     quantized = args.qat
     if args.checkpoint is not None and not quantized:
         quantized = is_quantized_state(name, read_state_dict(args.checkpoint), data.num_classes)
@@ -526,12 +543,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_graph_model(path: Path | None, model: str) -> None:
+    """Refuse a missing --onnx, or an edgezoo export of another model than the one evaluated."""
+    from edgezoo.export.verify import load_onnx
+
+    if path is None:
+        raise UsageError("--simulate evaluates the exported graph: pass --onnx FILE.onnx too")
+    proto = load_onnx(path)
+    if proto.producer_name == "edgezoo" and proto.graph.name not in ("", model):
+        raise UsageError(
+            f"{path} is an export of {proto.graph.name}, not of {model}: pass the graph "
+            f"exported from this {model} checkpoint"
+        )
+
+
 def _simulated(args: argparse.Namespace, data: Any, config: Any) -> dict[str, float]:
     """The --onnx graph's metrics in TIDL's integer arithmetic."""
     from edgezoo.simulation import simulated_metrics
 
-    if args.onnx is None:
-        raise UsageError("--simulate evaluates the exported graph: pass --onnx FILE.onnx too")
     return simulated_metrics(
         args.onnx,
         data.val,

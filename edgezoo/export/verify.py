@@ -107,6 +107,13 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         proto = onnx.load(path)
     except Exception as err:
+        missing = _missing_external_data(path)
+        if missing:
+            raise UnreadableModelError(
+                f"{path} keeps its weights in external data files that are not beside it "
+                f"({', '.join(missing)}): copy them next to the .onnx file, or export it again "
+                "as one file"
+            ) from err
         raise UnreadableModelError(
             f"{path} is not a readable ONNX model ({type(err).__name__}): a truncated or "
             "corrupt file, or another format; export it again"
@@ -114,6 +121,24 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     if not proto.graph.node:
         raise UnreadableModelError(f"{path} holds no ONNX graph (no nodes); export it again")
     return proto
+
+
+def _missing_external_data(path: Path) -> list[str]:
+    """The external data files a model names that are not beside it (reads the graph only)."""
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:
+        return []
+    tensors = [*proto.graph.initializer]
+    tensors += [a.t for node in proto.graph.node for a in node.attribute if a.HasField("t")]
+    locations = {
+        entry.value
+        for tensor in tensors
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return sorted(name for name in locations if not (path.parent / name).is_file())
 
 
 class _GraphChecker:

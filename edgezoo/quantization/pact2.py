@@ -11,6 +11,7 @@ QuantizeLinear grid of affine.py, with a zero point where the range is asymmetri
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +144,12 @@ class PACT2(SavedFlagsMixin, nn.Module):
         "_countdown",
         "_since_update",
         "_rounding_index",
+        "asymmetric",
     )
+    SCHEME_FLAGS: ClassVar[dict[str, str]] = {
+        "asymmetric": "QuantizationConfig(asymmetric_activations=...) with its target "
+        "(--asymmetric-activations --target ...)"
+    }
 
     @property
     def rounding_mode(self) -> str:

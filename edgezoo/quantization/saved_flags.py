@@ -21,6 +21,9 @@ class SavedFlagsMixin:
     """Save the bool or int attributes named in FLAGS with the module (nn.Module mixin)."""
 
     FLAGS: ClassVar[tuple[str, ...]] = ()
+    SCHEME_FLAGS: ClassVar[dict[str, str]] = {}
+    """Flags fixed by how the model was wrapped (the quantization scheme): a checkpoint with
+    another value is refused, with the option that wraps it alike, instead of loaded."""
 
     def _init_saved_flags(self) -> None:
         # Runs after the attributes are set; a load without the key keeps the current values.
@@ -38,7 +41,15 @@ class SavedFlagsMixin:
                 "layer; load it with the edgezoo version that wrote it"
             )
         for name, value in zip(self.FLAGS, values, strict=False):
-            setattr(self, name, type(getattr(self, name))(value))
+            current = getattr(self, name)
+            value = type(current)(value)
+            if name in self.SCHEME_FLAGS and value != current:
+                raise CheckpointMismatchError(
+                    f"{type(self).__name__}: the checkpoint was trained with {name}={value}, "
+                    f"this model is wrapped with {name}={current}; wrap it as it was trained: "
+                    f"{self.SCHEME_FLAGS[name]}"
+                )
+            setattr(self, name, value)
 
 
 def _keep_flags_when_missing(module: SavedFlagsMixin, state_dict: dict, prefix: str, *_) -> None:

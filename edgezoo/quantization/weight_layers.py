@@ -27,6 +27,7 @@ a conv that folds a BN) are saved under the BN's own name, as they were before f
 
 import logging
 from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -84,11 +85,15 @@ class QuantWeightMixin(SavedFlagsMixin):
     `_layer_op(x, weight, bias)` (the one conv or matmul), `_channel_shape` (how a
     per-output-channel vector broadcasts over the weight) and `_channel_dim` (the output's
     channel axis). `quantize_weights` (off only inside the float reference of calibration and
-    layer_report), `outlier_check_pending` and the bias rule (an index into grid.BIAS_RULES) are
-    saved with the model.
+    layer_report), `outlier_check_pending`, the bias rule (an index into grid.BIAS_RULES) and
+    whether weights are per-channel are saved with the model.
     """
 
-    FLAGS = ("quantize_weights", "outlier_check_pending", "bias_rule_index")
+    FLAGS = ("quantize_weights", "outlier_check_pending", "bias_rule_index", "per_channel")
+    SCHEME_FLAGS: ClassVar[dict[str, str]] = {
+        "per_channel": "QuantizationConfig(per_channel_weights=...) with its target "
+        "(--per-channel-weights --target ...)"
+    }
     weight: nn.Parameter
     bias: nn.Parameter | None
     bn: QuantBatchNorm2d | None

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from edgezoo.engine.metrics import make_meter
+from edgezoo.errors import UsageError
 from edgezoo.export.graph_tools import without_argmax
 from edgezoo.export.verify import load_onnx
 from edgezoo.simulation.simulate import TIDLSimulator
@@ -31,6 +32,7 @@ def simulated_metrics(
     An appended ArgMax is left out, so the loss and top-5 come from the simulated logits.
     """
     proto = without_argmax(model if isinstance(model, onnx.ModelProto) else load_onnx(model))
+    _check_fits(proto, dataset, num_classes)
     simulator = TIDLSimulator(proto)
     meter = make_meter(task, num_classes, ignore_index)
     loader = DataLoader(dataset, batch_size=batch_size)
@@ -44,3 +46,30 @@ def simulated_metrics(
         )
         meter.update(logits, targets, loss)
     return meter.compute()
+
+
+def _static_dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    dims = value.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
+def _check_fits(proto: onnx.ModelProto, dataset: Dataset, num_classes: int) -> None:
+    """Refuse a graph whose input size or class count is not the evaluation's (a graph of
+    another model or input size would give figures that mean nothing)."""
+    image, _ = dataset[0]
+    expected = [*image.shape]
+    declared = _static_dims(proto.graph.input[0])[1:]
+    if len(declared) != len(expected) or any(
+        d is not None and d != e for d, e in zip(declared, expected, strict=False)
+    ):
+        raise UsageError(
+            f"the graph takes inputs of {declared} (channels, height, width), the evaluation "
+            f"data is {expected}: export the model at this input size (--input-size), or "
+            "evaluate the graph of this model"
+        )
+    classes = _static_dims(proto.graph.output[0])[1:2]
+    if classes and classes[0] is not None and classes[0] != num_classes:
+        raise UsageError(
+            f"the graph outputs {classes[0]} classes, the evaluation has {num_classes}: pass "
+            "the graph exported from this model and checkpoint"
+        )
