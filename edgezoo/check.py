@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 import edgezoo.layers
+from edgezoo.conversion.norm_act import is_norm_act
 from edgezoo.errors import ModuleOnlyViolationError, TIDLRuleError
 from edgezoo.layers import validate_resize
 
@@ -214,6 +215,13 @@ class _ForwardTracer:
     def enter(self, module: nn.Module, _args: object) -> None:
         self._stack.append(module)
         self._call_sites.setdefault(module, []).append(_call_site())
+        if is_norm_act(module):
+            message = (
+                f"{type(module).__name__} applies its activation inside the BatchNorm: "
+                "quantization needs them apart (the BN folds into the conv, the activation "
+                "gets a range); make_module_only splits it, or use nn.BatchNorm2d + activation"
+            )
+            self._collector.add("norm-act", self._name_of(module), message, _call_site())
 
     def leave(self, module: nn.Module, _args: object, _output: object) -> None:
         if self._stack and self._stack[-1] is module:

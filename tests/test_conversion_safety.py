@@ -52,6 +52,7 @@ class NormAct(nn.BatchNorm2d):
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels)
+        self.drop = nn.Identity()
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,14 +61,26 @@ class NormAct(nn.BatchNorm2d):
         x = F.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias, self.training
         )
-        return self.act(x)
+        return self.act(self.drop(x))
+
+
+class RunningNorm(nn.BatchNorm2d):
+    """A user's BatchNorm subclass without an activation, branching on self.training: no
+    known layer, so conversion must refuse it rather than bake in one mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training
+        )
 
 
 class NormActNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, norm: type[nn.Module] = NormAct) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = NormAct(8)
+        self.bn = norm(8)
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +170,7 @@ def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor], training
     assert all(m.training == training for m in model.modules())
 
 
-class NormActMean(NormActNet):
+class NormMean(NormActNet):
     """The same with a functional mean, which only conversion can make module-only."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,16 +178,33 @@ class NormActMean(NormActNet):
 
 
 def test_a_failed_conversion_leaves_the_callers_buffers_and_modes_as_they_were():
-    model = NormActNet().train()
+    model = NormActNet(RunningNorm).train()
     before = state(model)
     with pytest.raises(ConversionError, match=r"test_conversion_safety.py:\d+ in forward"):
         edgezoo.make_module_only(model, IMAGE)
     assert_unchanged(model, before, training=True)
-    model = NormActMean().train()
+    model = NormMean(RunningNorm).train()
     before = state(model)
     with pytest.raises(ModuleOnlyViolationError, match=r"automatic conversion.*train/eval mode"):
         wrap_model(model, "train", IMAGE)
     assert_unchanged(model, before, training=True)
+
+
+def test_a_norm_act_layer_becomes_its_batch_norm_and_activation(tmp_path):
+    model = NormActNet().train()
+    before = state(model)
+    converted, report = edgezoo.make_module_only(model, IMAGE, return_report=True)
+    assert report.changes["norm-act split"] == 1
+    assert type(converted.bn) is nn.BatchNorm2d and converted.bn.weight is model.bn.weight
+    assert list(converted.state_dict()) == list(before)
+    for training in (True, False):
+        expected = outputs(copy.deepcopy(model), training)
+        assert torch.equal(expected, outputs(copy.deepcopy(converted), training))
+    q = wrap_model(NormActNet(), "train", IMAGE)  # the check flags it, wrapping converts it
+    with torch.no_grad():
+        q(IMAGE)
+    report = edgezoo.export_onnx(q.eval(), tmp_path / "m.onnx", IMAGE[:1], write_configs=False)
+    assert report.ok
 
 
 def test_a_successful_train_mode_conversion_moves_no_statistics_and_keeps_mixed_modes():

@@ -24,6 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import edgezoo.layers
 from edgezoo.conversion.equivalence import check_equivalent
+from edgezoo.conversion.norm_act import is_norm_act
 from edgezoo.conversion.rewrites import Rewrite, find_rewrite
 from edgezoo.conversion.training_branches import (
     mode_dependent_calls,
@@ -73,6 +74,8 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if isinstance(module, _EDGEZOO_LEAVES) or _branches_on_training(module):
+            return True
+        if is_norm_act(module):
             return True
         return super().is_leaf_module(module, qualified_name)
 
@@ -285,6 +288,7 @@ def make_module_only(
         module = _trace(model)
         flipped = trace_in_other_mode(_trace, model)
         live = mode_dependent_calls(type(model).__name__, module, flipped)
+        _split_norm_acts(module, report)
         _propagate_shapes(module, inputs)
         _keep_dropouts_live(module, live, report)
         _rewrite_calls(module, tidl_rules, report)
@@ -359,6 +363,61 @@ def _copy_modes(model: nn.Module, converted: fx.GraphModule) -> None:
         module.training = originals[owner].training
         if owner == name and originals[name] is not module:
             module._version = getattr(originals[name], "_version", 1)
+
+
+def _plain_batch_norm(norm_act: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """An nn.BatchNorm2d holding a norm-act layer's own tensors (same state_dict keys)."""
+    bn = nn.BatchNorm2d(
+        norm_act.num_features,
+        norm_act.eps,
+        norm_act.momentum,
+        norm_act.affine,
+        norm_act.track_running_stats,
+        device="meta",
+    )
+    for name, tensor in [
+        *norm_act.named_parameters(recurse=False),
+        *norm_act.named_buffers(recurse=False),
+    ]:
+        setattr(bn, name, tensor)
+    bn.train(norm_act.training)
+    return bn
+
+
+def _split_norm_acts(module: fx.GraphModule, report: ConversionReport) -> None:
+    """Each norm-act layer as its BatchNorm2d followed by its dropout and activation modules
+    (siblings named <layer>_drop / <layer>_act), which the quantizer folds and ranges."""
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or not is_norm_act(module.get_submodule(node.target)):
+            continue
+        norm_act = module.get_submodule(node.target)
+        extras = [
+            (k, m)
+            for k in ("drop", "act")
+            if isinstance(m := getattr(norm_act, k, None), nn.Module)
+        ]
+        if any(True for _, m in extras for _ in [*m.parameters(), *m.buffers()]):
+            raise ConversionError(
+                f"{node.target} ({type(norm_act).__name__}) has an activation with its own "
+                "weights: splitting it would move their state_dict keys; use a parameter-free "
+                "activation there, or convert by hand"
+            )
+        module.add_submodule(node.target, _plain_batch_norm(norm_act))
+        last = node
+        for kind, extra in extras:
+            name = _free_name(
+                module, node.target.rpartition(".")[0], f"{node.target.rpartition('.')[2]}_{kind}"
+            )
+            module.add_submodule(name, extra)
+            with module.graph.inserting_after(last):
+                call = module.graph.call_module(name, (last,))
+            call.meta = dict(node.meta)
+            last.replace_all_uses_with(
+                call, delete_user_cb=lambda user, call=call: user is not call
+            )
+            last = call
+            report.modules.append(name)
+        report.changes["norm-act split"] += 1
 
 
 def _keep_dropouts_live(module: fx.GraphModule, live: list, report: ConversionReport) -> None:
