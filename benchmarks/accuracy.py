@@ -39,7 +39,6 @@ from edgezoo import get_model
 from edgezoo.benchmarking import machine_description
 from edgezoo.data import build_task_data, validation_split
 from edgezoo.engine import TrainConfig, fit
-from edgezoo.engine.setup import preprocessing
 from edgezoo.fileio import atomic_path
 from edgezoo.quantization import (
     QuantizationConfig,
@@ -47,6 +46,7 @@ from edgezoo.quantization import (
     wrap_model,
     write_back_quantized_weights,
 )
+from edgezoo.registry import preprocessing
 
 CLASSIFIERS = ("mobilenetv2", "resnet18")
 SEGMENTER = "deeplabv3plus_mobilenetv2"

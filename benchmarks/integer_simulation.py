@@ -31,13 +31,13 @@ from torch.utils.data import DataLoader, Subset
 from edgezoo import export_onnx, model_info
 from edgezoo.benchmarking import machine_description
 from edgezoo.data import build_task_data
-from edgezoo.engine.setup import preprocessing
 from edgezoo.export import onnxruntime_session
 from edgezoo.fileio import atomic_path
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantizationConfig, QuantTrainModule
 from edgezoo.quantization.grid import BIAS_RULES
 from edgezoo.quantization.weight_layers import QuantWeightMixin, bn_scale
+from edgezoo.registry import preprocessing
 from edgezoo.simulation import TIDLSimulator, parity_report
 
 MODELS = ("resnet18", "mobilenetv2", "deeplabv3plus_mobilenetv2")

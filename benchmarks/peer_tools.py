@@ -26,9 +26,9 @@ from torch import nn
 from edgezoo import get_model
 from edgezoo.engine import fit
 from edgezoo.export import export_onnx, verify_onnx
-from edgezoo.export.tidl_rules import TARGET_PROP
 from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.simulation import TIDLSimulator
+from edgezoo.tidl.rules import TARGET_PROP
 
 CHOSEN_SCHEDULE = {"mobilenetv2": "ranges_frozen_after_first", "resnet18": "ti"}  # accuracy.md
 TORCHVISION = {"mobilenetv2": "mobilenet_v2", "resnet18": "resnet18"}

@@ -21,8 +21,9 @@ from edgezoo.benchmarking import machine_description
 from edgezoo.data import build_task_data
 from edgezoo.engine import TrainConfig, evaluate, fit
 from edgezoo.engine.checkpoint import LAST
-from edgezoo.engine.setup import build_model, preprocessing
+from edgezoo.engine.setup import build_model
 from edgezoo.quantization import QuantizationConfig, activation_ranges
+from edgezoo.registry import preprocessing
 
 MODEL = "mobilenetv2"
 

@@ -50,9 +50,8 @@ from edgezoo.quantization import (
 )
 from edgezoo.registry import get_model, list_models, model_info
 from edgezoo.simulation import simulate_tidl
+from edgezoo.version import __version__
 from edgezoo.weights import LoadReport, load_weights
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckReport",

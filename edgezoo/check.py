@@ -21,11 +21,10 @@ import edgezoo.layers
 from edgezoo.conversion.norm_act import is_norm_act
 from edgezoo.errors import ModuleOnlyViolationError, TIDLRuleError
 from edgezoo.layers import validate_resize
+from edgezoo.tidl.rules import TIDL_DEPTHWISE_KERNEL_STRIDE
 
 ROOT_NAME = "<root>"
 
-# Depthwise (kernel, stride) pairs TIDL runs (edgeai-tidl-tools supported ops, release 11.0).
-TIDL_DEPTHWISE_KERNEL_STRIDE = frozenset({(3, 1), (3, 2), (5, 2), (7, 1), (7, 2)})
 
 _RELU_ADVICE = "use an nn.ReLU module, one instance per use"
 _CLIP_ADVICE = "use an nn.ReLU6 or nn.Hardtanh module, one instance per use"

@@ -4,18 +4,18 @@ import copy
 import difflib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from edgezoo import hub
-from edgezoo.errors import CheckpointMismatchError, UnknownModelError, WeightsError
+from edgezoo.errors import CheckpointMismatchError, UnknownModelError, UsageError, WeightsError
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import wrapper_mode
-from edgezoo.tasks import TASKS
+from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
 from edgezoo.weights import load_checkpoint_into, load_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
 def list_models(task: str | None = None) -> list[str]:
     """Canonical model names in manifest order (by family, then size), optionally of one task."""
     if task is not None and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     models = hub.load_manifest()["models"]
     return [name for name, entry in models.items() if task in (None, entry["task"])]
 
@@ -63,6 +63,18 @@ def aliases_of(name: str) -> list[str]:
     """Every other spelling that resolves to this model."""
     canonical = resolve_name(name)
     return sorted(k for k, v in _name_table().items() if v == canonical and k != canonical)
+
+
+def preprocessing(name: str) -> tuple[Sequence[float], Sequence[float]]:
+    """The (mean, std) normalisation of a model's default weights (of its backbone's for models
+    without weights of their own); ImageNet's when the manifest names none."""
+    info = model_info(name)
+    if not info["weights"] and info.get("pretrained_backbone"):
+        info = model_info(info["pretrained_backbone"]["model"])
+    if info["weights"]:
+        prep = info["weights"][info["default_weights"]].get("preprocessing", {})
+        return tuple(prep.get("mean", IMAGENET_MEAN)), tuple(prep.get("std", IMAGENET_STD))
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def default_input_size(name: str) -> tuple[int, int, int]:
@@ -100,7 +112,7 @@ def get_model(
     entry = _entry(canonical)
     mode = wrapper_mode(qat)
     if pretrained and pretrained_backbone:
-        raise ValueError(
+        raise UsageError(
             "pass pretrained or pretrained_backbone, not both: full weights already hold a backbone"
         )
     state_dict, origin = None, ""
@@ -235,7 +247,7 @@ def _load_backbone(
     """Load ImageNet classifier weights into model.backbone; only classifier-only keys are left."""
     spec = entry.get("pretrained_backbone")
     if spec is None:
-        raise ValueError(
+        raise UsageError(
             f"{canonical} has no backbone weights; pretrained_backbone is for "
             f"{', '.join(n for n in list_models() if 'pretrained_backbone' in _entry(n))}"
         )

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from edgezoo.cli import main
-from edgezoo.engine.demo import DemoOptions, run_demo
+from edgezoo.demo import DemoOptions, run_demo
 from edgezoo.export import verify_onnx
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

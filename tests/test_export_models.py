@@ -13,9 +13,9 @@ from torch import nn
 
 from edgezoo.errors import ExportVerificationError, TIDLRuleError
 from edgezoo.export import export_onnx, onnxruntime_session, tidl_requantize, verify_onnx
-from edgezoo.export.tidl_rules import TIDL_SUPPORTED_OPS
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantTrainModule, activation_ranges, clip_only, convert_to_deploy
+from edgezoo.tidl.rules import TIDL_SUPPORTED_OPS
 
 SIZE = (64, 64)
 LARGE_SIZE = (32, 32)

@@ -196,8 +196,6 @@ def test_state_dict_round_trip_restores_clips_and_continuation():
 
 
 def test_rejects_bad_settings():
-    with pytest.raises(QuantizationConfigError, match="power2=True"):
-        PACT2(power2=False)
     with pytest.raises(QuantizationConfigError, match="range_shrink_percentile"):
         PACT2(range_shrink_percentile=60)
     with pytest.raises(QuantizationConfigError, match="bitwidth"):

@@ -66,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo and print its table."""
-    from edgezoo.engine.demo import DemoOptions
-    from edgezoo.engine.demo import run_demo as run
+    from edgezoo.demo import DemoOptions
+    from edgezoo.demo import run_demo as run
 
     options = DemoOptions(
         task=args.task,

@@ -20,8 +20,8 @@ from edgezoo.cli.arguments import (
 from edgezoo.errors import ExportVerificationError, RunExistsError, UsageError
 from edgezoo.export import export_onnx, verify_onnx
 from edgezoo.export.tidl_config import tidl_config_paths
-from edgezoo.export.tidl_rules import EXPORT_OPSETS
 from edgezoo.targets import EXPORT_FORMATS
+from edgezoo.tidl.rules import EXPORT_OPSETS
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def run_verify(args: argparse.Namespace) -> int:
     """Print the verification report of one file (and, for a QDQ graph, how onnxruntime's
     int8 kernels agree with the graph's QDQ semantics); 0 when clean, 1 with violations."""
     from edgezoo.export.qdq_check import graph_agreement
-    from edgezoo.export.verify import load_onnx
+    from edgezoo.onnxgraph import load_onnx
 
     report = verify_onnx(
         args.path,

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """Print the per-layer parity report; 0 when exact, 1 when a layer differs."""
-    from edgezoo.export.verify import load_onnx
+    from edgezoo.onnxgraph import load_onnx
     from edgezoo.simulation import parity_report
     from edgezoo.simulation.inputs import graph_batches
 
@@ -59,7 +59,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 def _check_bitwidth(proto, bitwidth: int | None) -> None:
     """--bitwidth must be the graph's own: a graph exported at 8 bits is not a 16-bit one."""
     from edgezoo.errors import SimulationError
-    from edgezoo.export.tidl_rules import WEIGHT_BITS_PROP, graph_bits, graph_properties
+    from edgezoo.tidl.rules import WEIGHT_BITS_PROP, graph_bits, graph_properties
 
     if bitwidth is None or WEIGHT_BITS_PROP not in graph_properties(proto):
         return

@@ -440,7 +440,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _task_data(name: str, task: str, data: str, input_size: int, num_classes: int | None):
     """The train/val data of a run, normalised as the model's weights expect."""
     from edgezoo.data import build_task_data
-    from edgezoo.engine.setup import preprocessing
+    from edgezoo.registry import preprocessing
 
     mean, std = preprocessing(name)
     return build_task_data(data, task, input_size, mean, std, num_classes=num_classes)
@@ -545,7 +545,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _check_graph_model(path: Path | None, model: str) -> None:
     """Refuse a missing --onnx, or an edgezoo export of another model than the one evaluated."""
-    from edgezoo.export.verify import load_onnx
+    from edgezoo.onnxgraph import load_onnx
 
     if path is None:
         raise UsageError("--simulate evaluates the exported graph: pass --onnx FILE.onnx too")
@@ -559,7 +559,7 @@ def _check_graph_model(path: Path | None, model: str) -> None:
 
 def _simulated(args: argparse.Namespace, data: Any, config: Any) -> dict[str, float]:
     """The --onnx graph's metrics in TIDL's integer arithmetic."""
-    from edgezoo.simulation import simulated_metrics
+    from edgezoo.engine import simulated_metrics
 
     return simulated_metrics(
         args.onnx,

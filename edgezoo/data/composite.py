@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from edgezoo.data.fashion_mnist import FASHION_MNIST_CLASSES, ItemArrays
 from edgezoo.data.transforms import PairTransform
+from edgezoo.errors import UsageError
 
 COMPOSITE_CLASSES = ("background", *FASHION_MNIST_CLASSES)
 COMPOSITE_NUM_CLASSES = len(COMPOSITE_CLASSES)
@@ -36,7 +37,7 @@ class CompositeFashionSegmentation(Dataset):
     ) -> None:
         item_size = items.images.shape[-1]
         if canvas_size < item_size:
-            raise ValueError(f"canvas_size {canvas_size} is smaller than an item ({item_size})")
+            raise UsageError(f"canvas_size {canvas_size} is smaller than an item ({item_size})")
         self.items = items
         self.length = len(items) if length is None else length
         self.transform = transform

@@ -14,6 +14,7 @@ from edgezoo.engine.checkpoint import (
 from edgezoo.engine.distributed import DistContext, cleanup_distributed, setup_distributed
 from edgezoo.engine.metrics import ClassificationMeter, SegmentationMeter, primary_metric
 from edgezoo.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from edgezoo.engine.simulated import simulated_metrics
 from edgezoo.engine.trainer import (
     MODES,
     FitResult,
@@ -49,5 +50,6 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "setup_distributed",
+    "simulated_metrics",
     "weights_module",
 ]

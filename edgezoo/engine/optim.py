@@ -6,6 +6,8 @@ from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
 
+from edgezoo.errors import UsageError
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -34,7 +36,7 @@ def build_optimizer(
         return SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":
         return AdamW(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+    raise UsageError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
 def build_scheduler(
@@ -64,4 +66,4 @@ def build_scheduler(
         return StepLR(optimizer, step_size=step_size or max(1, epochs // 3), gamma=gamma)
     if name == "constant":
         return LambdaLR(optimizer, lambda epoch: 1.0)
-    raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+    raise UsageError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")

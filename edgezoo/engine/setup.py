@@ -3,7 +3,6 @@ weights or a run's checkpoint, with the normalisation its weights expect."""
 
 import logging
 import os
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -13,7 +12,7 @@ from edgezoo.engine.checkpoint import seed_everything
 from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import FLOAT_RUN, RUN_WRAPPER_MODES
 from edgezoo.registry import get_model, model_info
-from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD
+from edgezoo.registry import preprocessing as preprocessing  # moved there; kept one release
 from edgezoo.weights import load_checkpoint_into, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -22,18 +21,6 @@ logger = logging.getLogger(__name__)
 def model_task(name: str) -> str:
     """The task of a model: "classification" or "segmentation"."""
     return model_info(name)["task"]
-
-
-def preprocessing(name: str) -> tuple[Sequence[float], Sequence[float]]:
-    """The (mean, std) normalisation of a model's default weights (of its backbone's for models
-    without weights of their own); ImageNet's when the manifest names none."""
-    info = model_info(name)
-    if not info["weights"] and info.get("pretrained_backbone"):
-        info = model_info(info["pretrained_backbone"]["model"])
-    if info["weights"]:
-        prep = info["weights"][info["default_weights"]].get("preprocessing", {})
-        return tuple(prep.get("mean", IMAGENET_MEAN)), tuple(prep.get("std", IMAGENET_STD))
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def cached_pretrained(name: str) -> str | None:

@@ -91,11 +91,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+            raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+            raise UsageError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
+            raise UsageError("epochs and batch_size must be at least 1")
         if not self.labels and not self.distill:
             raise UsageError(
                 "training without labels needs a teacher to learn from: set distill=True "
@@ -535,7 +535,7 @@ def fit(
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
-        raise ValueError("resume needs the out_dir that holds last.pth")
+        raise UsageError("resume needs the out_dir that holds last.pth")
     run = _prepare_run(model, train_set, val_set, config, out_dir, progress, teacher)
     if run.ctx.is_main and out_dir is not None:
         remove_stale_run_partials(out_dir)

@@ -3,9 +3,9 @@
 from edgezoo.export.onnx_export import export_onnx, onnxruntime_session
 from edgezoo.export.report import ExportReport, GraphViolation, VerifyReport
 from edgezoo.export.tidl_config import TIDLInputSpec, write_tidl_configs
-from edgezoo.export.tidl_rules import TIDL_SUPPORTED_OPS
 from edgezoo.export.verify import verify_onnx
 from edgezoo.export.weight_grid import align_to_tidl_grid, tidl_requantize
+from edgezoo.tidl.rules import TIDL_SUPPORTED_OPS
 
 __all__ = [
     "TIDL_SUPPORTED_OPS",

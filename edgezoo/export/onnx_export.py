@@ -27,16 +27,14 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
-import edgezoo
 from edgezoo.errors import (
     ExportVerificationError,
     QuantizationConfigError,
     SimulationError,
     TIDLRuleError,
     UncalibratedRangesError,
+    UsageError,
 )
-from edgezoo.export import tidl_rules as rules
-from edgezoo.export.graph_tools import infer_shapes, without_argmax
 from edgezoo.export.qdq import QDQ_MIN_OPSET, to_qdq
 from edgezoo.export.qdq_check import (
     ProbeRunner,
@@ -52,6 +50,7 @@ from edgezoo.export.tidl_config import TIDLCompilation, TIDLInputSpec, write_tid
 from edgezoo.export.verify import input_range, normalised_input_range, verify_onnx
 from edgezoo.export.weight_grid import nudged_entries
 from edgezoo.fileio import atomic_path
+from edgezoo.onnxgraph.tools import infer_shapes, without_argmax
 from edgezoo.quantization import (
     QUANT_WRAPPERS,
     Clip,
@@ -73,6 +72,8 @@ from edgezoo.targets import (
     resolve_target,
 )
 from edgezoo.text import preview
+from edgezoo.tidl import rules
+from edgezoo.version import __version__
 
 __all__ = ["ExportPlan", "export_onnx", "export_plan", "int8_agreement", "onnxruntime_session"]
 
@@ -487,7 +488,7 @@ def _example_input(
     device = parameter.device if parameter is not None else torch.device("cpu")
     if example_input is not None:
         if example_input.dim() != 4:
-            raise ValueError(
+            raise UsageError(
                 f"example_input must be one NCHW batch, got shape {tuple(example_input.shape)}"
             )
         return example_input.detach().to(device=device, dtype=torch.float32)
@@ -496,11 +497,11 @@ def _example_input(
         if len(size) == 2:
             size = (3, *size)
         if len(size) != 3:
-            raise ValueError(f"input_size must be (H, W) or (C, H, W), got {tuple(input_size)}")
+            raise UsageError(f"input_size must be (H, W) or (C, H, W), got {tuple(input_size)}")
     elif info is not None:
         size = tuple(info["input_size"])
     else:
-        raise ValueError(
+        raise UsageError(
             "export_onnx needs the input shape: pass example_input, input_size=(H, W) or "
             "model_name (for the model's default input size)"
         )
@@ -679,7 +680,7 @@ def _stamp(
     """Record what wrote the graph, for which device, how it is meant to be imported and
     quantized, and how many of its ranges are untrained."""
     proto.producer_name = "edgezoo"
-    proto.producer_version = edgezoo.__version__
+    proto.producer_version = __version__
     proto.graph.name = name
     kind = "float-ptq"
     if quantized:

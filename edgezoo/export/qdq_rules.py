@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from edgezoo.export import tidl_rules as rules
 from edgezoo.export.qdq import QDQ_MIN_OPSET
 from edgezoo.export.report import GraphViolation
 from edgezoo.targets import TARGETS
+from edgezoo.tidl import rules
 
 __all__ = ["QDQ_OPS", "check_qdq_graph", "is_qdq_graph"]
 

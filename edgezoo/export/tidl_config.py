@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import edgezoo
+from edgezoo.errors import UsageError
 from edgezoo.fileio import atomic_path
 from edgezoo.targets import (
     CLIP_FORMAT,
@@ -32,6 +32,7 @@ from edgezoo.targets import (
     resolve_target,
 )
 from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
+from edgezoo.version import __version__
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -96,12 +97,12 @@ class TIDLInputSpec:
 
     def __post_init__(self) -> None:
         if self.task not in _POST_PROC_TYPES:
-            raise ValueError(
+            raise UsageError(
                 f"task must be one of {', '.join(_POST_PROC_TYPES)} to pick TIDL's postProcType, "
                 f"got {self.task!r}"
             )
         if not (len(self.mean) == len(self.std) == self.channels):
-            raise ValueError(
+            raise UsageError(
                 f"mean {list(self.mean)} and std {list(self.std)} need one value per input "
                 f"channel ({self.channels})"
             )
@@ -229,7 +230,7 @@ def import_config_text(
         entries.append(("biasCalibrationIterations", PTQ_CALIBRATION_ITERATIONS))
     width = max(len(key) for key, _ in entries)
     lines = [
-        f"# TIDL import configuration written by edgezoo {edgezoo.__version__} for {onnx_name}",
+        f"# TIDL import configuration written by edgezoo {__version__} for {onnx_name}",
         f"# target device: {compilation.target.name} (SoC {compilation.target.soc})",
         *(f"# {line}" for line in textwrap.wrap(compilation.note, 96)),
         "# inData lists calibration images (one path per line, inFileFormat 2); "
@@ -255,7 +256,7 @@ def model_config(
         "task_type": spec.task,
         "target_device": compilation.target.soc,
         "quantization": compilation.note,
-        "generated_by": f"edgezoo {edgezoo.__version__}",
+        "generated_by": f"edgezoo {__version__}",
         "preprocess": {
             "resize": _size(spec.resize) if spec.resize is not None else [spec.height, spec.width],
             "crop": _size(spec.crop) if spec.crop is not None else [spec.height, spec.width],

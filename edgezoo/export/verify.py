@@ -8,25 +8,25 @@ and weights on TIDL's per-tensor power-of-two grid; a float graph is left to TID
 import os
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgezoo.errors import ModelFileNotFoundError, UnreadableModelError
-from edgezoo.export import tidl_rules as rules
-from edgezoo.export.graph_tools import (
+from edgezoo.errors import UnreadableModelError
+from edgezoo.export.qdq_rules import QDQ_OPS, check_qdq_graph, is_qdq_graph
+from edgezoo.export.report import GraphViolation, VerifyReport
+from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
+from edgezoo.onnxgraph.io import load_onnx
+from edgezoo.onnxgraph.tools import (
     check_model,
     infer_shapes,
     node_attributes,
     order_problem,
     read_constants,
 )
-from edgezoo.export.qdq_rules import QDQ_OPS, check_qdq_graph, is_qdq_graph
-from edgezoo.export.report import GraphViolation, VerifyReport
-from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
-from edgezoo.quantization.grid import ceil2
+from edgezoo.quantization.grid import ACTIVATION_ROUNDINGS, BIAS_RULES, ceil2
+from edgezoo.tidl import rules
 
 __all__ = ["input_range", "load_onnx", "normalised_input_range", "verify_onnx"]
 
@@ -99,46 +99,25 @@ def input_range(proto: onnx.ModelProto) -> tuple[str, float, float] | None:
     return None
 
 
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file; ModelFileNotFoundError / UnreadableModelError say what went wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileNotFoundError(f"no ONNX file at {path}; check the path")
+def _metadata_problems(proto) -> list[str]:
+    """What is wrong with the edgezoo properties an export recorded (empty when nothing)."""
+    props = rules.graph_properties(proto)
+    problems = []
     try:
-        proto = onnx.load(path)
-    except Exception as err:
-        missing = _missing_external_data(path)
-        if missing:
-            raise UnreadableModelError(
-                f"{path} keeps its weights in external data files that are not beside it "
-                f"({', '.join(missing)}): copy them next to the .onnx file, or export it again "
-                "as one file"
-            ) from err
-        raise UnreadableModelError(
-            f"{path} is not a readable ONNX model ({type(err).__name__}): a truncated or "
-            "corrupt file, or another format; export it again"
-        ) from err
-    if not proto.graph.node:
-        raise UnreadableModelError(f"{path} holds no ONNX graph (no nodes); export it again")
-    return proto
-
-
-def _missing_external_data(path: Path) -> list[str]:
-    """The external data files a model names that are not beside it (reads the graph only)."""
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception:
-        return []
-    tensors = [*proto.graph.initializer]
-    tensors += [a.t for node in proto.graph.node for a in node.attribute if a.HasField("t")]
-    locations = {
-        entry.value
-        for tensor in tensors
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return sorted(name for name in locations if not (path.parent / name).is_file())
+        rules.graph_bits(proto)
+    except UnreadableModelError as err:
+        problems.append(str(err))
+    vocabularies = ((rules.ROUNDING_PROP, ACTIVATION_ROUNDINGS), (rules.BIAS_RULE_PROP, BIAS_RULES))
+    for key, allowed in vocabularies:
+        if key in props and props[key] not in allowed:
+            problems.append(f"{key}={props[key]!r} is not one of {', '.join(allowed)}")
+    declared = rules.INPUT_MEAN_PROP in props or rules.INPUT_STD_PROP in props
+    if declared and rules.input_normalisation(proto) is None:
+        problems.append(
+            f"{rules.INPUT_MEAN_PROP} / {rules.INPUT_STD_PROP} are not one finite mean and one "
+            "finite positive std per channel"
+        )
+    return problems
 
 
 class _GraphChecker:
@@ -155,7 +134,7 @@ class _GraphChecker:
         self.quantized = quantized
         self.input_clipped = input_clipped
         self.allow_uncalibrated = allow_uncalibrated
-        self.metadata_problems = rules.metadata_problems(proto)
+        self.metadata_problems = _metadata_problems(proto)
         self.weight_bits = 8 if self.metadata_problems else rules.graph_bits(proto)[0]
         self.opset = next(
             (o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), None

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from edgezoo.errors import UsageError
+
 
 class CatBlock(nn.Module):
     """Concatenate a sequence of tensors along the channel axis (TIDL's safe Concat axis)."""
@@ -12,7 +14,7 @@ class CatBlock(nn.Module):
     def __init__(self, dim: int = 1) -> None:
         super().__init__()
         if dim == 0:
-            raise ValueError("CatBlock cannot concatenate on the batch axis: TIDL rejects it")
+            raise UsageError("CatBlock cannot concatenate on the batch axis: TIDL rejects it")
         self.dim = dim
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:

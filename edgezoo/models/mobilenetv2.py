@@ -11,6 +11,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from edgezoo.errors import UsageError
 from edgezoo.layers import AddBlock, ConvNormAct
 
 __all__ = ["DEFAULT_INPUT_SIZE", "InvertedResidual", "MobileNetV2", "make_divisible", "mobilenetv2"]
@@ -53,7 +54,7 @@ class InvertedResidual(nn.Module):
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"InvertedResidual stride must be 1 or 2, got {stride}")
+            raise UsageError(f"InvertedResidual stride must be 1 or 2, got {stride}")
         hidden = round(in_channels * expand_ratio)
         conv_relu6 = partial(ConvNormAct, norm_layer=norm_layer, activation_layer=nn.ReLU6)
         layers: list[nn.Module] = []
@@ -94,7 +95,7 @@ class MobileNetV2(nn.Module):
             DEFAULT_SETTING if inverted_residual_setting is None else inverted_residual_setting
         )
         if not setting or any(len(row) != 4 for row in setting):
-            raise ValueError(
+            raise UsageError(
                 f"inverted_residual_setting needs one [t, c, n, s] row per stage, got {setting!r}"
             )
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from edgezoo.errors import UsageError
 from edgezoo.layers import AddBlock
 
 __all__ = [
@@ -74,13 +75,13 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError(
+            raise UsageError(
                 f"BasicBlock supports only groups=1 and width_per_group=64, got groups={groups}, "
                 f"width_per_group={base_width}; use Bottleneck (resnet50 and deeper) for ResNeXt "
                 f"or wide variants"
             )
         if dilation > 1:
-            raise ValueError(
+            raise UsageError(
                 "BasicBlock does not support dilation (replace_stride_with_dilation); "
                 "use a Bottleneck ResNet such as resnet50"
             )
@@ -165,12 +166,12 @@ class ResNet(nn.Module):
         if replace_stride_with_dilation is None:
             replace_stride_with_dilation = [False, False, False]
         if len(replace_stride_with_dilation) != 3:
-            raise ValueError(
+            raise UsageError(
                 f"replace_stride_with_dilation needs one flag per strided stage "
                 f"(layer2, layer3, layer4), got {replace_stride_with_dilation!r}"
             )
         if len(layers) != 4:
-            raise ValueError(f"layers needs four block counts (layer1..layer4), got {layers!r}")
+            raise UsageError(f"layers needs four block counts (layer1..layer4), got {layers!r}")
         self._norm_layer = norm_layer or nn.BatchNorm2d
         self.groups = groups
         self.base_width = width_per_group

@@ -3,6 +3,8 @@
 import torch
 from torch import Tensor, nn
 
+from edgezoo.errors import UsageError
+
 
 class Clip(nn.Module):
     """Clamp to constant float bounds; the TorchScript ONNX exporter writes it as Clip(min, max)."""
@@ -10,7 +12,7 @@ class Clip(nn.Module):
     def __init__(self, min_val: float, max_val: float) -> None:
         super().__init__()
         if not min_val < max_val:
-            raise ValueError(f"Clip needs min_val < max_val, got ({min_val}, {max_val})")
+            raise UsageError(f"Clip needs min_val < max_val, got ({min_val}, {max_val})")
         self.min_val = float(min_val)
         self.max_val = float(max_val)
 

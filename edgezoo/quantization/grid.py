@@ -42,14 +42,12 @@ __all__ = [
     "fake_quantize_bias",
     "fake_quantize_weight",
     "imported_bias_integers",
-    "is_power_of_two",
     "keep_scale_on_import",
     "quant_limits",
     "quantize_weight_ste",
     "round_half_away",
     "round_half_up",
     "rounding_divide",
-    "rounding_shift",
     "scaled_round",
     "weight_integers",
     "weight_scale",
@@ -118,11 +116,6 @@ def ceil2(x: Tensor | float) -> Tensor | float:
     return torch.exp2(exponent.to(x.dtype))
 
 
-def is_power_of_two(value: float) -> bool:
-    """True for 2^k with k >= -16 (the grid's smallest clip)."""
-    return value >= MIN_CLIP and ceil2(value) == value
-
-
 def round_half_away(x: Tensor) -> Tensor:
     """Round to nearest, ties away from zero (weights and biases, as TI's reference does)."""
     # trunc(x + copysign(0.5, x)) equals sign(x) * floor(|x| + 0.5) bit for bit (IEEE addition
@@ -165,13 +158,6 @@ def check_activation_rounding(mode: str) -> str:
             f"activation rounding {mode!r} is not one of {', '.join(ACTIVATION_ROUNDINGS)}"
         )
     return mode
-
-
-def rounding_shift(acc: Tensor, shift: int, mode: str = DEFAULT_ACTIVATION_ROUNDING) -> Tensor:
-    """Integers acc / 2^shift rounded as `mode` rounds (shift <= 0: an exact left shift)."""
-    if shift <= 0:
-        return acc * (1 << -shift)
-    return rounding_divide(acc, 1 << shift, mode)
 
 
 def rounding_divide(

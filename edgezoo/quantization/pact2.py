@@ -166,7 +166,6 @@ class PACT2(SavedFlagsMixin, nn.Module):
         signed: bool | None = None,
         bitwidth: int = 8,
         range_shrink_percentile: float = 0.01,
-        power2: bool = True,
         keep_when_missing: bool = True,
         max_update_gap: int = 1,
         rounding_mode: str = DEFAULT_ACTIVATION_ROUNDING,
@@ -174,11 +173,6 @@ class PACT2(SavedFlagsMixin, nn.Module):
         asymmetric: bool = False,
     ) -> None:
         super().__init__()
-        if not power2:
-            raise QuantizationConfigError(
-                "PACT2 supports power-of-two clips only (power2=True): TIDL requantizes with "
-                "shifts; use power2=True"
-            )
         if not 0.0 <= range_shrink_percentile < 50.0:
             raise QuantizationConfigError(
                 f"range_shrink_percentile is a per-tail percentage in [0, 50), got "
@@ -205,7 +199,6 @@ class PACT2(SavedFlagsMixin, nn.Module):
         self._rounding_index = ACTIVATION_ROUNDINGS.index(check_activation_rounding(rounding_mode))
         self.bitwidth = check_bitwidth(bitwidth)
         self.range_shrink_percentile = float(range_shrink_percentile)
-        self.power2 = power2
         self.range_frozen = False
         self.rounding = True
         # Reduce statistics across ranks when distributed; turn off for single-rank passes

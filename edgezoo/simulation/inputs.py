@@ -45,7 +45,7 @@ def graph_task(proto: onnx.ModelProto) -> str:
 
 def graph_normalisation(proto: onnx.ModelProto) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean/std of the zoo model the graph was exported from (its name), else ImageNet's."""
-    from edgezoo.engine.setup import preprocessing
+    from edgezoo.registry import preprocessing
 
     try:
         return preprocessing(proto.graph.name)

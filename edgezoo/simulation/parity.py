@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from torch import Tensor
 
-from edgezoo.export.verify import load_onnx
+from edgezoo.onnxgraph import load_onnx
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.simulate import device_arithmetic, qat_arithmetic
 from edgezoo.simulation.values import FloatValue, IntegerValue

@@ -15,13 +15,12 @@ import torch
 from torch import Tensor
 
 from edgezoo.errors import SimulationError
-from edgezoo.export.graph_tools import node_attributes, order_problem, read_constants
+from edgezoo.onnxgraph.tools import node_attributes, order_problem, read_constants
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
 
-__all__ = ["GraphProgram", "GraphRun", "run_graph"]
+__all__ = ["GraphProgram", "GraphRun"]
 
-_PENDING_OPS = frozenset({"AveragePool", "GlobalAveragePool", "Resize"})
 _SUPPORTED = frozenset(
     {
         "Clip",
@@ -311,13 +310,3 @@ def _resize_mode_and_scale(
             "linear with half_pixel coordinates"
         )
     return mode, int(factor)
-
-
-def run_graph(
-    proto: onnx.ModelProto,
-    inputs: Tensor | np.ndarray,
-    arithmetic: Any,
-    record: bool = False,
-) -> GraphRun:
-    """Run the graph's nodes in `arithmetic` on one input batch (GraphProgram for many)."""
-    return GraphProgram(proto).run(inputs, arithmetic, record)

@@ -8,14 +8,7 @@ import onnx
 import torch
 from torch import Tensor
 
-from edgezoo.export.tidl_rules import (
-    BIAS_RULE_PROP,
-    EVAL_PRECISION_PROP,
-    ROUNDING_PROP,
-    graph_bits,
-    graph_properties,
-)
-from edgezoo.export.verify import load_onnx
+from edgezoo.onnxgraph import load_onnx
 from edgezoo.quantization.grid import (
     BIAS_JOINT,
     DEFAULT_ACTIVATION_ROUNDING,
@@ -26,6 +19,13 @@ from edgezoo.quantization.grid import (
 from edgezoo.simulation.arithmetic import Bits, FloatArithmetic, IntegerArithmetic
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.values import IntegerValue
+from edgezoo.tidl.rules import (
+    BIAS_RULE_PROP,
+    EVAL_PRECISION_PROP,
+    ROUNDING_PROP,
+    graph_bits,
+    graph_properties,
+)
 
 __all__ = [
     "SimulatedTensor",

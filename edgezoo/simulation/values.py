@@ -82,8 +82,3 @@ class FloatValue:
 
 
 Value = IntegerValue | FloatValue
-
-
-def as_steps(value: Tensor, exponent: int) -> Tensor:
-    """Real values expressed in steps of 2^-exponent (float64)."""
-    return value.double() * 2.0**exponent

@@ -20,10 +20,11 @@ from edgezoo.data import TaskData, build_task_data
 from edgezoo.engine.checkpoint import LAST, check_run_dir, clear_run_dir, write_json_atomic
 from edgezoo.engine.metrics import primary_metric
 from edgezoo.engine.recipes import default_weight_decay
-from edgezoo.engine.setup import build_model, cached_pretrained, preprocessing
+from edgezoo.engine.setup import build_model, cached_pretrained
 from edgezoo.engine.trainer import FitResult, TrainConfig, fit
 from edgezoo.errors import RunExistsError
 from edgezoo.fileio import atomic_path
+from edgezoo.registry import preprocessing
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from edgezoo.engine.metrics import make_meter
 from edgezoo.errors import UsageError
-from edgezoo.export.graph_tools import without_argmax
-from edgezoo.export.verify import load_onnx
+from edgezoo.onnxgraph import load_onnx
+from edgezoo.onnxgraph.tools import without_argmax
 from edgezoo.simulation.simulate import TIDLSimulator
 
 

@@ -1,0 +1,166 @@
+"""TIDL's import rules for ONNX graphs, in one place (edgeai-tidl-tools, release 11.0).
+
+Sources: edgeai-tidl-tools docs/supported_ops_rts_versions.md and the facts gathered in the
+project's REFERENCE.md (section 3). verify.py checks graphs against these tables and
+onnx_export.py refuses requests outside them.
+
+The module lint (edgezoo.check), the graph verifier and the simulator read these tables from
+here, so they agree; this module imports nothing else of edgezoo's but its errors.
+"""
+
+import math
+
+from edgezoo.errors import UnreadableModelError
+
+# Depthwise (kernel, stride) pairs TIDL runs (edgeai-tidl-tools supported ops, release 11.0).
+TIDL_DEPTHWISE_KERNEL_STRIDE = frozenset({(3, 1), (3, 2), (5, 2), (7, 1), (7, 2)})
+
+__all__ = [
+    "ACTIVATION_BITS_PROP",
+    "ACTIVATION_SCALES_PROP",
+    "BIAS_RULE_PROP",
+    "CONSTANT_OPS",
+    "EVAL_PRECISION_PROP",
+    "EXPORT_OPSETS",
+    "HALF_PIXEL_MODES",
+    "INPUT_MEAN_PROP",
+    "INPUT_STD_PROP",
+    "MAX_STRIDE2_KERNEL",
+    "QUANTIZED_WEIGHT_OPS",
+    "RANGE_CONSUMERS",
+    "RANGE_PRODUCERS",
+    "RESIZE_COORDINATE_MODES",
+    "RESIZE_MODES",
+    "ROUNDING_PROP",
+    "TARGET_PROP",
+    "TIDL_DEPTHWISE_KERNEL_STRIDE",
+    "TIDL_OPSETS",
+    "TIDL_SUPPORTED_OPS",
+    "UNTRAINED_RANGES_PROP",
+    "WEIGHT_BITS_PROP",
+    "graph_bits",
+    "graph_properties",
+    "input_normalisation",
+]
+
+TIDL_SUPPORTED_OPS: frozenset[str] = frozenset(
+    {
+        # Layers TIDL maps onto its own kernels.
+        "Conv",
+        "ConvTranspose",
+        "BatchNormalization",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Add",
+        "Mul",
+        "Gemm",
+        "MatMul",
+        "Softmax",
+        "Concat",
+        "Split",
+        "Flatten",
+        "ArgMax",
+        "Reshape",
+        "Transpose",
+        "Resize",
+        "DepthToSpace",
+        "Pad",
+        "Sigmoid",
+        # Activations TIDL merges into the preceding layer; Clip carries a PACT2 range.
+        "Relu",
+        "PRelu",
+        "LeakyRelu",
+        "Clip",
+        "Tanh",
+        "HardSigmoid",
+        "Elu",
+        # Dropout is an inference no-op that TIDL's importer drops.
+        "Dropout",
+    }
+)
+"""ONNX operator types TIDL imports (TIDL-RT operator mapping plus its "compatible layers")."""
+
+CONSTANT_OPS: frozenset[str] = frozenset({"Constant"})
+"""Nodes that only hold data; the importer reads them as constants, not as layers."""
+
+EXPORT_OPSETS: tuple[int, ...] = tuple(range(11, 18))
+"""Opsets export_onnx writes, through torch's TorchScript exporter (dynamo=False)."""
+
+TIDL_OPSETS: tuple[int, ...] = tuple(range(11, 19))
+"""Opsets verify_onnx accepts: TIDL validates up to ONNX opset 18; 11 has Clip min/max inputs."""
+
+MAX_STRIDE2_KERNEL = 7
+"""TIDL does not run stride-2 convolutions with kernels larger than 7."""
+
+RESIZE_MODES: frozenset[str] = frozenset({"nearest", "linear"})
+RESIZE_COORDINATE_MODES: frozenset[str] = frozenset(
+    {"half_pixel", "pytorch_half_pixel", "asymmetric"}
+)
+
+RANGE_PRODUCERS: frozenset[str] = frozenset(
+    {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "BatchNormalization"}
+)
+"""Ops whose output range TIDL must know: a QAT graph clips each output before the next one."""
+
+RANGE_CONSUMERS: frozenset[str] = RANGE_PRODUCERS
+"""Ops at which an unclipped range has been used: reaching one before a Clip is a violation."""
+
+QUANTIZED_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm"})
+"""Ops whose weights TIDL re-quantizes per tensor with a power-of-two scale."""
+
+WEIGHT_BITS_PROP = "edgezoo.weight_bits"
+ACTIVATION_BITS_PROP = "edgezoo.activation_bits"
+ROUNDING_PROP = "edgezoo.activation_rounding"
+EVAL_PRECISION_PROP = "edgezoo.qat_eval_precision"
+BIAS_RULE_PROP = "edgezoo.bias_rule"
+"""Model properties a QAT export records: its bit widths, its activation rounding, the
+precision QAT evaluated in and how the device holds the biases (a graph without the last was
+written before bias rules existed: "joint")."""
+
+ACTIVATION_SCALES_PROP = "edgezoo.activation_scales"
+TARGET_PROP = "edgezoo.target"
+INPUT_MEAN_PROP = "edgezoo.input_mean"
+INPUT_STD_PROP = "edgezoo.input_std"
+"""The ranges' grid kind (power_of_two or affine), the device, and the input normalisation of
+0..1 pixels that the TIDL files declare (the input range must cover what it produces)."""
+
+HALF_PIXEL_MODES: frozenset[str] = frozenset({"half_pixel", "pytorch_half_pixel"})
+"""Resize coordinate modes with which TIDL takes nearest_mode 'round_prefer_ceil' only."""
+
+UNTRAINED_RANGES_PROP = "edgezoo.untrained_ranges"
+"""Model property an export writes when its QAT ranges never saw data (their number)."""
+
+
+def graph_properties(proto) -> dict[str, str]:
+    """The metadata properties of an ONNX model."""
+    return {prop.key: prop.value for prop in proto.metadata_props}
+
+
+def graph_bits(proto) -> tuple[int, int]:
+    """(weight bits, activation bits) an export recorded; 8 and 8 when it recorded none.
+    UnreadableModelError when a recorded value is not a bit width in [2, 16]."""
+    props = graph_properties(proto)
+    return _bits(props, WEIGHT_BITS_PROP), _bits(props, ACTIVATION_BITS_PROP)
+
+
+def _bits(props: dict[str, str], key: str) -> int:
+    text = props.get(key, "8")
+    if not (text.isdigit() and 2 <= int(text) <= 16):
+        raise UnreadableModelError(
+            f"the graph's metadata {key}={text!r} is not a bit width in [2, 16]; re-export the "
+            "model with edgezoo.export_onnx (or remove the property)"
+        )
+    return int(text)
+
+
+def input_normalisation(proto) -> tuple[list[float], list[float]] | None:
+    """The (mean, std) per channel an export recorded; None when absent or unusable."""
+    props = graph_properties(proto)
+    try:
+        mean = [float(v) for v in props[INPUT_MEAN_PROP].split()]
+        std = [float(v) for v in props[INPUT_STD_PROP].split()]
+    except (KeyError, ValueError):
+        return None
+    usable = len(mean) == len(std) > 0 and all(math.isfinite(v) for v in mean + std)
+    return (mean, std) if usable and all(v > 0 for v in std) else None
