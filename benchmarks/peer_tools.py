@@ -364,10 +364,26 @@ def export_and_check(tool: Tool, model: nn.Module, sets, folder: Path, run: str)
     images, labels = test_arrays(sets)
     onnx_predicted = run_onnx(path, images)
     record["onnx_top1"] = 100.0 * float((onnx_predicted == labels).mean())
-    record["verify"] = {device: verdict(proto, device, kind) for device in ("tda4vm", "am68a")}
+    return record | device_checks(proto, kind, images, labels, onnx_predicted)
+
+
+def device_checks(proto, kind: str, images, labels, onnx_predicted) -> dict[str, Any]:
+    """verify_onnx's verdict per device, and TIDL's integer simulation of a Clip graph."""
+    record: dict[str, Any] = {
+        "verify": {device: verdict(proto, device, kind) for device in ("tda4vm", "am68a")}
+    }
     if kind == "clip":
         record["simulation"] = simulated(proto, images, labels, onnx_predicted)
     return record
+
+
+def recheck(record: dict[str, Any], path: Path, sets) -> dict[str, Any]:
+    """A finished run's device checks again, from its saved ONNX (after a verifier change)."""
+    proto = onnx.load(str(path))
+    images, labels = test_arrays(sets)
+    onnx_predicted = run_onnx(path, images)
+    checks = device_checks(proto, record["export"]["kind"], images, labels, onnx_predicted)
+    return record | checks | {"onnx_top1": 100.0 * float((onnx_predicted == labels).mean())}
 
 
 def graph_kind(proto: onnx.ModelProto) -> str:

@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("runs/peers"))
     parser.add_argument("--out", type=Path, default=Path("docs/peers.json"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--recheck", action="store_true", help="redo the device checks from the saved ONNX files"
+    )
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "RUN"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -217,11 +220,30 @@ def measure(args) -> dict[str, Any]:
                 continue
             command = [sys.executable, __file__, "--one", model_name, run, *child_flags(args)]
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            subprocess.run(command, check=True, env=env)
-            record = json.loads((args.work / f"{model_name}_{run}.json").read_text())
+            result_file = args.work / f"{model_name}_{run}.json"
+            result_file.unlink(missing_ok=True)
+            finished = subprocess.run(command, env=env).returncode
+            if not result_file.exists():  # the child died before it could record why
+                record = {"failed": f"the run's process exited with {finished}, no result"}
+            else:
+                record = json.loads(result_file.read_text())
             results["models"].setdefault(model_name, {})[run] = record
             save_results(results, args.out)
             print(f"{model_name} {run}: {short(record)}", flush=True)
+    return results
+
+
+def recheck_all(args) -> dict[str, Any]:
+    """Every finished run's verify verdicts and simulation again from its saved ONNX."""
+    results = load_results(args.out)
+    for model_name, runs in results["models"].items():
+        sets = model_data(model_name, args)
+        for run, record in runs.items():
+            path = args.work / model_name / f"{run}.onnx"
+            if "kind" in record.get("export", {}) and path.exists():
+                runs[run] = peer_tools.recheck(record, path, sets)
+                save_results(results, args.out)
+                print(f"{model_name} {run}: rechecked", flush=True)
     return results
 
 
@@ -253,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
         return child(args)
-    results = load_results(args.out) if args.report_only else measure(args)
+    if args.recheck:
+        results = recheck_all(args)
+    else:
+        results = load_results(args.out) if args.report_only else measure(args)
     paired(results)
     save_results(results, args.out)
     from peers_report import write_section

@@ -206,6 +206,11 @@ def test_qdq_rules_name_each_broken_pattern():
     assert edgezoo.verify_onnx(_qdq_graph()).rules() == set()
 
 
+@pytest.mark.parametrize("activation", ["Relu", "Clip"])
+def test_an_activation_tidl_merges_into_the_conv_may_sit_before_its_qdq_pair(activation):
+    assert edgezoo.verify_onnx(_qdq_graph(activation=activation)).rules() == set()
+
+
 def test_an_input_range_that_excludes_the_normalised_inputs_is_refused(tmp_path):
     model = _tiny()
     q = QuantTrainModule(model, torch.rand(1, 3, 16, 16))
@@ -272,7 +277,11 @@ def _tiny() -> nn.Module:
 
 
 def _qdq_graph(
-    zero_point: int = 0, per_axis_activation: bool = False, dangling: bool = False, clip=False
+    zero_point: int = 0,
+    per_axis_activation: bool = False,
+    dangling: bool = False,
+    clip=False,
+    activation: str | None = None,
 ) -> onnx.ModelProto:
     """input -> Q/DQ -> Conv -> Q/DQ -> MaxPool -> Q/DQ, with the asked-for faults."""
     initializers = [
@@ -301,6 +310,14 @@ def _qdq_graph(
     ]
     if dangling:
         nodes.append(helper.make_node("QuantizeLinear", ["p", "s", "z"], ["lost"], name="q_lost"))
+    if activation is not None:  # Conv -> activation -> Q/DQ, as torch.ao and TI's v2 export
+        initializers += [
+            numpy_helper.from_array(np.asarray(0.0, np.float32), "a_lo"),
+            numpy_helper.from_array(np.asarray(6.0, np.float32), "a_hi"),
+        ]
+        inputs = ["c"] if activation == "Relu" else ["c", "a_lo", "a_hi"]
+        nodes.insert(4, helper.make_node(activation, inputs, ["ca"], name="act"))
+        nodes[5].input[0] = "ca"
     if clip:
         initializers += [
             numpy_helper.from_array(np.asarray(0.0, np.float32), "lo"),

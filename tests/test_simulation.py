@@ -285,3 +285,22 @@ def test_evaluate_reports_the_integer_accuracy_beside_the_qat_model(tmp_path, ca
     evaluate[-1] = str(tmp_path / "other.onnx")
     assert main([*evaluate, "--simulate"]) == 2
     assert "is an export of resnet18, not of mobilenetv2" in capsys.readouterr().err
+
+
+def test_clip_bounds_held_by_constant_nodes_simulate_alike(tmp_path):
+    # Opset-11 exports (TI's v1 among them) hold Clip bounds in Constant nodes, not initializers.
+    path = tmp_path / "m.onnx"
+    edgezoo.export_onnx(trained(Everything(), 16), path, input_size=(16, 16), write_configs=False)
+    proto = onnx.load(path)
+    constant = onnx.ModelProto()
+    constant.CopyFrom(proto)
+    clip_inputs = {name for n in constant.graph.node if n.op_type == "Clip" for name in n.input[1:]}
+    moved = [i for i in constant.graph.initializer if i.name in clip_inputs]
+    for init in moved:
+        constant.graph.initializer.remove(init)
+        node = helper.make_node("Constant", [], [init.name], value=init)
+        constant.graph.node.insert(0, node)
+    assert moved and edgezoo.verify_onnx(constant).ok
+    images = torch.rand(2, 3, 16, 16)
+    expected, got = simulate_tidl(proto, images), simulate_tidl(constant, images)
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))

@@ -30,6 +30,10 @@ _NEEDS_QDQ = frozenset(
 _SYMMETRIC_ONLY = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "ArgMax"})
 _PASS_THROUGH = frozenset({"Flatten", "Reshape"})
 _WEIGHT_OPS = frozenset({"Conv", "Gemm"})
+_FUSING_OPS = frozenset({"Conv", "Gemm", "Add"})
+"""Layers TIDL merges with the activation that follows them (the Q/DQ pair comes after it, as
+in QDQ graphs from torch.ao, TI's v2 QAT, Brevitas and NNCF)."""
+_FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
 _ACTIVATION_TYPES = (np.int8, np.uint8)
 
 
@@ -52,7 +56,7 @@ def check_qdq_graph(graph) -> Iterator[GraphViolation]:
         name = graph.names[index]
         if node.op_type in QDQ_OPS:
             yield from _check_qdq_node(graph, node, name)
-        elif node.op_type == "Clip":
+        elif node.op_type == "Clip" and not _is_fused_activation(graph, node):
             yield GraphViolation(
                 "qdq-clip",
                 name,
@@ -192,8 +196,26 @@ def _check_inputs_dequantized(graph, node, name: str) -> Iterator[GraphViolation
                 )
 
 
+def _fused_activation(graph, node):
+    """The Relu or Clip that TIDL merges into this Conv/Gemm/Add (its output's only reader),
+    or None."""
+    if node.op_type not in _FUSING_OPS:
+        return None
+    readers = [graph.nodes[i] for i in graph.consumers.get(node.output[0], [])]
+    if len(readers) == 1 and readers[0].op_type in _FUSED_ACTIVATIONS:
+        return readers[0]
+    return None
+
+
+def _is_fused_activation(graph, node) -> bool:
+    """A Relu/Clip that directly follows (and is merged into) a Conv, Gemm or Add."""
+    producer = graph.producer_nodes.get(node.input[0])
+    return producer is not None and _fused_activation(graph, producer) is node
+
+
 def _check_output_quantized(graph, node, name: str) -> Iterator[GraphViolation]:
-    output = node.output[0]
+    activation = _fused_activation(graph, node)
+    output = (activation or node).output[0]
     readers = [graph.nodes[i].op_type for i in graph.consumers.get(output, [])]
     if not readers and node.op_type in _WEIGHT_OPS:
         return  # a final Conv/Gemm may hand TIDL its float output

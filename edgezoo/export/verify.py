@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from edgezoo.errors import UnreadableModelError
 from edgezoo.export.qdq_rules import QDQ_OPS, check_qdq_graph, is_qdq_graph
@@ -144,11 +143,6 @@ class _GraphChecker:
         self.nodes = list(graph.node)
         self.names = [node.name or f"{node.op_type}_{i}" for i, node in enumerate(self.nodes)]
         self.constants, self.payload_problems = read_constants(graph)
-        for node in self.nodes:
-            if node.op_type == "Constant" and node.output:
-                value = _constant_node_value(node)
-                if value is not None:
-                    self.constants[node.output[0]] = value
         self.consumers: dict[str, list[int]] = {}
         self.producer_nodes: dict[str, onnx.NodeProto] = {}
         for index, node in enumerate(self.nodes):
@@ -322,7 +316,8 @@ class _GraphChecker:
                 f"Clip({low:g}, {high:g}) breaks TIDL's rule min <= 0 < max (finite max)",
             )
             return
-        if self.quantized and (ceil2(high) != high or low not in (0.0, -high)):
+        # In a QDQ graph the Q/DQ pairs hold the ranges; a Clip there is an activation.
+        if self.quantized and not self.qdq and (ceil2(high) != high or low not in (0.0, -high)):
             yield GraphViolation(
                 "clip-bounds",
                 name,
@@ -650,15 +645,3 @@ def _static_shape(info: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     if any(not d.HasField("dim_value") for d in dims):
         return None
     return tuple(d.dim_value for d in dims)
-
-
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    """The tensor a Constant node holds, or None for the rarely used sparse/string forms."""
-    for attr in node.attribute:
-        if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
-        if attr.name in ("value_float", "value_int"):
-            return np.asarray(onnx.helper.get_attribute_value(attr))
-        if attr.name in ("value_floats", "value_ints"):
-            return np.asarray(list(onnx.helper.get_attribute_value(attr)))
-    return None

@@ -96,8 +96,9 @@ def _copy_fields(source: object, target: object, skip: str) -> None:
 
 
 def read_constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The graph's initializers as arrays, and what is wrong with those that cannot be read (a
-    payload that does not fit the declared shape and type: a crafted or damaged file)."""
+    """The graph's initializers and Constant nodes as arrays, and what is wrong with the
+    initializers that cannot be read (a payload that does not fit the declared shape and type:
+    a crafted or damaged file)."""
     constants, problems = {}, []
     for init in graph.initializer:
         expected = math.prod(init.dims)
@@ -113,7 +114,24 @@ def read_constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], list[
             constants[init.name] = numpy_helper.to_array(init)
         except (ValueError, TypeError) as err:
             problems.append(f"initializer {init.name!r} cannot be read: {err}")
+    for node in graph.node:  # opset-11 exports (TI's v1 among them) hold Clip bounds this way
+        if node.op_type == "Constant" and node.output:
+            value = _constant_node_value(node)
+            if value is not None:
+                constants[node.output[0]] = value
     return constants, problems
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The tensor a Constant node holds, or None for the rarely used sparse/string forms."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_int"):
+            return np.asarray(helper.get_attribute_value(attr))
+        if attr.name in ("value_floats", "value_ints"):
+            return np.asarray(list(helper.get_attribute_value(attr)))
+    return None
 
 
 def without_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -35,6 +35,7 @@ _SUPPORTED = frozenset(
         "Flatten",
         "Reshape",
         "ArgMax",
+        "Constant",
     }
 )
 
@@ -159,6 +160,10 @@ class _Runner:
         return self.arithmetic.settle(value, grid)
 
     # Ops.
+
+    def _constant(self, node: onnx.NodeProto, name: str) -> Tensor:
+        """A Constant node's value, read with the initializers (GraphProgram's constants)."""
+        return self.constants[node.output[0]]
 
     def _clip(self, node: onnx.NodeProto, name: str) -> Value:
         low, high = self._clip_bounds(node, name)
