@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import edgezoo
-from edgezoo.errors import ConversionError, ModuleOnlyViolationError
+from edgezoo.errors import ConversionError, ExportVerificationError, ModuleOnlyViolationError
 from edgezoo.quantization import wrap_model
 
 IMAGE = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -253,3 +253,31 @@ def test_what_fx_cannot_take_is_refused_with_what_to_pass_instead(capsys):
     with pytest.raises(ConversionError, match=r"fails on the example input at .*channels"):
         edgezoo.make_module_only(DropoutHead(), torch.rand(1, 5, 16, 16))
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_model_returning_a_dict_of_one_tensor_exports_and_verifies(tmp_path):
+    class Segmenter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor):
+            return OrderedDict([("out", self.relu(self.conv(x)))])
+
+    class TwoHeads(Segmenter):
+        def forward(self, x: torch.Tensor):
+            y = self.relu(self.conv(x))
+            return OrderedDict([("out", y), ("aux", y)])
+
+    q = wrap_model(Segmenter(), "train", IMAGE)
+    with torch.no_grad():
+        q(IMAGE)
+    report = edgezoo.export_onnx(q.eval(), tmp_path / "m.onnx", IMAGE[:1], write_configs=False)
+    assert report.ok and report.integer_ok
+    q = wrap_model(TwoHeads(), "train", IMAGE)
+    with torch.no_grad():
+        q(IMAGE)
+    with pytest.raises(ExportVerificationError, match="OrderedDict with 2 tensors"):
+        edgezoo.export_onnx(q.eval(), tmp_path / "two.onnx", IMAGE[:1], write_configs=False)
+    assert not (tmp_path / "two.onnx").exists()

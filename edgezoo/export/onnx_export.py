@@ -730,12 +730,24 @@ def _quantizes_input(model: nn.Module) -> bool:
 
 
 def _single_output(output: Any) -> Tensor:
-    if not isinstance(output, Tensor):
+    """The model's one output tensor, also when it comes in a dict, tuple or list of one (as
+    torchvision's segmentation models return {"out": ...}): the graph's one output."""
+    tensors = output
+    if isinstance(output, dict):
+        tensors = list(output.values())
+    elif isinstance(output, list | tuple):
+        tensors = list(output)
+    if isinstance(tensors, list) and len(tensors) == 1:
+        tensors = tensors[0]
+    if not isinstance(tensors, Tensor):
+        count = len(tensors) if isinstance(tensors, list) else "no"
         raise ExportVerificationError(
-            f"the model returns {type(output).__name__}; export_onnx handles models with one "
-            "tensor output"
+            f"the model returns {type(output).__name__} with {count} tensors; export_onnx "
+            "exports one output (TIDL's classification and segmentation graphs have one): "
+            "return one tensor (e.g. torchvision segmentation with aux_loss=False), or export "
+            "each head from a module that returns only it"
         )
-    return output
+    return tensors
 
 
 def _failure_message(report: ExportReport) -> str:
