@@ -13,7 +13,7 @@ from torch import nn
 
 from edgezoo.errors import ExportVerificationError, TIDLRuleError
 from edgezoo.export import export_onnx, onnxruntime_session, tidl_requantize, verify_onnx
-from edgezoo.models import BUILDERS
+from edgezoo.models import BUILDERS, CONVERTED
 from edgezoo.quantization import QuantTrainModule, activation_ranges, clip_only, convert_to_deploy
 from edgezoo.tidl.rules import TIDL_SUPPORTED_OPS
 
@@ -37,7 +37,7 @@ LARGE = (
     "wide_resnet101_2",
 )
 LARGEST = "wide_resnet101_2"
-OTHERS = tuple(sorted(set(BUILDERS) - set(FULL_MATRIX) - set(LARGE)))
+OTHERS = tuple(sorted(set(BUILDERS) - set(FULL_MATRIX) - set(LARGE) - set(CONVERTED)))
 LEFTOVERS = {"Identity", "Shape", "Gather", "Cast", "Unsqueeze", "ConstantOfShape", "Constant"}
 CASES = [
     *(

@@ -29,8 +29,12 @@ RECORDS = [
 
 
 def _meta_model(name: str, **kwargs) -> torch.nn.Module:
-    """Build on the meta device: shapes and parameter counts without allocating weights."""
-    with torch.device("meta"):
+    """Build on the meta device: shapes and parameter counts without allocating weights
+    (torchvision's RegNet builder computes its widths with tensors, so it builds on the CPU)."""
+    try:
+        with torch.device("meta"):
+            return BUILDERS[name](**kwargs)
+    except NotImplementedError:
         return BUILDERS[name](**kwargs)
 
 
@@ -41,7 +45,7 @@ def test_schema_is_valid_and_loaded_manifest_is_the_file():
 
 def test_one_entry_per_builder_and_every_torchvision_tag():
     assert set(MODELS) == set(BUILDERS)
-    assert len(RECORDS) == 19  # 11 classifiers, 8 of them with a V2 tag
+    assert len(RECORDS) == 39  # 24 classifiers, 15 of them with a second tag
     for name in CLASSIFIERS:
         enum = get_model_weights(MODELS[name]["torchvision_name"])
         assert list(MODELS[name]["weights"]) == [member.name for member in enum]

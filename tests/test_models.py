@@ -9,10 +9,12 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+import edgezoo
 from edgezoo.errors import InputShapeError
 from edgezoo.layers import ResizeWith
 from edgezoo.models import (
     BUILDERS,
+    CONVERTED,
     DeepLabV3Plus,
     deeplabv3plus_mobilenetv2,
     deeplabv3plus_resnet50,
@@ -319,4 +321,32 @@ def test_builders_registry_covers_every_model():
         "mobilenetv2",
         "deeplabv3plus_mobilenetv2",
         "deeplabv3plus_resnet50",
+        *CONVERTED,
     }
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "regnet_x_400mf", "densenet121"])
+def test_a_converted_torchvision_model_loads_its_weights_unchanged_and_agrees(name):
+    torch.manual_seed(0)
+    reference = tvm.get_model(name, num_classes=7).eval()
+    ours = BUILDERS[name](num_classes=7)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())  # strict: torchvision's keys and shapes
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), reference(x))
+    assert edgezoo.check_model(ours, x[:1]).ok
+
+
+def test_a_converted_zoo_model_wraps_trains_exports_and_verifies(tmp_path):
+    example = torch.rand(1, 3, 64, 64)
+    q = edgezoo.get_model("squeezenet1_1", num_classes=5, qat=True, example_input=example)
+    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
+    for step in range(2):
+        x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(step))
+        loss = q(x).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    report = edgezoo.export_onnx(q.eval(), tmp_path / "m.onnx", example, write_configs=False)
+    assert report.ok and report.integer_ok, report

@@ -57,6 +57,23 @@ CLASSIFIERS = [
     ClassifierSpec("wide_resnet50_2", "wide_resnet50_2", "fc"),
     ClassifierSpec("wide_resnet101_2", "wide_resnet101_2", "fc"),
     ClassifierSpec("mobilenetv2", "mobilenet_v2", "classifier.1"),
+    # torchvision's own models, converted to module-only by edgezoo.make_module_only.
+    *(ClassifierSpec(name, name, "classifier") for name in ("densenet121", "densenet161")),
+    *(ClassifierSpec(name, name, "classifier") for name in ("densenet169", "densenet201")),
+    *(
+        ClassifierSpec(name, name, "fc")
+        for name in (
+            "regnet_x_400mf",
+            "regnet_x_800mf",
+            "regnet_x_1_6gf",
+            "regnet_x_3_2gf",
+            "regnet_x_8gf",
+            "regnet_x_16gf",
+            "regnet_x_32gf",
+        )
+    ),
+    ClassifierSpec("squeezenet1_0", "squeezenet1_0", "classifier.1"),
+    ClassifierSpec("squeezenet1_1", "squeezenet1_1", "classifier.1"),
 ]
 
 # torchvision's own segmentation models start from the IMAGENET1K_V1 backbones; we follow them.

@@ -327,7 +327,8 @@ def _state_preserved(model: nn.Module) -> Iterator[None]:
     """Leave the caller's buffers and modes as they were, whatever tracing and the example
     forward did (a traced-through BatchNorm subclass updates its running statistics and
     num_batches_tracked even in eval, having its training branch baked in)."""
-    buffers = {id(b): (b, b.detach().clone()) for b in model.buffers()}
+    # Meta tensors (a model built on the meta device for its shapes) hold no values to keep.
+    buffers = {id(b): (b, b.detach().clone()) for b in model.buffers() if not b.is_meta}
     flags = {module: module.training for module in model.modules()}
     try:
         yield

@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from edgezoo.models.converted import CONVERTED, converted_builder
 from edgezoo.models.deeplabv3plus import (
     DeepLabV3Plus,
     MobileNetV2Backbone,
@@ -43,11 +44,13 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": mobilenetv2,
     "deeplabv3plus_mobilenetv2": deeplabv3plus_mobilenetv2,
     "deeplabv3plus_resnet50": deeplabv3plus_resnet50,
+    **{name: converted_builder(name) for name in CONVERTED},
 }
 """Canonical model name -> builder(num_classes=..., **kwargs); the registry adds aliases."""
 
 __all__ = [
     "BUILDERS",
+    "CONVERTED",
     "BasicBlock",
     "Bottleneck",
     "DeepLabV3Plus",

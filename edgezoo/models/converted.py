@@ -1,0 +1,47 @@
+"""torchvision classifiers that edgezoo.make_module_only converts, QAT-wraps, exports and
+verifies (docs/conversion_coverage.md): in the zoo as their converted torchvision models, with
+torchvision's state_dict keys, so its published weights load unchanged."""
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from edgezoo.conversion import make_module_only
+
+__all__ = ["CONVERTED", "converted_builder"]
+
+CONVERTED: tuple[str, ...] = (
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "regnet_x_400mf",
+    "regnet_x_800mf",
+    "regnet_x_1_6gf",
+    "regnet_x_3_2gf",
+    "regnet_x_8gf",
+    "regnet_x_16gf",
+    "regnet_x_32gf",
+    "squeezenet1_0",
+    "squeezenet1_1",
+)
+"""torchvision names, which are also their zoo names."""
+
+_EXAMPLE_SIZE = 64  # conversion traces shapes only; these classifiers run at any size >= 64
+
+
+def converted_builder(torchvision_name: str) -> Callable[..., nn.Module]:
+    """A builder(num_classes=1000, **kwargs) of torchvision's model, converted to module-only."""
+
+    def build(num_classes: int = 1000, **kwargs) -> nn.Module:
+        model = torchvision.models.get_model(
+            torchvision_name, weights=None, num_classes=num_classes, **kwargs
+        )
+        example = torch.rand(1, 3, _EXAMPLE_SIZE, _EXAMPLE_SIZE)
+        return make_module_only(model, example)
+
+    build.__name__ = torchvision_name
+    build.__doc__ = f"torchvision's {torchvision_name}, converted to module-only (same keys)."
+    return build
