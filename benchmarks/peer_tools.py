@@ -126,7 +126,7 @@ class EdgezooPTQ(Tool):
         fit(model, sets["train"], monitor(sets), self.recipe(sets), progress=False)
 
     def export(self, model, path):
-        report = export_onnx(model, path, example(), write_configs=False)
+        report = export_onnx(model, path, example_input=example(), write_configs=False)
         self.notes.append(f"export parity {report.parity_max_abs_diff:.2g}")
 
 

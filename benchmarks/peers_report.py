@@ -25,25 +25,39 @@ QAT_PEERS = ("ti_v1_qat", "torch_ao_qat", "brevitas_qat", "nncf_qat")
 RULE_EFFECT = {
     "weight-grid": (
         "convention",
-        "float weights off the power-of-two grid: TIDL re-quantizes them itself, as the "
-        "integer simulation column shows",
+        "float weights off the power-of-two grid: TIDL re-quantizes them itself from max|w| "
+        "(the rule TI's QAT trains against)",
     ),
     "untrained-ranges": ("convention", "ranges the export marked as never calibrated"),
     "metadata": ("convention", "edgezoo's metadata missing or inconsistent"),
     "qdq-power-of-two": (
         "device",
-        "TDA4VM takes only power-of-two scales: TIDL would round them, changing every result",
+        "TDA4VM takes only power-of-two scales: its import would round them, changing results",
     ),
-    "qdq-symmetric": ("device", "TDA4VM has no asymmetric (zero-point) quantization"),
+    "qdq-symmetric": (
+        "device",
+        "a zero point where TIDL needs a symmetric grid (TDA4VM everywhere; every device "
+        "before a pool, resize or ArgMax)",
+    ),
     "qdq-axis": ("device", "TIDL supports QuantizeLinear/DequantizeLinear only on axis 1"),
-    "qdq-pairs": ("device", "a tensor the device computes without the Q/DQ pair TIDL needs"),
-    "qdq-weights": ("device", "weights not given as an int8 DequantizeLinear TIDL can import"),
+    "qdq-pairs": (
+        "device",
+        "a layer output without the Q/DQ pair TIDL's prequantized import reads its range from "
+        "(a BatchNormalization left unfolded between a Conv and its pair among them)",
+    ),
+    "qdq-weights": ("device", "a float weight or bias where the import expects integers"),
     "qdq-bits": ("device", "prequantized import is 8-bit only"),
-    "qdq-clip": ("device", "a Clip inside a QDQ graph that TIDL's import does not fold"),
+    "qdq-clip": (
+        "device",
+        "a Clip that is not an activation merged into the Conv/Gemm/Add before it (here: after "
+        "an unfolded BatchNormalization)",
+    ),
+    "qdq-dangling": ("device", "a Q/DQ node whose output nothing reads"),
     "unsupported-op": ("device", "an op TIDL's supported-op list lacks: the import fails"),
     "range-coverage": (
         "device",
-        "a tensor without a Clip range: TIDL calibrates it itself, not as trained",
+        "a tensor without a Clip range (a functional add TI's v1 cannot see): TIDL calibrates "
+        "it itself, not as trained",
     ),
     "input-clip": ("device", "no range on the input: TIDL picks its own input scale"),
     "clip-bounds": ("device", "a Clip range off the power-of-two grid: TIDL rounds it"),

@@ -203,7 +203,9 @@ def test_a_norm_act_layer_becomes_its_batch_norm_and_activation(tmp_path):
     q = wrap_model(NormActNet(), "train", IMAGE)  # the check flags it, wrapping converts it
     with torch.no_grad():
         q(IMAGE)
-    report = edgezoo.export_onnx(q.eval(), tmp_path / "m.onnx", IMAGE[:1], write_configs=False)
+    report = edgezoo.export_onnx(
+        q.eval(), tmp_path / "m.onnx", example_input=IMAGE[:1], write_configs=False
+    )
     assert report.ok
 
 
@@ -273,11 +275,15 @@ def test_a_model_returning_a_dict_of_one_tensor_exports_and_verifies(tmp_path):
     q = wrap_model(Segmenter(), "train", IMAGE)
     with torch.no_grad():
         q(IMAGE)
-    report = edgezoo.export_onnx(q.eval(), tmp_path / "m.onnx", IMAGE[:1], write_configs=False)
+    report = edgezoo.export_onnx(
+        q.eval(), tmp_path / "m.onnx", example_input=IMAGE[:1], write_configs=False
+    )
     assert report.ok and report.integer_ok
     q = wrap_model(TwoHeads(), "train", IMAGE)
     with torch.no_grad():
         q(IMAGE)
     with pytest.raises(ExportVerificationError, match="OrderedDict with 2 tensors"):
-        edgezoo.export_onnx(q.eval(), tmp_path / "two.onnx", IMAGE[:1], write_configs=False)
+        edgezoo.export_onnx(
+            q.eval(), tmp_path / "two.onnx", example_input=IMAGE[:1], write_configs=False
+        )
     assert not (tmp_path / "two.onnx").exists()

@@ -136,3 +136,21 @@ def test_a_checkpoint_from_before_the_scheme_flags_still_exports(tmp_path, capsy
     torch.save(older, checkpoint)  # the flags as written before per_channel / asymmetric
     args = ["export", "resnet18", "--qat", "--checkpoint", str(checkpoint), "--input-size"]
     assert main([*args, "32", "32", "-o", str(tmp_path / "out")]) == 0
+
+
+def test_export_options_go_by_keyword_and_the_old_forms_warn(tmp_path):
+    import edgezoo
+    from edgezoo.errors import UsageError
+
+    model = BUILDERS["resnet18"](num_classes=3)
+    example = torch.rand(1, 3, 32, 32)
+    with pytest.warns(DeprecationWarning, match="by keyword"):
+        old = edgezoo.export_onnx(model, tmp_path / "a.onnx", example, 11, write_configs=False)
+    with pytest.warns(DeprecationWarning, match="export_format"):
+        edgezoo.export_onnx(
+            model, tmp_path / "b.onnx", example_input=example, format=None, write_configs=False
+        )
+    new = edgezoo.export_onnx(model, tmp_path / "c.onnx", example_input=example, opset=11)
+    assert old.ok and new.ok and old.opset == new.opset == 11
+    with pytest.raises(UsageError, match="both by position and by keyword"):
+        edgezoo.export_onnx(model, tmp_path / "d.onnx", example, example_input=example)

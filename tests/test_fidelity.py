@@ -132,7 +132,7 @@ def test_a_qdq_export_of_a_model_trained_for_clip_graphs_is_refused_with_advice(
         q(torch.randn(4, 3, 32, 32))
     q.eval()
     with pytest.raises(QuantizationConfigError, match="activation_rounding='half_even'") as info:
-        edgezoo.export_onnx(q, tmp_path / "m.onnx", input_size=(32, 32), format="qdq")
+        edgezoo.export_onnx(q, tmp_path / "m.onnx", input_size=(32, 32), export_format="qdq")
     assert "half_up" in str(info.value) and "ti_v1" in str(info.value)
 
 
@@ -150,7 +150,9 @@ def test_a_qdq_export_for_tda4vm_computes_what_its_qat_model_computes(tmp_path):
         optimizer.step()
     q.eval()
     path = tmp_path / "m.onnx"
-    report = edgezoo.export_onnx(q, path, input_size=(32, 32), format="qdq", write_configs=False)
+    report = edgezoo.export_onnx(
+        q, path, input_size=(32, 32), export_format="qdq", write_configs=False
+    )
     assert report.ok and report.qdq_semantics.max_steps == 0.0
 
 

@@ -37,7 +37,7 @@ def exported(tmp_path, qdq: bool) -> onnx.ModelProto:
         q(torch.randn(4, 3, 8, 8))
     path = tmp_path / "tiny.onnx"
     edgezoo.export_onnx(
-        q.eval(), path, input_size=(8, 8), write_configs=False, format="qdq" if qdq else None
+        q.eval(), path, input_size=(8, 8), write_configs=False, export_format="qdq" if qdq else None
     )
     return onnx.load(path)
 

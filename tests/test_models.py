@@ -348,5 +348,7 @@ def test_a_converted_zoo_model_wraps_trains_exports_and_verifies(tmp_path):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    report = edgezoo.export_onnx(q.eval(), tmp_path / "m.onnx", example, write_configs=False)
+    report = edgezoo.export_onnx(
+        q.eval(), tmp_path / "m.onnx", example_input=example, write_configs=False
+    )
     assert report.ok and report.integer_ok, report

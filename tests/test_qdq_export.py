@@ -163,7 +163,7 @@ def test_the_device_table_picks_formats_and_refuses_what_a_device_does_not_run(t
     plain = trained(_tiny(), 16, QuantizationConfig())
     with pytest.raises(QuantizationConfigError, match="does not import clip graphs"):
         edgezoo.export_onnx(
-            plain, tmp_path / "m.onnx", input_size=(16, 16), target="am62a", format="clip"
+            plain, tmp_path / "m.onnx", input_size=(16, 16), target="am62a", export_format="clip"
         )
 
 

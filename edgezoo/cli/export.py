@@ -161,7 +161,7 @@ def run_export(args: argparse.Namespace) -> int:
             strict=not args.no_strict,
             model_name=name,
             allow_uncalibrated=args.allow_uncalibrated,
-            format=args.format,
+            export_format=args.format,
             target=args.target,
         )
     except ExportVerificationError as err:

@@ -11,11 +11,12 @@ the PyTorch model before it is written.
 """
 
 import dataclasses
+import functools
 import io
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,23 +86,59 @@ _LOGITS_NAME = "logits"
 _QAT_CHUNK = 32
 
 
+_LEGACY_POSITIONAL = ("example_input", "opset", "simplify", "argmax", "input_size", "strict")
+
+
+def _keyword_options(export: Callable[..., ExportReport]) -> Callable[..., ExportReport]:
+    """export_onnx's options go by keyword after `path`; the positional form and `format=`
+    (now export_format=) of the previous release still work, with a DeprecationWarning."""
+
+    @functools.wraps(export)
+    def call(model: nn.Module, path: str | os.PathLike, *positional: Any, **options: Any):
+        if len(positional) > len(_LEGACY_POSITIONAL):
+            raise UsageError(
+                f"export_onnx takes model and path by position, its options by keyword "
+                f"({', '.join(_LEGACY_POSITIONAL)}, ...); got {2 + len(positional)} positional"
+            )
+        for name, value in zip(_LEGACY_POSITIONAL, positional, strict=False):
+            if name in options:
+                raise UsageError(f"export_onnx got {name} both by position and by keyword")
+            options[name] = value
+        if positional:
+            warnings.warn(
+                "pass export_onnx's options by keyword after path (example_input=..., "
+                "opset=...); positional options are deprecated",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if "format" in options:
+            warnings.warn(
+                "export_onnx(format=...) is now export_format=...", DeprecationWarning, stacklevel=2
+            )
+            options["export_format"] = options.pop("format")
+        return export(model, path, **options)
+
+    return call
+
+
+@_keyword_options
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
+    *,
     example_input: Tensor | None = None,
     opset: int | None = None,
     simplify: bool = True,
     argmax: bool = False,
     input_size: Sequence[int] | None = None,
     strict: bool = True,
-    *,
     model_name: str | None = None,
     task: str | None = None,
     preprocessing: Mapping[str, Any] | None = None,
     write_configs: bool = True,
     parity_tolerance: float = 1e-4,
     allow_uncalibrated: bool = False,
-    format: str | None = None,
+    export_format: str | None = None,
     target: str | None = None,
 ) -> ExportReport:
     """Export a float edgezoo model or a QAT wrapper to one self-contained, verified ONNX file.
@@ -110,7 +147,7 @@ def export_onnx(
     `.module` (its deploy form is exported; the QAT model is not changed). example_input, or
     input_size as (H, W) or (C, H, W), or model_name's default size fixes the static input shape.
     target: the TI device (edgezoo.targets.TARGETS; default the QAT config's target, else
-    TDA4VM). format: "clip" (TDA4VM's QAT Clip graph) or "qdq" (QuantizeLinear /
+    TDA4VM). export_format: "clip" (TDA4VM's QAT Clip graph) or "qdq" (QuantizeLinear /
     DequantizeLinear with integer weights, for prequantized import); default: the target's.
     opset: 11 (TI's QAT recipe; 13 for QDQ) to 17, through the TorchScript exporter; other
     values raise TIDLRuleError. argmax: append ArgMax(axis=1, keepdims=1) for segmentation.
@@ -126,7 +163,7 @@ def export_onnx(
     _refuse_non_finite(model)
     wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
     settings = graph_quantization(model) if wrapped else None
-    plan = export_plan(settings, target, format, opset)
+    plan = export_plan(settings, target, export_format, opset)
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
     info = None if model_name is None else model_info(model_name)
@@ -202,7 +239,7 @@ def export_plan(
             raise QuantizationConfigError(
                 "a float model has no QDQ form: wrap it for QAT (QuantTrainModule) or "
                 "calibrate it (QuantCalibrateModule) first, or export it as a float graph for "
-                "TIDL's own calibration (format=None)"
+                "TIDL's own calibration (export_format=None)"
             )
         export_format = CLIP_FORMAT
     else:
@@ -235,7 +272,7 @@ def _check_qdq_arithmetic(settings: GraphQuantization, device: TargetDevice) -> 
     if wrong:
         raise QuantizationConfigError(
             f"this model was trained with {' and '.join(wrong)}, so a QDQ graph would not "
-            f"compute what it computes: export format='clip' for {device.name}, or train with "
+            f"compute what it computes: export_format='clip' for {device.name}, or train with "
             f"QuantizationConfig(target={device.name!r}, activation_rounding='half_even', "
             "bias_rule='joint')"
         )

@@ -231,7 +231,7 @@ def to_qdq(proto: onnx.ModelProto, bitwidth: int, scales: str) -> onnx.ModelProt
     if bitwidth != 8:
         raise ExportVerificationError(
             f"TIDL imports prequantized (QDQ) graphs at 8 bits only, the model is {bitwidth}-bit; "
-            "export it as a Clip graph for TDA4VM (format='clip'), or train it at 8 bits"
+            "export it as a Clip graph for TDA4VM (export_format='clip'), or train it at 8 bits"
         )
     qdq = onnx.ModelProto()
     qdq.CopyFrom(proto)

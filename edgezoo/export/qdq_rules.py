@@ -61,7 +61,7 @@ def check_qdq_graph(graph) -> Iterator[GraphViolation]:
                 "qdq-clip",
                 name,
                 "a Clip in a QDQ graph: the Q/DQ pair bounds the range already; export with "
-                "format='qdq' from a QAT model, which writes none",
+                "export_format='qdq' from a QAT model, which writes none",
             )
         if node.op_type in _NEEDS_QDQ | {"ArgMax"}:
             yield from _check_inputs_dequantized(graph, node, name)

@@ -36,12 +36,24 @@ def converted_builder(torchvision_name: str) -> Callable[..., nn.Module]:
     """A builder(num_classes=1000, **kwargs) of torchvision's model, converted to module-only."""
 
     def build(num_classes: int = 1000, **kwargs) -> nn.Module:
-        model = torchvision.models.get_model(
-            torchvision_name, weights=None, num_classes=num_classes, **kwargs
-        )
+        model = _torchvision_model(torchvision_name, num_classes=num_classes, **kwargs)
         example = torch.rand(1, 3, _EXAMPLE_SIZE, _EXAMPLE_SIZE)
         return make_module_only(model, example)
 
     build.__name__ = torchvision_name
     build.__doc__ = f"torchvision's {torchvision_name}, converted to module-only (same keys)."
     return build
+
+
+def _torchvision_model(name: str, **kwargs) -> nn.Module:
+    """torchvision's model without weights, on the default device; RegNet's builder computes
+    its widths with tensors, so on the meta device it is built on the CPU and moved."""
+    try:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except NotImplementedError:
+        device = torch.get_default_device()
+        if device.type != "meta":
+            raise
+        with torch.device("cpu"):
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+        return model.to(device)
