@@ -1,14 +1,14 @@
 """Does a QDQ export compute what QAT computes, in onnxruntime? Every zoo model, both schemes.
 
 Each model is wrapped for QAT for a QDQ device (am68a) with each scheme: power-of-two per-tensor
-(the TDA4VM grid, as QDQ) and per-channel weights with asymmetric activations. It is trained a
-few SGD steps on the embedded Fashion-MNIST data (composite scenes for segmentation), exported
-with export_format="qdq", and run one image at a time beside the QAT model's eval forward,
-twice: with every onnxruntime fusion off (the graph's literal QDQ semantics) and with
-onnxruntime's integer kernels (QLinearConv, QLinearAdd, ...). For each: the largest difference
-and the share of elements within one step on the last quantized tensors (64 test images), and the share of test
-images (pixels for segmentation) whose predicted class agrees. The machine's CPU flags are
-recorded: without VNNI, onnxruntime's u8s8 kernels saturate int16 pair sums. Results go to
+(the TDA4VM grid, as QDQ) and per-channel weights with asymmetric activations. It is trained a few
+SGD steps on the embedded Fashion-MNIST data (composite scenes for segmentation), exported with
+export_format="qdq", and run one image at a time beside the QAT model's eval forward, twice: with
+every onnxruntime fusion off (the graph's literal QDQ semantics) and with onnxruntime's integer
+kernels (QLinearConv, QLinearAdd, ...). For each: the largest difference and the share of elements
+within one step on the last quantized tensors (64 test images), and the share of test images
+(pixels for segmentation) whose predicted class agrees. The machine's CPU flags are recorded:
+without VNNI, onnxruntime's u8s8 kernels saturate int16 pair sums. Results go to
 docs/qdq_agreement.json and a markdown table.
 
     python benchmarks/qdq_agreement.py
