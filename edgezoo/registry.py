@@ -4,6 +4,7 @@ import copy
 import difflib
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -93,7 +94,7 @@ def get_model(
     weights_url: str | None = None,
     progress: bool = True,
     example_input: torch.Tensor | None = None,
-    quantization: QuantizationConfig | None = None,
+    config: QuantizationConfig | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model by name, load its weights, and (with qat) wrap it for quantization.
@@ -104,13 +105,15 @@ def get_model(
     pretrained_backbone (segmentation models): True or a tag loads torchvision ImageNet weights
     into model.backbone. qat: False for the float model, True/"train", "calibrate" or "test" for
     the wrapper edgezoo.wrap_model builds (traced with example_input, default a random batch of
-    the model's default input size) with `quantization` (a QuantizationConfig; default the
-    defaults). weights_url: a mirror to download from instead of the
-    manifest's URL (default: $EDGEZOO_WEIGHTS_URL). Other kwargs go to the builder.
+    the model's default input size) with `config` (a QuantizationConfig; default the
+    defaults; `quantization=` is its deprecated old name). weights_url: a mirror to download
+    from instead of the manifest's URL (default: $EDGEZOO_WEIGHTS_URL). Other kwargs go to the
+    builder.
     """
     canonical = resolve_name(name)
     entry = _entry(canonical)
     mode = wrapper_mode(qat)
+    config = _config_argument(config, kwargs)
     if pretrained and pretrained_backbone:
         raise UsageError(
             "pass pretrained or pretrained_backbone, not both: full weights already hold a backbone"
@@ -137,11 +140,22 @@ def get_model(
             origin=origin,
             model_name=canonical,
             head=entry["head"],
-            config=quantization,
+            config=config,
         )
         logger.info("loaded %s", origin)
         return loaded
-    return model if mode is None else wrap_model(model, mode, example_input, config=quantization)
+    return model if mode is None else wrap_model(model, mode, example_input, config=config)
+
+
+def _config_argument(config: QuantizationConfig | None, kwargs: dict[str, Any]):
+    """The QuantizationConfig, also from the previous release's `quantization=` (deprecated;
+    config= is its name in wrap_model and the wrappers too)."""
+    if "quantization" not in kwargs:
+        return config
+    if config is not None:
+        raise UsageError("pass config once (quantization is its old name)")
+    warnings.warn("get_model(quantization=...) is now config=...", DeprecationWarning, stacklevel=3)
+    return kwargs.pop("quantization")
 
 
 def _example(canonical: str) -> torch.Tensor:

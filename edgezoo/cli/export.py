@@ -143,7 +143,7 @@ def run_export(args: argparse.Namespace) -> int:
         pretrained=pretrained,
         num_classes=args.num_classes,
         qat="test" if args.qat else False,
-        quantization=quantization_config(args) if args.qat else None,
+        config=quantization_config(args) if args.qat else None,
     )
     channels, height, width = default_input_size(name)
     if args.input_size:

@@ -11,6 +11,7 @@ is a QuantizationConfig (`config=`), or its fields as keyword arguments.
 
 import dataclasses
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from edgezoo.errors import (
     QuantizationConfigError,
     QuantizationModeError,
     TIDLRuleError,
+    UsageError,
 )
 from edgezoo.quantization.bias_calibration import BiasCalibration
 from edgezoo.quantization.config import QuantizationConfig
@@ -49,7 +51,7 @@ class _QuantWrapper(nn.Module):
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: ExampleInput,
+        example_input: ExampleInput | None = None,
         config: QuantizationConfig | None = None,
         *,
         tidl_rules: bool = True,
@@ -62,12 +64,13 @@ class _QuantWrapper(nn.Module):
                 f"{type(module).__name__} is already a quantization wrapper: wrap the float "
                 f"model (or use its .module with a fresh float model's checkpoint)"
             )
+        example_input = _example_input(example_input, settings)
         self.config = QuantizationConfig.resolve(config, **settings)
         refuse_quantized(module)
-        module = _check_before_wrapping(module, dummy_input, tidl_rules, convert)
+        module = _check_before_wrapping(module, example_input, tidl_rules, convert)
         self.module = insert_quantization(
             module,
-            dummy_input,
+            example_input,
             self.config,
             keep_missing_ranges=self._keep_missing_ranges,
             range_update_gap=self.config.max_range_update_gap if self._sparse_range_updates else 1,
@@ -79,6 +82,26 @@ class _QuantWrapper(nn.Module):
         if self.training or not self.config.evaluates_exactly:
             return self.module(*args, **kwargs)
         return _in_float64(self.module, args, kwargs)
+
+
+def _example_input(example_input: ExampleInput | None, settings: dict[str, Any]) -> ExampleInput:
+    """The example input, also from the previous release's `dummy_input=` (deprecated)."""
+    legacy = settings.pop("dummy_input", None)
+    if legacy is not None:
+        if example_input is not None:
+            raise UsageError("pass example_input once (dummy_input is its old name)")
+        warnings.warn(
+            "dummy_input= is now example_input= (one spelling across edgezoo)",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        example_input = legacy
+    if example_input is None:
+        raise UsageError(
+            "the wrapper traces the model once: pass example_input, a batch of the size the "
+            "model takes (e.g. torch.rand(1, 3, 224, 224))"
+        )
+    return example_input
 
 
 def _in_float64(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -98,15 +121,15 @@ def _floats_to(value: Any, dtype: torch.dtype) -> Any:
 
 
 def _check_before_wrapping(
-    module: nn.Module, dummy_input: ExampleInput, tidl_rules: bool, convert: bool
+    module: nn.Module, example_input: ExampleInput, tidl_rules: bool, convert: bool
 ) -> nn.Module:
     """The model to quantize: module-only rules must hold (after torch.fx conversion when
     `convert` and they do not); TIDL's rules too, unless tidl_rules=False (then a warning), so a
     layer TIDL cannot import is named before hours of training, not at export."""
-    report = check_model(module, dummy_input, tidl_rules=True)
+    report = check_model(module, example_input, tidl_rules=True)
     if convert and _module_only_violations(report):
-        module = _converted(module, dummy_input, tidl_rules, report)
-        report = check_model(module, dummy_input, tidl_rules=True)
+        module = _converted(module, example_input, tidl_rules, report)
+        report = check_model(module, example_input, tidl_rules=True)
     tidl = [v for v in report.violations if v.rule.startswith("tidl-")]
     module_only = _module_only_violations(report)
     if module_only:
@@ -121,13 +144,13 @@ def _module_only_violations(report: CheckReport) -> list:
 
 
 def _converted(
-    module: nn.Module, dummy_input: ExampleInput, tidl_rules: bool, report: CheckReport
+    module: nn.Module, example_input: ExampleInput, tidl_rules: bool, report: CheckReport
 ) -> nn.Module:
     """make_module_only of the model, one log line per kind of change; a model it cannot
     convert raises the check's violations with the reason."""
     try:
         converted, changes = make_module_only(
-            module, dummy_input, tidl_rules=tidl_rules, return_report=True
+            module, example_input, tidl_rules=tidl_rules, return_report=True
         )
     except ConversionError as error:
         raise ModuleOnlyViolationError(
@@ -168,12 +191,12 @@ class QuantTrainModule(_QuantWrapper):
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: ExampleInput,
+        example_input: ExampleInput | None = None,
         total_epochs: int | None = None,
         config: QuantizationConfig | None = None,
         **settings: Any,
     ) -> None:
-        super().__init__(module, dummy_input, config, **settings)
+        super().__init__(module, example_input, config, **settings)
         self.schedule = QATSchedule(total_epochs) if total_epochs is not None else None
 
     def start_epoch(self, epoch: int) -> None:
@@ -209,12 +232,12 @@ class QuantCalibrateModule(_QuantWrapper):
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: ExampleInput,
+        example_input: ExampleInput | None = None,
         bias_calibration: bool = True,
         config: QuantizationConfig | None = None,
         **settings: Any,
     ) -> None:
-        super().__init__(module, dummy_input, config, **settings)
+        super().__init__(module, example_input, config, **settings)
         self.bias_calibration = bias_calibration
         self.epoch = 0
         self._calibration = BiasCalibration(self.module)
@@ -253,11 +276,11 @@ class QuantTestModule(_QuantWrapper):
     def __init__(
         self,
         module: nn.Module,
-        dummy_input: ExampleInput,
+        example_input: ExampleInput | None = None,
         config: QuantizationConfig | None = None,
         **settings: Any,
     ) -> None:
-        super().__init__(module, dummy_input, config, **settings)
+        super().__init__(module, example_input, config, **settings)
         _freeze_bn(self)
         super().train(False)
 
