@@ -271,6 +271,19 @@ def paired(results: dict[str, Any]) -> None:
                 record["vs_edgezoo_qat"] = mcnemar(first, unpack(reference, 10000))
 
 
+def versions() -> dict[str, str]:
+    """The installed versions of the tools compared (TI's v1 is a checkout: see the report)."""
+    from importlib import metadata
+
+    found = {}
+    for package in ("torch", "torchvision", "onnxruntime", "brevitas", "nncf", "torchao"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
@@ -280,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = load_results(args.out) if args.report_only else measure(args)
     paired(results)
+    results["versions"] = versions()
     save_results(results, args.out)
     from peers_report import write_section
 

@@ -81,14 +81,23 @@ def row(run: str, record: dict[str, Any], float_top1: float | None) -> str:
     step = record.get("step_time", {}).get("ratio")
     export = record.get("export", {})
     kind = export.get("kind") or f"failed: {export.get('failed', '?')[:80]}"
-    simulation = record.get("simulation", {})
     verdicts = record.get("verify", {})
     return (
-        f"| {label} | {top1:.2f} | {delta} | {versus} | {fmt(step)}x | "
-        f"{record['peak_rss_mib'] - record['rss_before_mib']:.0f} | {kind} | "
-        f"{fmt(record.get('onnx_top1'))} | {fmt(simulation.get('top1'))} | "
+        f"| {label} | {top1:.2f} | {delta} | {versus} | {'-' if step is None else f'{step:.2f}x'} "
+        f"| {record['peak_rss_mib'] - record['rss_before_mib']:.0f} | {kind} | "
+        f"{fmt(record.get('onnx_top1'))} | {simulation_text(record.get('simulation'))} | "
         f"{verdict_text(verdicts.get('tda4vm'))} | {verdict_text(verdicts.get('am68a'))} |"
     )
+
+
+def simulation_text(simulation: dict[str, Any] | None) -> str:
+    if not simulation:
+        return "-"
+    if "failed" in simulation:
+        reason = simulation["failed"].split(": ", 1)[-1]
+        return f"not simulable: {reason.split(':')[0][:90]}"
+    agreement = simulation["agreement_with_onnx"]
+    return f"{simulation['top1']:.2f} (same class as onnxruntime: {agreement:.1f} %)"
 
 
 def verdict_text(verdict: dict[str, Any] | None) -> str:
@@ -147,6 +156,7 @@ def goals(results: dict[str, Any]) -> list[str]:
             f"- {name}: edgezoo QAT {ours['test_top1']:.2f} vs best peer {LABELS[best]} "
             f"{peers[best]['test_top1']:.2f}: **{'met' if met else 'missed'}**"
         )
+        lines.append(deployable(name, runs))
         ratios = {r: p["step_time"]["ratio"] for r, p in peers.items() if "step_time" in p}
         if ratios and "step_time" in ours:
             fastest = min(ratios, key=ratios.get)
@@ -158,6 +168,30 @@ def goals(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def deployable(name: str, runs: dict[str, Any]) -> str:
+    """Which tools have an export that passes TIDL's rules on each device."""
+    tools = {
+        "edgezoo": ("edgezoo_qat", "edgezoo_qat_qdq", "edgezoo_qat_distill"),
+        **{LABELS[r]: (r,) for r in QAT_PEERS},
+    }
+    passing = {}
+    for tool, rows in tools.items():
+        devices = {
+            device
+            for row in rows
+            for device, verdict in runs.get(row, {}).get("verify", {}).items()
+            if verdict.get("ok")
+        }
+        passing[tool] = sorted(devices)
+    every = [tool for tool, devices in passing.items() if devices == ["am68a", "tda4vm"]]
+    some = "; ".join(f"{tool}: {', '.join(d) or 'none'}" for tool, d in passing.items())
+    met = every == ["edgezoo"]
+    return (
+        f"- {name}: exports that pass TIDL's rules per device: {some}: "
+        f"**{'met' if met else 'missed'}** (edgezoo the only one passing for every device)"
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     machines = {
         f"{r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}"
@@ -165,9 +199,15 @@ def markdown(results: dict[str, Any]) -> str:
         for r in runs.values()
         if "machine" in r
     }
-    dates = sorted({r["date"] for runs in results["models"].values() for r in runs.values()})
+    dates = sorted(
+        {r["date"] for runs in results["models"].values() for r in runs.values() if "date" in r}
+    )
     lines = [SECTION, "", *INTRO, "", f"Machine: {'; '.join(sorted(machines))}.", ""]
-    lines.append(f"Dates: {', '.join(dates)}. Versions: {results.get('versions', {})}.")
+    installed = ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items())
+    lines.append(
+        f"Dates: {', '.join(dates)}. Versions: {installed}; TI's v1 from edgeai-tensorlab at "
+        "commit f272548ef0 (edgeai-modeloptimization/torchmodelopt, its v3 import stubbed)."
+    )
     lines.append("")
     for name, runs in results["models"].items():
         lines += model_table(name, runs)
