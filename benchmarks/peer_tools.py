@@ -189,6 +189,17 @@ class TIv1(Tool):
         torch.onnx.export(model.module, (example(),), path, dynamo=False, opset_version=11)
 
 
+class TIv1ModuleOnly(TIv1):
+    """TI's v1 QuantTrainModule on edgezoo's module-only model of the same architecture and
+    weights (each ReLU used once, as TI's docs ask; its residual adds are edgezoo AddBlocks,
+    which TI's v1 does not range)."""
+
+    def prepare(self, float_net, sets):
+        return self.v1.QuantTrainModule(
+            copy.deepcopy(float_net).train(), dummy_input=example(), total_epochs=4
+        )
+
+
 class TIv1PTQ(TIv1):
     """TI's v1 QuantCalibrateModule: forward passes in train mode, no gradients (its docs)."""
 
@@ -337,6 +348,7 @@ TOOLS = {
     "edgezoo_qat_qdq": EdgezooQDQ,
     "ti_v1_ptq": TIv1PTQ,
     "ti_v1_qat": TIv1,
+    "ti_v1_qat_module_only": TIv1ModuleOnly,
     "torch_ao_qat": TorchAO,
     "brevitas_qat": Brevitas,
     "nncf_qat": NNCF,

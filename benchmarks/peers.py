@@ -52,6 +52,7 @@ RUNS = (
     "edgezoo_qat_qdq",
     "ti_v1_ptq",
     "ti_v1_qat",
+    "ti_v1_qat_module_only",
     "torch_ao_qat",
     "brevitas_qat",
     "nncf_qat",

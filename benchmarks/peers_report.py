@@ -14,11 +14,12 @@ LABELS = {
     "edgezoo_qat_qdq": "edgezoo QAT (AM68A, QDQ graph)",
     "ti_v1_ptq": "TI v1 QuantCalibrateModule",
     "ti_v1_qat": "TI v1 QuantTrainModule",
+    "ti_v1_qat_module_only": "TI v1 QuantTrainModule on edgezoo's module-only model",
     "torch_ao_qat": "torch.ao eager QAT (x86 qconfig)",
     "brevitas_qat": "Brevitas, po2 per-tensor",
     "nncf_qat": "NNCF, symmetric per-tensor",
 }
-QAT_PEERS = ("ti_v1_qat", "torch_ao_qat", "brevitas_qat", "nncf_qat")
+QAT_PEERS = ("ti_v1_qat", "ti_v1_qat_module_only", "torch_ao_qat", "brevitas_qat", "nncf_qat")
 # What each verify_onnx rule means on the device: "device" when TIDL would compute something
 # else than the framework (or refuse the graph), "convention" when only edgezoo's stricter
 # convention is broken and TIDL computes the same thing.
