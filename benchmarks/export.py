@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import torch
 import torchvision
+from docs_sections import replace_section
 from tqdm import tqdm
 
 from edgezoo.benchmarking import machine_description
@@ -175,16 +176,7 @@ def markdown(export_rows: list[str], latency_rows: list[str], runs: int, command
 
 def write_section(text: str) -> None:
     """Replace (or append) the Export section of docs/benchmarks.md, leaving the rest as is."""
-    existing = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = existing.find(f"\n{SECTION}\n")
-    if start == -1:
-        updated = existing.rstrip("\n") + "\n\n" + text
-    else:
-        end = existing.find("\n## ", start + 1)
-        tail = existing[end:] if end != -1 else "\n"
-        updated = existing[: start + 1] + text + tail
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(updated)
+    replace_section(DOCS, SECTION, text)
 
 
 def main() -> None:

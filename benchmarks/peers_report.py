@@ -4,8 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from accuracy import unpack
-
-from edgezoo.fileio import atomic_path
+from docs_sections import replace_section
 
 SECTION = "## Peers: the same QAT budget with the tools users would pick instead"
 LABELS = {
@@ -228,16 +227,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write_section(results: dict[str, Any], docs: Path) -> None:
     """Replace (or append) the Peers section of docs/benchmarks.md, leaving the rest as is."""
-    text = markdown(results)
-    existing = docs.read_text() if docs.exists() else "# Benchmarks\n"
-    start = existing.find(f"\n{SECTION}\n")
-    if start == -1:
-        updated = existing.rstrip("\n") + "\n\n" + text
-    else:
-        end = existing.find("\n## ", start + 1)
-        updated = existing[: start + 1] + text + (existing[end:] if end != -1 else "")
-    with atomic_path(docs) as partial:
-        partial.write_text(updated)
+    replace_section(docs, SECTION, markdown(results))
 
 
 INTRO = [

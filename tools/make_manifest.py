@@ -14,6 +14,8 @@ from pathlib import Path
 import torchvision
 from torchvision.models import get_model_weights
 
+from edgezoo.models.converted import CONVERTED
+
 MANIFEST_PATH = Path(__file__).resolve().parents[1] / "weights_manifest.json"
 FORMAT_VERSION = 1
 WEIGHTS_LICENSE = "BSD-3-Clause"
@@ -58,22 +60,7 @@ CLASSIFIERS = [
     ClassifierSpec("wide_resnet101_2", "wide_resnet101_2", "fc"),
     ClassifierSpec("mobilenetv2", "mobilenet_v2", "classifier.1"),
     # torchvision's own models, converted to module-only by edgezoo.make_module_only.
-    *(ClassifierSpec(name, name, "classifier") for name in ("densenet121", "densenet161")),
-    *(ClassifierSpec(name, name, "classifier") for name in ("densenet169", "densenet201")),
-    *(
-        ClassifierSpec(name, name, "fc")
-        for name in (
-            "regnet_x_400mf",
-            "regnet_x_800mf",
-            "regnet_x_1_6gf",
-            "regnet_x_3_2gf",
-            "regnet_x_8gf",
-            "regnet_x_16gf",
-            "regnet_x_32gf",
-        )
-    ),
-    ClassifierSpec("squeezenet1_0", "squeezenet1_0", "classifier.1"),
-    ClassifierSpec("squeezenet1_1", "squeezenet1_1", "classifier.1"),
+    *(ClassifierSpec(name, name, head) for name, head in CONVERTED.items()),
 ]
 
 # torchvision's own segmentation models start from the IMAGENET1K_V1 backbones; we follow them.

@@ -12,22 +12,22 @@ from edgezoo.conversion import make_module_only
 
 __all__ = ["CONVERTED", "converted_builder"]
 
-CONVERTED: tuple[str, ...] = (
-    "densenet121",
-    "densenet161",
-    "densenet169",
-    "densenet201",
-    "regnet_x_400mf",
-    "regnet_x_800mf",
-    "regnet_x_1_6gf",
-    "regnet_x_3_2gf",
-    "regnet_x_8gf",
-    "regnet_x_16gf",
-    "regnet_x_32gf",
-    "squeezenet1_0",
-    "squeezenet1_1",
-)
-"""torchvision names, which are also their zoo names."""
+CONVERTED: dict[str, str] = {
+    "densenet121": "classifier",
+    "densenet161": "classifier",
+    "densenet169": "classifier",
+    "densenet201": "classifier",
+    "regnet_x_400mf": "fc",
+    "regnet_x_800mf": "fc",
+    "regnet_x_1_6gf": "fc",
+    "regnet_x_3_2gf": "fc",
+    "regnet_x_8gf": "fc",
+    "regnet_x_16gf": "fc",
+    "regnet_x_32gf": "fc",
+    "squeezenet1_0": "classifier.1",
+    "squeezenet1_1": "classifier.1",
+}
+"""torchvision name (also the zoo name) -> its classifier head's attribute."""
 
 _EXAMPLE_SIZE = 64  # conversion traces shapes only; these classifiers run at any size >= 64
 
