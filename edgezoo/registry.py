@@ -114,10 +114,7 @@ def get_model(
     entry = _entry(canonical)
     mode = wrapper_mode(qat)
     config = _config_argument(config, kwargs)
-    if pretrained and pretrained_backbone:
-        raise UsageError(
-            "pass pretrained or pretrained_backbone, not both: full weights already hold a backbone"
-        )
+    _check_one_weight_source(pretrained, pretrained_backbone)
     state_dict, origin = None, ""
     if pretrained:
         state_dict, origin = _pretrained_state_dict(
@@ -145,6 +142,13 @@ def get_model(
         logger.info("loaded %s", origin)
         return loaded
     return model if mode is None else wrap_model(model, mode, example_input, config=config)
+
+
+def _check_one_weight_source(pretrained: object, pretrained_backbone: object) -> None:
+    if pretrained and pretrained_backbone:
+        raise UsageError(
+            "pass pretrained or pretrained_backbone, not both: full weights already hold a backbone"
+        )
 
 
 def _config_argument(config: QuantizationConfig | None, kwargs: dict[str, Any]):
