@@ -152,20 +152,17 @@ def export_onnx(
     opset: 11 (TI's QAT recipe; 13 for QDQ) to 17, through the TorchScript exporter; other
     values raise TIDLRuleError. argmax: append ArgMax(axis=1, keepdims=1) for segmentation.
     strict: raise ExportVerificationError (with `.report`) and write nothing when the graph
-    breaks a TIDL rule or onnxruntime differs from PyTorch; False writes the file anyway and
-    returns the failing report. model_name / task / preprocessing feed the TIDL files (written
-    beside the ONNX unless write_configs=False); without them the task is guessed from the
-    output rank and ImageNet normalisation is assumed. A QAT model whose ranges never saw data
-    raises UncalibratedRangesError unless allow_uncalibrated (the graph then records how many
-    are untrained, for verify_onnx). The caller's train/eval modes are restored afterwards.
+    breaks a TIDL rule, onnxruntime differs from PyTorch or the integers disagree; False
+    writes it anyway and returns the failing report. model_name / task / preprocessing feed the
+    TIDL files (beside the ONNX unless write_configs=False; else the task is guessed and
+    ImageNet normalisation assumed). Ranges that never saw data raise UncalibratedRangesError
+    unless allow_uncalibrated (the graph records how many). Modes are restored afterwards.
     """
     path = Path(path)
     _refuse_non_finite(model)
-    wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
-    settings = graph_quantization(model) if wrapped else None
+    wrapped, settings, quantized = _model_kind(model)
     plan = export_plan(settings, target, export_format, opset)
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
-    quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
     reference, quantized_output, proto = _reference_and_graph(model, example, plan.opset, wrapped)
@@ -175,20 +172,27 @@ def export_onnx(
     spec = _input_spec(example, reference, info, task, preprocessing, argmax)
     _stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings, plan)
     _record_normalisation(proto, spec)
-    input_clipped = wrapped and _quantizes_input(model)
-    verification = verify_onnx(proto, quantized, input_clipped, allow_uncalibrated)
-    _warn_about_inputs(proto)
-    report = _report(proto, path, tuple(example.shape), verification, parity, parity_tolerance)
-    report = dataclasses.replace(report, aligned_weights=tuple(aligned), target=plan.target.name)
+    clipped_input = wrapped and _quantizes_input(model)
+    verification = verify_onnx(proto, quantized, clipped_input, allow_uncalibrated)
+    measured = (tuple(example.shape), parity, parity_tolerance, tuple(aligned), plan.target.name)
+    report = _report(proto, path, verification, *measured)
     if quantized_output is not None:
         report = _with_device_figures(report, proto, argmax, example, quantized_output, model)
     _write(proto, report, strict)
     if write_configs:
-        compilation = plan.compilation(quantized, settings)
-        files = write_tidl_configs(path, spec, quantized, compilation)
+        files = write_tidl_configs(path, spec, quantized, plan.compilation(quantized, settings))
         report = dataclasses.replace(report, config_files=files)
     logger.info("exported %s", report)
     return report
+
+
+def _model_kind(model: nn.Module) -> tuple[bool, GraphQuantization | None, bool]:
+    """Whether the model is a QAT model (a wrapper or its module), its graph quantization, and
+    whether the graph will hold ranges (a QAT model, or a float one with Clip layers)."""
+    wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
+    settings = graph_quantization(model) if wrapped else None
+    quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
+    return wrapped, settings, quantized
 
 
 def _graph_for_plan(
@@ -281,10 +285,12 @@ def _check_qdq_arithmetic(settings: GraphQuantization, device: TargetDevice) -> 
 def _report(
     proto: onnx.ModelProto,
     path: Path,
-    input_shape: tuple[int, ...],
     verification: VerifyReport,
+    input_shape: tuple[int, ...],
     parity: tuple[float, float],
     parity_tolerance: float,
+    aligned_weights: tuple[str, ...],
+    target: str,
 ) -> ExportReport:
     """What the export measured and verified of the graph it is about to write."""
     return ExportReport(
@@ -297,6 +303,8 @@ def _report(
         parity_max_rel_diff=parity[1],
         parity_tolerance=parity_tolerance,
         clip_count=_count(proto, "Clip"),
+        aligned_weights=aligned_weights,
+        target=target,
     )
 
 
@@ -753,12 +761,14 @@ def _warn_about_inputs(proto: onnx.ModelProto) -> None:
 
 
 def _record_normalisation(proto: onnx.ModelProto, spec: TIDLInputSpec) -> None:
-    """Record the input normalisation the TIDL files declare, for verify_onnx's input check."""
+    """Record the input normalisation the TIDL files declare, for verify_onnx's input check,
+    and log an input range that cuts its tails."""
     props = rules.graph_properties(proto)
     props[rules.INPUT_MEAN_PROP] = " ".join(f"{v:g}" for v in spec.mean)
     props[rules.INPUT_STD_PROP] = " ".join(f"{v:g}" for v in spec.std)
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
+    _warn_about_inputs(proto)
 
 
 def _quantizes_input(model: nn.Module) -> bool:
