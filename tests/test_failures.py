@@ -28,6 +28,7 @@ from edgezoo.engine.distributed import as_distributed_error, setup_distributed
 from edgezoo.errors import (
     DataError,
     DiskFullError,
+    ResumeMismatchError,
     TIDLRuleError,
     UncalibratedRangesError,
 )
@@ -178,10 +179,10 @@ def test_resume_refuses_options_that_differ_and_extends_epochs(capsys, tmp_path,
     assert "with --epochs 2 instead of 1" in caplog.text
 
 
-def _fit_tiny(out: Path, epochs: int, resume: bool = False) -> None:
+def _fit_tiny(out: Path, epochs: int, resume: bool = False, lr: float = 1e-3) -> None:
     data = build_task_data("embedded", "classification", 32)
     model = edgezoo.get_model("mobilenetv2", num_classes=10)
-    config = TrainConfig(epochs=epochs, batch_size=8, max_batches=1, lr=1e-3, optimizer="adamw")
+    config = TrainConfig(epochs=epochs, batch_size=8, max_batches=1, lr=lr, optimizer="adamw")
     train, val = Subset(data.train, range(16)), Subset(data.val, range(8))
     fit(model, train, val, config, out, resume=resume, progress=False)
 
@@ -302,3 +303,16 @@ def test_a_stuck_rank_fails_the_job_in_seconds_not_half_an_hour():
         process.join()
     assert message and "another process of the job stopped answering" in message
     assert "--resume" in message
+
+
+def test_the_library_and_the_cli_resume_under_one_rule(tmp_path):
+    from edgezoo.cli.train import _OPTIONS
+    from edgezoo.engine import FIXED_ON_RESUME
+
+    assert set(_OPTIONS) <= set(FIXED_ON_RESUME)
+    out = tmp_path / "run"
+    _fit_tiny(out, epochs=1)
+    with pytest.raises(ResumeMismatchError, match=r"lr: saved 0.001, now 0.01"):
+        _fit_tiny(out, epochs=2, resume=True, lr=1e-2)
+    _fit_tiny(out, epochs=2, resume=True)  # more epochs: allowed
+    assert load_checkpoint(out / LAST)["epoch"] == 2

@@ -23,9 +23,8 @@ from edgezoo.errors import ResumeMismatchError, RunExistsError, UsageError
 
 logger = logging.getLogger(__name__)
 
-# Settings a resumed run keeps from its start; given again, they must match (TrainConfig field
-# or metadata key -> the option that sets it).
-_FIXED_ON_RESUME = {
+# The option that sets each setting a resumed run keeps (edgezoo.engine.FIXED_ON_RESUME).
+_OPTIONS = {
     "model": "--model",
     "data": "--data",
     "input_size": "--input-size",
@@ -319,6 +318,7 @@ def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
 def _resumed_config(args: argparse.Namespace, name: str):
     """The saved settings of the run in --out; refuse options that differ from them."""
     from edgezoo.engine import load_run_config
+    from edgezoo.engine.trainer import resume_differences
 
     weights = [
         f"{option} {value if value is not True else ''}".strip()
@@ -336,11 +336,10 @@ def _resumed_config(args: argparse.Namespace, name: str):
             "--overwrite or another --out"
         )
     config = load_run_config(args.out)
-    saved = {**config.to_dict(), **config.metadata}
+    differences = resume_differences(config.to_dict(), _given_on_resume(args, name))
     differ = [
-        f"{_FIXED_ON_RESUME[key]} {value} (the run uses {saved.get(key)})"
-        for key, value in _given_on_resume(args, name).items()
-        if saved.get(key) != value
+        f"{_OPTIONS[key]} {value} (the run uses {saved})"
+        for key, (saved, value) in differences.items()
     ]
     if differ:
         raise ResumeMismatchError(

@@ -16,17 +16,20 @@ from edgezoo.engine.metrics import ClassificationMeter, SegmentationMeter, prima
 from edgezoo.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from edgezoo.engine.simulated import simulated_metrics
 from edgezoo.engine.trainer import (
+    FIXED_ON_RESUME,
     MODES,
     FitResult,
     TrainConfig,
     evaluate,
     fit,
     load_run_config,
+    resume_differences,
     weights_module,
 )
 
 __all__ = [
     "BEST",
+    "FIXED_ON_RESUME",
     "LAST",
     "METRICS_CSV",
     "METRICS_JSON",
@@ -47,6 +50,7 @@ __all__ = [
     "load_run_config",
     "prepare_run_dir",
     "primary_metric",
+    "resume_differences",
     "save_checkpoint",
     "seed_everything",
     "setup_distributed",

@@ -296,20 +296,56 @@ def _start_epoch(model: nn.Module, epoch: int, config: TrainConfig) -> dict[str,
     return {}
 
 
+FIXED_ON_RESUME: tuple[str, ...] = (
+    "task",
+    "mode",
+    "num_classes",
+    "batch_size",
+    "lr",
+    "seed",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "step_size",
+    "gamma",
+    "label_smoothing",
+    "max_batches",
+    "bn_freeze_epoch",
+    "range_freeze_epoch",
+    "distill",
+    "labels",
+    "distill_temperature",
+    "distill_weight",
+    "model",
+    "data",
+    "input_size",
+    "quantization",
+)
+"""What a resumed run keeps from its start: TrainConfig fields, then metadata keys (the same
+rule for fit(resume=True) and `edgezoo train --resume`; epochs may change, extending it)."""
+
+
+def resume_differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple]:
+    """The fixed settings whose value in `given` (fields and metadata together, only those
+    present) differs from the saved run's: key -> (saved, given)."""
+    saved = {**saved, **saved.get("metadata", {})}
+    return {
+        key: (saved.get(key), given[key])
+        for key in FIXED_ON_RESUME
+        if key in given and saved.get(key) != given[key]
+    }
+
+
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    keys = ("task", "mode", "num_classes")
-    differ = [
-        f"{k}: saved {saved.get(k)!r}, now {getattr(config, k)!r}"
-        for k in keys
-        if saved.get(k) != getattr(config, k)
-    ]
-    saved_model = saved.get("metadata", {}).get("model")
-    model = config.metadata.get("model")
-    if saved_model and model and saved_model != model:
-        differ.append(f"model: saved {saved_model!r}, now {model!r}")
+    given = {**config.to_dict(), **config.metadata}
+    given = {key: value for key, value in given.items() if key != "metadata"}
+    differ = resume_differences(saved, given)
     if differ:
+        listed = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
         raise ResumeMismatchError(
-            f"cannot resume {path}: the run was started with other settings ({'; '.join(differ)}); "
+            f"cannot resume {path}: the run was started with other settings ({listed}); "
             "resume with the same settings or start a new run in another directory"
         )
 
