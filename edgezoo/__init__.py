@@ -1,37 +1,12 @@
 """edgezoo: QAT-ready ResNet, MobileNetV2 and DeepLabV3+ models for TI TIDL, with ONNX export."""
 
+import importlib
+import warnings
+
 from edgezoo.check import CheckReport, Violation, check_model
 from edgezoo.conversion import ConversionReport, make_module_only
 from edgezoo.distillation import DistillationLoss
-from edgezoo.errors import (
-    CheckpointMismatchError,
-    ConversionError,
-    DataError,
-    DeviceUnavailableError,
-    DiskFullError,
-    DistributedError,
-    DownloadError,
-    EdgezooError,
-    ExportVerificationError,
-    HashMismatchError,
-    InputShapeError,
-    ModelFileNotFoundError,
-    ModuleOnlyViolationError,
-    QuantizationConfigError,
-    QuantizationModeError,
-    ResumeMismatchError,
-    RunExistsError,
-    SharedModuleError,
-    SimulationError,
-    TIDLRuleError,
-    TrainingDivergedError,
-    UncalibratedRangesError,
-    UnknownModelError,
-    UnknownTargetError,
-    UnreadableModelError,
-    UsageError,
-    WeightsError,
-)
+from edgezoo.errors import EdgezooError, UsageError
 from edgezoo.export import ExportReport, GraphViolation, VerifyReport, export_onnx, verify_onnx
 from edgezoo.quantization import (
     QATSchedule,
@@ -55,45 +30,20 @@ from edgezoo.weights import LoadReport, load_weights
 
 __all__ = [
     "CheckReport",
-    "CheckpointMismatchError",
-    "ConversionError",
     "ConversionReport",
-    "DataError",
-    "DeviceUnavailableError",
-    "DiskFullError",
     "DistillationLoss",
-    "DistributedError",
-    "DownloadError",
     "EdgezooError",
     "ExportReport",
-    "ExportVerificationError",
     "GraphViolation",
-    "HashMismatchError",
-    "InputShapeError",
     "LoadReport",
-    "ModelFileNotFoundError",
-    "ModuleOnlyViolationError",
     "QATSchedule",
     "QuantCalibrateModule",
     "QuantTestModule",
     "QuantTrainModule",
     "QuantizationConfig",
-    "QuantizationConfigError",
-    "QuantizationModeError",
-    "ResumeMismatchError",
-    "RunExistsError",
-    "SharedModuleError",
-    "SimulationError",
-    "TIDLRuleError",
-    "TrainingDivergedError",
-    "UncalibratedRangesError",
-    "UnknownModelError",
-    "UnknownTargetError",
-    "UnreadableModelError",
     "UsageError",
     "VerifyReport",
     "Violation",
-    "WeightsError",
     "__version__",
     "check_model",
     "clip_only",
@@ -113,3 +63,46 @@ __all__ = [
     "verify_onnx",
     "wrap_model",
 ]
+
+# Exceptions live in edgezoo.errors; the top level keeps the two a caller catches broadly. The
+# others were importable from here in the previous release and still are, with a warning.
+_MOVED_ERRORS = frozenset(
+    {
+        "CheckpointMismatchError",
+        "ConversionError",
+        "DataError",
+        "DeviceUnavailableError",
+        "DiskFullError",
+        "DistributedError",
+        "DownloadError",
+        "ExportVerificationError",
+        "HashMismatchError",
+        "InputShapeError",
+        "ModelFileNotFoundError",
+        "ModuleOnlyViolationError",
+        "QuantizationConfigError",
+        "QuantizationModeError",
+        "ResumeMismatchError",
+        "RunExistsError",
+        "SharedModuleError",
+        "SimulationError",
+        "TIDLRuleError",
+        "TrainingDivergedError",
+        "UncalibratedRangesError",
+        "UnknownModelError",
+        "UnknownTargetError",
+        "UnreadableModelError",
+        "WeightsError",
+    }
+)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_ERRORS:
+        warnings.warn(
+            f"edgezoo.{name} moved to edgezoo.errors.{name}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module("edgezoo.errors"), name)
+    raise AttributeError(f"module 'edgezoo' has no attribute {name!r}")

@@ -103,3 +103,17 @@ def test_the_engine_sits_above_export_and_simulation_and_applications_on_top():
     for package, imported in graph.items():
         if package not in applications:
             assert not imported & applications, package
+
+
+def test_the_top_level_api_is_small_and_moved_errors_still_import_with_a_warning():
+    import pytest
+
+    from edgezoo import errors
+
+    exported_errors = [n for n in edgezoo.__all__ if n.endswith("Error")]
+    assert exported_errors == ["EdgezooError", "UsageError"]
+    assert len(edgezoo.__all__) <= 35
+    with pytest.warns(DeprecationWarning, match="edgezoo.errors.WeightsError"):
+        assert edgezoo.WeightsError is errors.WeightsError
+    with pytest.raises(AttributeError):
+        edgezoo.NotAThing  # noqa: B018

@@ -8,7 +8,7 @@ from torch import nn
 
 import edgezoo
 from edgezoo.cli import main
-from edgezoo.errors import CheckpointMismatchError, UnknownModelError, UsageError
+from edgezoo.errors import CheckpointMismatchError, UnknownModelError, UsageError, WeightsError
 from edgezoo.models import BUILDERS
 from edgezoo.registry import (
     aliases_of,
@@ -82,10 +82,10 @@ def test_get_model_builds_by_alias_with_builder_kwargs():
 def test_get_model_argument_errors(tmp_path):
     with pytest.raises(UnknownModelError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
         get_model("resnet50", pretrained="IMAGENET1K_V9")
-    with pytest.raises(edgezoo.WeightsError, match="no weights file"):
+    with pytest.raises(WeightsError, match="no weights file"):
         get_model("resnet18", pretrained=str(tmp_path / "missing.pth"))
     (tmp_path / "notes.pth").write_text("not a checkpoint")
-    with pytest.raises(edgezoo.WeightsError, match="not a loadable weights file"):
+    with pytest.raises(WeightsError, match="not a loadable weights file"):
         get_model("resnet18", pretrained=tmp_path / "notes.pth")
     with pytest.raises(ValueError, match="pretrained_backbone is for deeplabv3plus"):
         get_model("resnet18", pretrained_backbone=True)
