@@ -1,5 +1,35 @@
 """Exception types raised by edgezoo, so callers can catch each failure precisely."""
 
+__all__ = [
+    "CheckpointMismatchError",
+    "ConversionError",
+    "DataError",
+    "DeviceUnavailableError",
+    "DiskFullError",
+    "DistributedError",
+    "DownloadError",
+    "EdgezooError",
+    "ExportVerificationError",
+    "HashMismatchError",
+    "InputShapeError",
+    "ModelFileNotFoundError",
+    "ModuleOnlyViolationError",
+    "QuantizationConfigError",
+    "QuantizationModeError",
+    "ResumeMismatchError",
+    "RunExistsError",
+    "SharedModuleError",
+    "SimulationError",
+    "TIDLRuleError",
+    "TrainingDivergedError",
+    "UncalibratedRangesError",
+    "UnknownModelError",
+    "UnknownTargetError",
+    "UnreadableModelError",
+    "UsageError",
+    "WeightsError",
+]
+
 
 class EdgezooError(Exception):
     """Base class of every error edgezoo raises on purpose."""

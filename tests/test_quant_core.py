@@ -166,13 +166,14 @@ def test_a_quantized_model_is_refused_with_one_clear_message():
     assert "violation" not in str(error.value)
 
 
-def test_every_error_class_is_exported():
+def test_every_error_class_is_an_edgezoo_error_reachable_from_edgezoo_errors():
     errors = [
         obj
         for obj in vars(edgezoo.errors).values()
         if isinstance(obj, type) and issubclass(obj, Exception)
     ]
-    assert {e.__name__ for e in errors} <= set(edgezoo.__all__)
+    assert errors and all(issubclass(e, edgezoo.EdgezooError) for e in errors)
+    assert {e.__name__ for e in errors} <= set(edgezoo.errors.__all__)
 
 
 @pytest.mark.parametrize("gap", [1, 4])
