@@ -64,45 +64,16 @@ __all__ = [
     "wrap_model",
 ]
 
+
 # Exceptions live in edgezoo.errors; the top level keeps the two a caller catches broadly. The
 # others were importable from here in the previous release and still are, with a warning.
-_MOVED_ERRORS = frozenset(
-    {
-        "CheckpointMismatchError",
-        "ConversionError",
-        "DataError",
-        "DeviceUnavailableError",
-        "DiskFullError",
-        "DistributedError",
-        "DownloadError",
-        "ExportVerificationError",
-        "HashMismatchError",
-        "InputShapeError",
-        "ModelFileNotFoundError",
-        "ModuleOnlyViolationError",
-        "QuantizationConfigError",
-        "QuantizationModeError",
-        "ResumeMismatchError",
-        "RunExistsError",
-        "SharedModuleError",
-        "SimulationError",
-        "TIDLRuleError",
-        "TrainingDivergedError",
-        "UncalibratedRangesError",
-        "UnknownModelError",
-        "UnknownTargetError",
-        "UnreadableModelError",
-        "WeightsError",
-    }
-)
-
-
 def __getattr__(name: str):
-    if name in _MOVED_ERRORS:
+    errors = importlib.import_module("edgezoo.errors")
+    if name in errors.__all__:
         warnings.warn(
             f"edgezoo.{name} moved to edgezoo.errors.{name}; import it from there",
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(importlib.import_module("edgezoo.errors"), name)
+        return getattr(errors, name)
     raise AttributeError(f"module 'edgezoo' has no attribute {name!r}")
