@@ -48,7 +48,8 @@ from edgezoo.export.qdq_check import (
 from edgezoo.export.qdq_rules import is_qdq_graph
 from edgezoo.export.report import ExportReport, VerifyReport
 from edgezoo.export.tidl_config import TIDLCompilation, TIDLInputSpec, write_tidl_configs
-from edgezoo.export.verify import input_range, normalised_input_range, verify_onnx
+from edgezoo.export.verify import verify_onnx
+from edgezoo.export.verify_ranges import input_range, normalised_input_range
 from edgezoo.export.weight_grid import nudged_entries
 from edgezoo.fileio import atomic_path
 from edgezoo.onnxgraph.tools import infer_shapes, without_argmax

@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 
 from edgezoo.errors import ExportVerificationError
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS
+from edgezoo.onnxgraph.indexed import DEFAULT_DOMAINS, IndexedGraph
 from edgezoo.quantization.affine import AFFINE_SCALES, AffineGrid, affine_grid
 from edgezoo.quantization.grid import ceil2
 
@@ -57,16 +58,14 @@ def clip_grid(clip_min: float, clip_max: float, bitwidth: int, scales: str) -> A
 class _Rewrite:
     """The graph being rewritten: new nodes, new initializers, and each tensor's grid."""
 
-    graph: onnx.GraphProto
+    model: onnx.ModelProto
     bitwidth: int
     scales: str
 
     def __post_init__(self) -> None:
-        self.constants = {init.name: init for init in self.graph.initializer}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+        self.index = IndexedGraph(self.model)
+        self.graph = self.model.graph
+        self.constants = self.index.constants
         self.grids: dict[str, AffineGrid] = {}
         self.nodes: list[onnx.NodeProto] = []
 
@@ -111,7 +110,7 @@ class _Rewrite:
             raise ExportVerificationError(
                 f"Clip {node.name} has no constant bounds; a QDQ export needs each range's clip"
             )
-        low, high = (float(numpy_helper.to_array(b)) for b in bounds)
+        low, high = (float(b) for b in bounds)
         grid = clip_grid(low, high, self.bitwidth, self.scales)
         self._qdq(node.input[0], node.output[0], grid, node.name or node.output[0])
 
@@ -120,7 +119,7 @@ class _Rewrite:
         if grid is None:
             return
         output = node.output[0]
-        readers = self.consumers.get(output, [])
+        readers = self.index.readers(output)
         if node.op_type not in QDQ_AFTER_OPS or (
             readers and all(r.op_type == "Clip" for r in readers)
         ):
@@ -137,7 +136,7 @@ class _Rewrite:
                 f"{node.op_type} {node.name} reads {node.input[0]!r}, which no range quantized; "
                 "a QDQ export needs every Conv/Gemm input on a grid (export the QAT model)"
             )
-        weight = numpy_helper.to_array(self.constants[node.input[1]])
+        weight = self.constants[node.input[1]]
         axis = _weight_axis(node)
         integers, weight_scale = _weight_integers(weight, self.bitwidth, axis, node.name)
         label = node.name or node.output[0]
@@ -145,7 +144,7 @@ class _Rewrite:
             integers.astype(np.int8), weight_scale, axis, f"{label}/weight", np.int8
         )
         if len(node.input) > 2 and node.input[2]:
-            bias = numpy_helper.to_array(self.constants[node.input[2]]).astype(np.float64)
+            bias = self.constants[node.input[2]].astype(np.float64)
             bias_scale = np.float32(grid.scale) * weight_scale
             bias_integers = _bias_integers(bias, bias_scale, node.name)
             node.input[2] = self._dequantized(
@@ -235,9 +234,9 @@ def to_qdq(proto: onnx.ModelProto, bitwidth: int, scales: str) -> onnx.ModelProt
         )
     qdq = onnx.ModelProto()
     qdq.CopyFrom(proto)
-    _Rewrite(qdq.graph, bitwidth, scales).run()
+    _Rewrite(qdq, bitwidth, scales).run()
     for opset in qdq.opset_import:
-        if opset.domain in ("", "ai.onnx"):
+        if opset.domain in DEFAULT_DOMAINS:
             opset.version = max(opset.version, QDQ_MIN_OPSET)
     used = {name for node in qdq.graph.node for name in node.input}
     kept = [init for init in qdq.graph.initializer if init.name in used]

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgezoo.export.qdq import QDQ_MIN_OPSET
 from edgezoo.export.report import GraphViolation
+from edgezoo.onnxgraph.indexed import IndexedGraph
 from edgezoo.targets import TARGETS
 from edgezoo.tidl import rules
 
@@ -42,9 +43,8 @@ def is_qdq_graph(proto) -> bool:
     return any(node.op_type in QDQ_OPS for node in proto.graph.node)
 
 
-def check_qdq_graph(graph) -> Iterator[GraphViolation]:
-    """Every QDQ rule violation of an indexed graph (verify.py's checker: nodes, names,
-    constants, consumers, producers, opset, proto)."""
+def check_qdq_graph(graph: IndexedGraph) -> Iterator[GraphViolation]:
+    """Every QDQ rule violation of a graph."""
     if graph.opset is not None and graph.opset < QDQ_MIN_OPSET:
         yield GraphViolation(
             "qdq-opset",
@@ -72,7 +72,7 @@ def check_qdq_graph(graph) -> Iterator[GraphViolation]:
     yield from _check_graph_input(graph)
 
 
-def _check_qdq_node(graph, node, name: str) -> Iterator[GraphViolation]:
+def _check_qdq_node(graph: IndexedGraph, node, name: str) -> Iterator[GraphViolation]:
     scale = graph.constants.get(node.input[1]) if len(node.input) > 1 else None
     zero = graph.constants.get(node.input[2]) if len(node.input) > 2 else None
     if scale is None or zero is None:
@@ -101,7 +101,7 @@ def _check_qdq_node(graph, node, name: str) -> Iterator[GraphViolation]:
             "(int8/uint8; int32 for biases)",
         )
     if node.op_type == "QuantizeLinear":
-        readers = [graph.nodes[i].op_type for i in graph.consumers.get(node.output[0], [])]
+        readers = graph.reader_ops(node.output[0])
         if not readers or any(op != "DequantizeLinear" for op in readers):
             yield GraphViolation(
                 "qdq-dangling",
@@ -117,7 +117,7 @@ def _check_qdq_node(graph, node, name: str) -> Iterator[GraphViolation]:
         )
 
 
-def _check_scale(graph, node, name: str, scale: np.ndarray, constant_input: bool):
+def _check_scale(graph: IndexedGraph, node, name: str, scale: np.ndarray, constant_input: bool):
     """Scales TIDL can use: finite, positive, normal floats; powers of two for TDA4VM, whose
     fixed-point arithmetic shifts."""
     values = scale.astype(np.float64).reshape(-1)
@@ -146,7 +146,7 @@ def _check_scale(graph, node, name: str, scale: np.ndarray, constant_input: bool
         yield from _check_pair_types(graph, node, name)
 
 
-def _check_pair_types(graph, node, name: str) -> Iterator[GraphViolation]:
+def _check_pair_types(graph: IndexedGraph, node, name: str) -> Iterator[GraphViolation]:
     """A DequantizeLinear reads the integers its QuantizeLinear made: same zero-point type."""
     producer = graph.producer_nodes.get(node.input[0])
     if producer is None or producer.op_type != "QuantizeLinear" or len(producer.input) < 3:
@@ -162,7 +162,7 @@ def _check_pair_types(graph, node, name: str) -> Iterator[GraphViolation]:
         )
 
 
-def _dequantized(graph, tensor: str) -> bool:
+def _dequantized(graph: IndexedGraph, tensor: str) -> bool:
     """Whether tensor comes from a DequantizeLinear, looking back through Flatten/Reshape."""
     while True:
         producer = graph.producer_nodes.get(tensor)
@@ -175,7 +175,7 @@ def _dequantized(graph, tensor: str) -> bool:
         tensor = producer.input[0]
 
 
-def _check_inputs_dequantized(graph, node, name: str) -> Iterator[GraphViolation]:
+def _check_inputs_dequantized(graph: IndexedGraph, node, name: str) -> Iterator[GraphViolation]:
     inputs = node.input[:1] if node.op_type in _WEIGHT_OPS | {"Resize"} else node.input
     for position, tensor in enumerate(inputs):
         if tensor and not _dequantized(graph, tensor):
@@ -196,27 +196,27 @@ def _check_inputs_dequantized(graph, node, name: str) -> Iterator[GraphViolation
                 )
 
 
-def _fused_activation(graph, node):
+def _fused_activation(graph: IndexedGraph, node):
     """The Relu or Clip that TIDL merges into this Conv/Gemm/Add (its output's only reader),
     or None."""
     if node.op_type not in _FUSING_OPS:
         return None
-    readers = [graph.nodes[i] for i in graph.consumers.get(node.output[0], [])]
+    readers = graph.readers(node.output[0])
     if len(readers) == 1 and readers[0].op_type in _FUSED_ACTIVATIONS:
         return readers[0]
     return None
 
 
-def _is_fused_activation(graph, node) -> bool:
+def _is_fused_activation(graph: IndexedGraph, node) -> bool:
     """A Relu/Clip that directly follows (and is merged into) a Conv, Gemm or Add."""
     producer = graph.producer_nodes.get(node.input[0])
     return producer is not None and _fused_activation(graph, producer) is node
 
 
-def _check_output_quantized(graph, node, name: str) -> Iterator[GraphViolation]:
+def _check_output_quantized(graph: IndexedGraph, node, name: str) -> Iterator[GraphViolation]:
     activation = _fused_activation(graph, node)
     output = (activation or node).output[0]
-    readers = [graph.nodes[i].op_type for i in graph.consumers.get(output, [])]
+    readers = graph.reader_ops(output)
     if not readers and node.op_type in _WEIGHT_OPS:
         return  # a final Conv/Gemm may hand TIDL its float output
     if not readers or any(op != "QuantizeLinear" for op in readers):
@@ -228,7 +228,7 @@ def _check_output_quantized(graph, node, name: str) -> Iterator[GraphViolation]:
         )
 
 
-def _zero_point_of(graph, tensor: str):
+def _zero_point_of(graph: IndexedGraph, tensor: str):
     """The zero point of the DequantizeLinear a tensor comes from (through Flatten/Reshape)."""
     while True:
         producer = graph.producer_nodes.get(tensor)
@@ -241,7 +241,7 @@ def _zero_point_of(graph, tensor: str):
         tensor = producer.input[0]
 
 
-def _check_symmetric_input(graph, node, name: str) -> Iterator[GraphViolation]:
+def _check_symmetric_input(graph: IndexedGraph, node, name: str) -> Iterator[GraphViolation]:
     zero = _zero_point_of(graph, node.input[0])
     if zero is not None and np.any(zero != 0):
         yield GraphViolation(
@@ -252,7 +252,7 @@ def _check_symmetric_input(graph, node, name: str) -> Iterator[GraphViolation]:
         )
 
 
-def _check_graph_input(graph) -> Iterator[GraphViolation]:
+def _check_graph_input(graph: IndexedGraph) -> Iterator[GraphViolation]:
     for graph_input in graph.proto.graph.input:
         if graph_input.name in graph.constants:
             continue

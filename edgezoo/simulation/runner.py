@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from edgezoo.errors import SimulationError
-from edgezoo.onnxgraph.tools import node_attributes, order_problem, read_constants
+from edgezoo.onnxgraph.indexed import IndexedGraph
+from edgezoo.onnxgraph.tools import node_attributes, order_problem
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
 
@@ -55,13 +56,15 @@ class GraphProgram:
 
     def __init__(self, proto: onnx.ModelProto) -> None:
         self.proto = proto
-        self.opset = next(
-            (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 11
-        )
-        arrays, problems = read_constants(proto.graph)
-        if problems:
-            raise SimulationError(f"{problems[0]}; the file is damaged or was not written by ONNX")
-        self.constants = {name: torch.from_numpy(value.copy()) for name, value in arrays.items()}
+        self.graph = IndexedGraph(proto)
+        self.opset = self.graph.opset if self.graph.opset is not None else 11
+        if self.graph.payload_problems:
+            raise SimulationError(
+                f"{self.graph.payload_problems[0]}; the file is damaged or was not written by ONNX"
+            )
+        self.constants = {
+            name: torch.from_numpy(value.copy()) for name, value in self.graph.constants.items()
+        }
         problem = order_problem(proto.graph)
         if problem is not None:
             raise SimulationError(f"{problem}; export the graph with edgezoo.export_onnx")
@@ -71,20 +74,14 @@ class GraphProgram:
                 f"constant {broken[0]!r} holds NaN or infinite values: the graph cannot be "
                 "simulated (re-export from a model with finite weights)"
             )
-        self.names = _unique_names(proto.graph)
-        self.consumers: dict[str, list[str]] = {}
-        last_reader: dict[str, int] = {}
-        for index, node in enumerate(proto.graph.node):
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node.op_type)
-                last_reader[name] = index
+        self.names = self.graph.names
         kept = {o.name for o in proto.graph.output} | set(self.constants)
         self.released_after: list[list[str]] = [[] for _ in proto.graph.node]
         """Per node, the values no later node reads: freed then, so big inputs fit memory."""
-        for name, index in last_reader.items():
+        for name, readers in self.graph.consumers.items():
             if name not in kept:
-                self.released_after[index].append(name)
-        inputs = [i.name for i in proto.graph.input if i.name not in self.constants]
+                self.released_after[readers[-1]].append(name)
+        inputs = self.graph.inputs
         if len(inputs) != 1:
             raise SimulationError(f"the graph has {len(inputs)} inputs; edgezoo simulates one")
         self.input_name = inputs[0]
@@ -99,12 +96,11 @@ class _Runner:
     """One pass over a graph program in one arithmetic."""
 
     def __init__(self, program: GraphProgram, arithmetic: Any) -> None:
-        self.graph = program.proto.graph
         self.arithmetic = arithmetic
         self.bitwidth = arithmetic.bits.activations
         self.opset = program.opset
         self.constants = program.constants
-        self.consumers = program.consumers
+        self.graph = program.graph
         self.names = program.names
         self.released_after = program.released_after
         self.values: dict[str, Value | Tensor] = {}
@@ -113,7 +109,7 @@ class _Runner:
         self.record = record
         self.values.update(inputs)
         run = GraphRun([])
-        for index, (node, name) in enumerate(zip(self.graph.node, self.names, strict=True)):
+        for index, (node, name) in enumerate(zip(self.graph.nodes, self.names, strict=True)):
             if node.op_type not in _SUPPORTED:
                 raise SimulationError(
                     f"node {name} ({node.op_type}) has no definition in edgezoo's TIDL integer "
@@ -135,7 +131,7 @@ class _Runner:
             else:
                 for released in self.released_after[index]:
                     self.values.pop(released, None)
-        run.outputs = [self.values[o.name] for o in self.graph.output]
+        run.outputs = [self.values[o.name] for o in self.graph.proto.graph.output]
         return run
 
     # Helpers.
@@ -154,7 +150,7 @@ class _Runner:
     def _pending(self, node: onnx.NodeProto, value: Value, grid: Grid) -> Value:
         """A value between grid points: kept for the Clip(s) that read it, else rounded onto
         its input's grid right away (as QAT's InputGridLayer does)."""
-        readers = self.consumers.get(node.output[0], [])
+        readers = self.graph.reader_ops(node.output[0])
         if readers and all(op == "Clip" for op in readers):
             return value
         return self.arithmetic.settle(value, grid)
@@ -172,7 +168,7 @@ class _Runner:
         if isinstance(value, Tensor):
             return self.arithmetic.quantize_input(value, grid)
         # A value no other node reads (and no record keeps) may be requantized in place.
-        owned = not self.record and len(self.consumers.get(node.input[0], [])) == 1
+        owned = not self.record and len(self.graph.consumers.get(node.input[0], [])) == 1
         return self.arithmetic.clip(value, grid, owned)
 
     def _conv(self, node: onnx.NodeProto, name: str) -> Value:
@@ -252,29 +248,14 @@ class _Runner:
         return weight, bias
 
     def _clip_bounds(self, node: onnx.NodeProto, name: str) -> tuple[float, float]:
-        if self.opset < 11:
-            attrs = node_attributes(node)
-            return float(attrs["min"]), float(attrs["max"])
-        bounds = [self.constants.get(v) for v in node.input[1:3]]
-        if len(bounds) != 2 or any(b is None or b.numel() != 1 for b in bounds):
+        bounds = self.graph.clip_bounds(node)
+        if bounds is None or not np.isfinite(bounds).all():
             raise SimulationError(f"node {name} (Clip) needs constant scalar min and max")
-        return float(bounds[0]), float(bounds[1])
+        return bounds
 
 
 def _non_finite(value: Tensor) -> bool:
     return value.is_floating_point() and not bool(torch.isfinite(value).all())
-
-
-def _unique_names(graph: onnx.GraphProto) -> list[str]:
-    """A name per node for reports: its own, or op_index; a repeated name gets #index."""
-    names, seen = [], set()
-    for index, node in enumerate(graph.node):
-        name = node.name or f"{node.op_type}_{index}"
-        if name in seen:
-            name = f"{name}#{index}"
-        seen.add(name)
-        names.append(name)
-    return names
 
 
 def _pool_spec(node: onnx.NodeProto, name: str) -> PoolSpec:
