@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 
 from edgezoo import export_onnx, list_models, model_info
 from edgezoo.benchmarking import machine_description
-from edgezoo.export.onnx_export import int8_agreement
+from edgezoo.export.device_agreement import int8_agreement
 from edgezoo.export.qdq_check import int8_kernels_may_saturate
 from edgezoo.quantization import QuantizationConfig
 

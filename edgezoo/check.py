@@ -21,6 +21,7 @@ import edgezoo.layers
 from edgezoo.conversion.norm_act import is_norm_act
 from edgezoo.errors import ModuleOnlyViolationError, TIDLRuleError
 from edgezoo.layers import validate_resize
+from edgezoo.module_state import kept_modes
 from edgezoo.tidl.rules import TIDL_DEPTHWISE_KERNEL_STRIDE
 
 ROOT_NAME = "<root>"
@@ -161,22 +162,17 @@ def check_model(
     names = _module_names(model)
     collector = _Collector()
     tracer = _ForwardTracer(names, collector, tidl_rules)
-    training_flags = {module: module.training for module in model.modules()}
     handles = []
     try:
         for module in model.modules():
             handles.append(module.register_forward_pre_hook(tracer.enter, prepend=True))
             handles.append(module.register_forward_hook(tracer.leave, always_call=True))
-        model.eval()
-        with torch.no_grad(), _OpWatcher(tracer):
+        with kept_modes(model), torch.no_grad(), _OpWatcher(tracer):
+            model.eval()
             model(*inputs)
     finally:
         for handle in handles:
             handle.remove()
-        # train() first, so a subclass's own train() hook undoes whatever its eval() did
-        model.train(training_flags[model])
-        for module, training in training_flags.items():
-            module.training = training
     tracer.report_reused_modules()
     if tidl_rules:
         _check_depthwise_convs(model, names, tracer.first_call_site, collector)

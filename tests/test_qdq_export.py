@@ -18,7 +18,7 @@ from edgezoo.errors import (
     QuantizationConfigError,
     UnknownTargetError,
 )
-from edgezoo.export.onnx_export import int8_agreement
+from edgezoo.export.device_agreement import int8_agreement
 from edgezoo.export.qdq_check import int8_kernels_may_saturate
 from edgezoo.export.tidl_config import OPTION_MEANINGS
 from edgezoo.models import BUILDERS

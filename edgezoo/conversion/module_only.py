@@ -32,6 +32,7 @@ from edgezoo.conversion.training_branches import (
     trace_in_other_mode,
 )
 from edgezoo.errors import ConversionError, SharedModuleError, TIDLRuleError
+from edgezoo.module_state import kept_modes
 
 __all__ = ["ConversionReport", "make_module_only"]
 
@@ -329,16 +330,14 @@ def _state_preserved(model: nn.Module) -> Iterator[None]:
     num_batches_tracked even in eval, having its training branch baked in)."""
     # Meta tensors (a model built on the meta device for its shapes) hold no values to keep.
     buffers = {id(b): (b, b.detach().clone()) for b in model.buffers() if not b.is_meta}
-    flags = {module: module.training for module in model.modules()}
     try:
-        yield
+        with kept_modes(model):
+            yield
     finally:
         for buffer, saved in buffers.values():
             if not torch.equal(buffer, saved):
                 with torch.no_grad():
                     buffer.copy_(saved)
-        for module, training in flags.items():
-            module.training = training
 
 
 def _return_ordered_dict(module: fx.GraphModule) -> None:

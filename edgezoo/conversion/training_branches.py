@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from edgezoo.errors import ConversionError
+from edgezoo.module_state import kept_modes
 
 __all__ = [
     "ModeDependentCall",
@@ -126,10 +127,6 @@ def _branch_error(model_name: str, node: fx.Node, mode: bool) -> ConversionError
 
 def trace_in_other_mode(trace, model: nn.Module) -> fx.GraphModule:
     """trace(model) with every module's training flag inverted, restored afterwards."""
-    flags = {module: module.training for module in model.modules()}
-    try:
+    with kept_modes(model):
         model.train(not model.training)
         return trace(model)
-    finally:
-        for module, training in flags.items():
-            module.training = training

@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgezoo.export.session import onnxruntime_session
+
 __all__ = [
     "Probe",
     "ProbeRunner",
@@ -132,8 +134,6 @@ class ProbeRunner:
     optimize, the graph's literal QDQ semantics (every fusion off) otherwise."""
 
     def __init__(self, proto: onnx.ModelProto, probe_list: list[Probe], optimize: bool) -> None:
-        from edgezoo.export.onnx_export import onnxruntime_session
-
         extended = onnx.ModelProto()
         extended.CopyFrom(proto)
         self.outputs = [o.name for o in proto.graph.output]

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgezoo.module_state import kept_modes
+
 INPUT = "<input>"
 """Producer name of the model's input tensors."""
 
@@ -97,21 +99,18 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
 
         return hook
 
-    training_flags = {module: module.training for module in model.modules()}
     handles = [
         module.register_forward_hook(record(name), with_kwargs=True)
         for name, module in model.named_modules()
         if is_leaf(module) and module is not model
     ]
     try:
-        model.eval()
-        with torch.no_grad():
+        with kept_modes(model), torch.no_grad():
+            model.eval()
             output = call_model(model, example_input)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in training_flags.items():
-            module.training = training
 
     input_consumers = []
     for node in nodes.values():

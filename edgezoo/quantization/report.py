@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
+from edgezoo.module_state import kept_modes
 from edgezoo.quantization.freeze import float_reference
 from edgezoo.quantization.graph import iter_tensors
 from edgezoo.quantization.grid import weight_scale
@@ -180,8 +181,7 @@ def layer_report(model: nn.Module, data: Iterable[Any], max_batches: int = 8) ->
     units = [unit for _, unit in named]
     sums = {"signal": [0.0] * len(units), "noise": [0.0] * len(units), "output": [0.0, 0.0]}
     batches, following = 0, {}
-    modes = {module: module.training for module in source.modules()}
-    try:
+    with kept_modes(source):
         for module in source.modules():
             module.training = False
         for batch in islice(data, max_batches):
@@ -190,9 +190,6 @@ def layer_report(model: nn.Module, data: Iterable[Any], max_batches: int = 8) ->
                 following = _following_ranges(source, named, inputs)
             _accumulate(source, units, inputs, sums)
             batches += 1
-    finally:
-        for module, training in modes.items():
-            module.training = training
     report = LayerReport(output_sqnr_db=_sqnr_db(*sums["output"]), batches=batches)
     for index, (name, unit) in enumerate(named):
         sqnr = _sqnr_db(sums["signal"][index], sums["noise"][index])
