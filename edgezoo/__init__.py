@@ -19,8 +19,6 @@ from edgezoo.quantization import (
     freeze_bn,
     freeze_quant_range,
     layer_report,
-    unfreeze_bn,
-    unfreeze_quant_range,
     wrap_model,
 )
 from edgezoo.registry import get_model, list_models, model_info
@@ -58,8 +56,6 @@ __all__ = [
     "make_module_only",
     "model_info",
     "simulate_tidl",
-    "unfreeze_bn",
-    "unfreeze_quant_range",
     "verify_onnx",
     "wrap_model",
 ]
@@ -76,4 +72,10 @@ def __getattr__(name: str):
             stacklevel=2,
         )
         return getattr(errors, name)
+    if name in _DEPRECATED_FREEZE:
+        quantization = importlib.import_module("edgezoo.quantization")
+        return getattr(quantization, name)  # it warns when called
     raise AttributeError(f"module 'edgezoo' has no attribute {name!r}")
+
+
+_DEPRECATED_FREEZE = ("unfreeze_bn", "unfreeze_quant_range")

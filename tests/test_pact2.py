@@ -154,10 +154,10 @@ def test_rounding_off_gives_plain_clamp():
     pact = PACT2()
     pact(torch.randn(2, 4, 8, 8))
     pact.eval()
-    pact.rounding = False
+    pact.enable_rounding(False)
     x = torch.randn(2, 4, 8, 8) * 3
     assert torch.equal(pact(x), torch.clamp(x, *pact.clip_range()))
-    pact.rounding = True
+    pact.enable_rounding(True)
     q = pact(x) * 128 / pact.clip_range()[1]
     assert torch.equal(q, torch.round(q))
 

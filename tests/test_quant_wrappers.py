@@ -28,8 +28,6 @@ from edgezoo.quantization import (
     freeze_bn,
     freeze_quant_range,
     layer_report,
-    unfreeze_bn,
-    unfreeze_quant_range,
     weight_scale,
     wrap_model,
 )
@@ -216,8 +214,8 @@ def test_freeze_functions_freeze_and_train_eval_do_not():
     relu1 = q.module.relu1
     on_grid = relu1(torch.randn(100) * 3) * (256 / relu1.clips_act[1])
     assert out.requires_grad and torch.equal(on_grid, torch.round(on_grid))  # still quantizing
-    unfreeze_quant_range(q)
-    unfreeze_bn(q)
+    freeze_quant_range(q, frozen=False)
+    freeze_bn(q, frozen=False)
     q(images(3) * 5)
     assert not torch.equal(q.module.conv1.bn.running_mean, bn_mean)
     assert any(not torch.equal(ranges[k], v) for k, v in range_state(q.module).items())
@@ -468,3 +466,18 @@ def test_in_place_rounding_equals_round_half_away_formula():
 
     x = torch.cat([torch.randn(1000) * 100, torch.arange(-130, 130) + 0.5, torch.tensor([-0.0])])
     assert torch.equal(round_half_away(x), torch.sign(x) * torch.floor(torch.abs(x) + 0.5))
+
+
+def test_deprecated_unfreeze_functions_warn_and_still_unfreeze():
+    """unfreeze_* are freeze_*(frozen=False) with a DeprecationWarning, for one release."""
+    import edgezoo
+    from edgezoo.quantization import unfreeze_bn
+
+    q = QuantTrainModule(tiny_net(), images())
+    freeze_bn(q)
+    freeze_quant_range(q)
+    with pytest.warns(DeprecationWarning, match="freeze_bn"):
+        assert unfreeze_bn(q) > 0
+    with pytest.warns(DeprecationWarning, match="freeze_quant_range"):
+        assert edgezoo.unfreeze_quant_range(q) > 0
+    assert "unfreeze_bn" not in edgezoo.__all__

@@ -179,6 +179,6 @@ def nudged_layers(graph: onnx.GraphProto, settings: GraphQuantization) -> list[s
         weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
         if node.op_type not in rules.QUANTIZED_WEIGHT_OPS or weight is None:
             continue
-        if nudged_entries(numpy_helper.to_array(weight), settings.weight_bits):
+        if nudged_entries(numpy_helper.to_array(weight), settings.bitwidth_weights):
             nudged.append(node.name or node.input[1])
     return nudged

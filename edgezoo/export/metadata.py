@@ -39,8 +39,8 @@ def stamp(
         kind = "qat-qdq" if plan.export_format == QDQ_FORMAT else "qat-clip-ranges"
     props = {"edgezoo.quantization": kind, rules.TARGET_PROP: plan.target.name}
     if settings is not None:
-        props[rules.WEIGHT_BITS_PROP] = str(settings.weight_bits)
-        props[rules.ACTIVATION_BITS_PROP] = str(settings.activation_bits)
+        props[rules.WEIGHT_BITS_PROP] = str(settings.bitwidth_weights)
+        props[rules.ACTIVATION_BITS_PROP] = str(settings.bitwidth_activations)
         props[rules.ROUNDING_PROP] = settings.activation_rounding
         props[rules.EVAL_PRECISION_PROP] = "float64" if settings.exact_eval else "float32"
         props[rules.ACTIVATION_SCALES_PROP] = settings.activation_scales

@@ -188,7 +188,9 @@ def _graph_for_plan(
     as QDQ, with the grid-aligned layers and the onnxruntime parity."""
     proto, parity = _finished_graph(proto, example, reference, simplify, argmax)
     if plan.export_format == QDQ_FORMAT and quantized:
-        proto = record_shapes(to_qdq(proto, settings.activation_bits, settings.activation_scales))
+        proto = record_shapes(
+            to_qdq(proto, settings.bitwidth_activations, settings.activation_scales)
+        )
         return proto, [], parity  # the QDQ rewrite writes the QAT integers themselves
     return proto, nudged_layers(proto.graph, settings) if settings else [], parity
 

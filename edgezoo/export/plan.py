@@ -31,7 +31,7 @@ class ExportPlan:
 
     def compilation(self, quantized: bool, settings: GraphQuantization | None) -> TIDLCompilation:
         """The TIDL compile settings of this plan for the exported graph."""
-        bits = settings.activation_bits if settings and quantized else 8
+        bits = settings.bitwidth_activations if settings and quantized else 8
         affine = bool(settings and (settings.per_channel_weights or settings.affine))
         return TIDLCompilation(self.target, quantized, self.export_format, bits, affine)
 

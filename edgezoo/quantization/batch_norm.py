@@ -51,6 +51,11 @@ class QuantBatchNormMixin(SavedFlagsMixin):
         quant.train(bn.training)
         return quant
 
+    def freeze_bn(self, frozen: bool = True) -> None:
+        """Normalise with the running statistics and stop updating them (False: use and update
+        batch statistics again in training); saved with the model."""
+        self.bn_frozen = frozen
+
     @property
     def uses_batch_statistics(self) -> bool:
         """True while the forward normalises with batch statistics (training and not frozen)."""

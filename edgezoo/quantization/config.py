@@ -1,6 +1,7 @@
 """QuantizationConfig: how a model is quantized, given once to whichever wrapper quantizes it."""
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,11 +106,19 @@ class QuantizationConfig:
         return max(self.bitwidth_weights, self.bitwidth_activations) > 8
 
     @property
-    def rounding(self) -> str:
+    def rounding_mode(self) -> str:
         """The activation rounding in effect (activation_rounding, or its default)."""
         if self.activation_rounding is not None:
             return self.activation_rounding
         return HALF_EVEN if self.for_qdq else DEFAULT_ACTIVATION_ROUNDING
+
+    @property
+    def rounding(self) -> str:
+        """Deprecated spelling of rounding_mode (PACT2's)."""
+        warnings.warn(
+            "QuantizationConfig.rounding is now .rounding_mode", DeprecationWarning, stacklevel=2
+        )
+        return self.rounding_mode
 
     @property
     def biases(self) -> str:

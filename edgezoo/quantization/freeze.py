@@ -4,6 +4,7 @@ Freezing is an explicit state, set only by these functions: train() and eval() n
 unfreeze anything, so validating between epochs does not stop range learning.
 """
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from edgezoo.errors import QuantizationConfigError, QuantizationModeError
 from edgezoo.quantization.batch_norm import QuantBatchNormMixin
+from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.planner import activation_ranges, quant_batch_norms
 from edgezoo.quantization.weight_layers import QuantWeightMixin
 
@@ -32,11 +34,10 @@ def freeze_bn(model: nn.Module, frozen: bool = True) -> int:
             f"holds plain {', '.join(sorted(set(plain)))} layers, whose only freeze is .eval(), "
             f"which the next .train() undoes"
         )
-    changed = 0
-    for bn in quant_batch_norms(model):
-        changed += bn.bn_frozen != frozen
-        bn.bn_frozen = frozen
-    return changed
+    units = quant_batch_norms(model)
+    before = [bn.bn_frozen for bn in units]
+    model.apply(lambda m: m.freeze_bn(frozen) if isinstance(m, QuantBatchNormMixin) else None)
+    return sum(old != bn.bn_frozen for old, bn in zip(before, units, strict=True))
 
 
 def write_back_quantized_weights(model: nn.Module) -> int:
@@ -50,22 +51,27 @@ def write_back_quantized_weights(model: nn.Module) -> int:
 
 
 def unfreeze_bn(model: nn.Module) -> int:
-    """Let every BatchNorm of a quantized model use and update batch statistics again."""
+    """Deprecated: freeze_bn(model, frozen=False)."""
+    _deprecated("unfreeze_bn(model)", "freeze_bn(model, frozen=False)")
     return freeze_bn(model, frozen=False)
 
 
 def freeze_quant_range(model: nn.Module, frozen: bool = True) -> int:
     """Stop (or resume) activation-range updates; clipping and quantization go on."""
-    changed = 0
-    for pact in activation_ranges(model):
-        changed += pact.range_frozen != frozen
-        pact.freeze_range(frozen)
-    return changed
+    ranges = activation_ranges(model)
+    before = [pact.range_frozen for pact in ranges]
+    model.apply(lambda m: m.freeze_range(frozen) if isinstance(m, PACT2) else None)
+    return sum(old != pact.range_frozen for old, pact in zip(before, ranges, strict=True))
 
 
 def unfreeze_quant_range(model: nn.Module) -> int:
-    """Let every activation range of a quantized model learn again."""
+    """Deprecated: freeze_quant_range(model, frozen=False)."""
+    _deprecated("unfreeze_quant_range(model)", "freeze_quant_range(model, frozen=False)")
     return freeze_quant_range(model, frozen=False)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated: call {new}", DeprecationWarning, stacklevel=3)
 
 
 class QATSchedule:
@@ -121,14 +127,13 @@ def _check_epoch(name: str, value: object, smallest: int) -> None:
 def clip_only(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, activation ranges clip without rounding (the exported graph's math)."""
     ranges = activation_ranges(model)
-    previous = [pact.rounding for pact in ranges]
+    previous = [pact.rounding_enabled for pact in ranges]
     try:
-        for pact in ranges:
-            pact.rounding = False
+        model.apply(lambda m: m.enable_rounding(False) if isinstance(m, PACT2) else None)
         yield model
     finally:
-        for pact, rounding in zip(ranges, previous, strict=True):
-            pact.rounding = rounding
+        for pact, enabled in zip(ranges, previous, strict=True):
+            pact.enable_rounding(enabled)
 
 
 @contextmanager
@@ -138,14 +143,16 @@ def float_reference(model: nn.Module) -> Iterator[nn.Module]:
     ranges = activation_ranges(model)
     previous = [layer.quantize_weights for layer in layers], [p.range_frozen for p in ranges]
     try:
-        for layer in layers:
-            layer.quantize_weights = False
-        for pact in ranges:
-            pact.freeze_range(True)
+        model.apply(
+            lambda m: (
+                m.enable_weight_quantization(False) if isinstance(m, QuantWeightMixin) else None
+            )
+        )
+        model.apply(lambda m: m.freeze_range(True) if isinstance(m, PACT2) else None)
         with clip_only(model):
             yield model
     finally:
         for layer, quantize in zip(layers, previous[0], strict=True):
-            layer.quantize_weights = quantize
+            layer.enable_weight_quantization(quantize)
         for pact, frozen in zip(ranges, previous[1], strict=True):
             pact.freeze_range(frozen)

@@ -14,11 +14,14 @@ from torch import Tensor, nn
 INPUT_GRID = "input_grid"
 
 
-def attach_input_grid(module: nn.Module, grid: nn.Module | None) -> None:
-    """Give module its input's range as child `input_grid` (None: its input is not quantized)."""
-    setattr(module, INPUT_GRID, grid)
-    module.register_state_dict_post_hook(_leave_out_input_grid)
-    module.register_load_state_dict_pre_hook(_take_owner_values)
+class InputGridMixin:
+    """A unit that reads its input's grid (nn.Module mixin): it attaches the range itself."""
+
+    def _attach_input_grid(self, grid: nn.Module | None) -> None:
+        """Hold the input's range as child `input_grid` (None: the input is not quantized)."""
+        setattr(self, INPUT_GRID, grid)
+        self.register_state_dict_post_hook(_leave_out_input_grid)
+        self.register_load_state_dict_pre_hook(_take_owner_values)
 
 
 def _grid_prefix(prefix: str) -> str:

@@ -11,6 +11,7 @@ QuantizeLinear grid of affine.py, with a zero point where the range is asymmetri
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import ClassVar
 
 import torch
@@ -138,7 +139,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
 
     FLAGS = (
         "range_frozen",
-        "rounding",
+        "rounding_enabled",
         "_updates",
         "_update_gap",
         "_countdown",
@@ -200,7 +201,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
         self.bitwidth = check_bitwidth(bitwidth)
         self.range_shrink_percentile = float(range_shrink_percentile)
         self.range_frozen = False
-        self.rounding = True
+        self.rounding_enabled = True
         # Reduce statistics across ranks when distributed; turn off for single-rank passes
         # (e.g. calibrating on rank 0 only), where a collective would wait for the others.
         self.sync_ranks = True
@@ -233,12 +234,12 @@ class PACT2(SavedFlagsMixin, nn.Module):
         if self.scales == AFFINE_SCALES:
             clip_min, clip_max = self.clip_range()
             return fake_quantize_affine(
-                x, clip_min, clip_max, self.bitwidth, self.rounding, self.rounding_mode
+                x, clip_min, clip_max, self.bitwidth, self.rounding_enabled, self.rounding_mode
             )
         # On CPU the clip is read once as host floats; elsewhere it stays on the device.
         clip_min, clip_max = self.clip_range() if x.device.type == "cpu" else self.clips_act
         return fake_quantize_activation(
-            x, clip_min, clip_max, self.bitwidth, self.rounding, self.rounding_mode
+            x, clip_min, clip_max, self.bitwidth, self.rounding_enabled, self.rounding_mode
         )
 
     def grid_scale(self) -> Tensor:
@@ -251,6 +252,21 @@ class PACT2(SavedFlagsMixin, nn.Module):
     def freeze_range(self, frozen: bool = True) -> None:
         """Stop (or, with frozen=False, resume) range updates; clipping and rounding go on."""
         self.range_frozen = frozen
+
+    def enable_rounding(self, enabled: bool = True) -> None:
+        """Round onto the grid (the QAT forward), or with False only clip (the exported float
+        graph's arithmetic, for comparisons)."""
+        self.rounding_enabled = enabled
+
+    @property
+    def rounding(self) -> bool:
+        """Deprecated spelling of rounding_enabled (rounding_mode is the mode)."""
+        warnings.warn(
+            "PACT2.rounding is now .rounding_enabled (switch it with enable_rounding())",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.rounding_enabled
 
     def clip_range(self) -> tuple[float, float]:
         """Current (clip min, clip max) as Python floats."""
@@ -375,7 +391,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
             scheme += ", asymmetric"
         return (
             f"signed={self.signed}, bitwidth={self.bitwidth}, clip=({low:g}, {high:g}), "
-            f"range_frozen={self.range_frozen}, rounding={self.rounding}{scheme}"
+            f"range_frozen={self.range_frozen}, rounding_enabled={self.rounding_enabled}{scheme}"
         )
 
 

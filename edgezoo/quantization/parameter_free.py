@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from edgezoo.errors import QuantizationConfigError
 from edgezoo.layers import ResizeWith
-from edgezoo.quantization.input_grid import attach_input_grid
+from edgezoo.quantization.input_grid import InputGridMixin
 from edgezoo.quantization.pact2 import PACT2
 
 
@@ -47,7 +47,7 @@ class QuantizedLayer(nn.Module):
         return out
 
 
-class InputGridLayer(nn.Module):
+class InputGridLayer(InputGridMixin, nn.Module):
     """A parameter-free layer whose output stays on its input's grid: it rounds it there.
 
     A global average pool and a bilinear resize make values between their input's grid points.
@@ -63,7 +63,7 @@ class InputGridLayer(nn.Module):
         super().__init__()
         _refuse_state(module, type(self).__name__)
         self.module = module
-        attach_input_grid(self, input_grid)
+        self._attach_input_grid(input_grid)
         self.train(module.training)
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:

@@ -19,6 +19,7 @@ name). No hook runs in the training path.
 """
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +138,7 @@ class _Planner:
             range_shrink_percentile=config.range_shrink_percentile,
             keep_when_missing=self.keep_missing_ranges,
             max_update_gap=self.range_update_gap,
-            rounding_mode=config.rounding,
+            rounding_mode=config.rounding_mode,
             scales=config.activation_scales,
             asymmetric=affine and reader is not None and not self._feeds_symmetric_op(reader),
         ).to(self.device)
@@ -289,7 +290,8 @@ def _is_later_sibling(model: nn.Module, first: str, second: str) -> bool:
     second_parent, _, second_child = second.rpartition(".")
     if first_parent != second_parent:
         return False
-    children = list(model.get_submodule(first_parent)._modules)
+    parent = model.get_submodule(first_parent)
+    children = [n for n, _ in parent.named_modules(remove_duplicate=False) if n and "." not in n]
     return children.index(first_child) < children.index(second_child)
 
 
@@ -380,8 +382,8 @@ class GraphQuantization:
     bias_rule: how the device holds the biases (grid.BIAS_RULES).
     """
 
-    weight_bits: int
-    activation_bits: int
+    bitwidth_weights: int
+    bitwidth_activations: int
     activation_rounding: str
     exact_eval: bool = False
     per_channel_weights: bool = False
@@ -392,6 +394,22 @@ class GraphQuantization:
     @property
     def activation_scales(self) -> str:
         return AFFINE_SCALES if self.affine else POWER_OF_TWO_SCALES
+
+    @property
+    def weight_bits(self) -> int:
+        """Deprecated spelling of bitwidth_weights (QuantizationConfig's)."""
+        _renamed("weight_bits", "bitwidth_weights")
+        return self.bitwidth_weights
+
+    @property
+    def activation_bits(self) -> int:
+        """Deprecated spelling of bitwidth_activations (QuantizationConfig's)."""
+        _renamed("activation_bits", "bitwidth_activations")
+        return self.bitwidth_activations
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"GraphQuantization.{old} is now .{new}", DeprecationWarning, stacklevel=3)
 
 
 def graph_quantization(model: nn.Module) -> GraphQuantization:
@@ -408,8 +426,8 @@ def graph_quantization(model: nn.Module) -> GraphQuantization:
         u.per_channel and not (isinstance(u, nn.Conv2d) and is_depthwise(u)) for u in units
     )
     return GraphQuantization(
-        weight_bits=max((u.bitwidth for u in units), default=8),
-        activation_bits=max(p.bitwidth for p in ranges),
+        bitwidth_weights=max((u.bitwidth for u in units), default=8),
+        bitwidth_activations=max(p.bitwidth for p in ranges),
         activation_rounding=ranges[0].rounding_mode,
         exact_eval=wrapper and config.evaluates_exactly,
         per_channel_weights=per_channel,

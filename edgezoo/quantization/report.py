@@ -182,8 +182,7 @@ def layer_report(model: nn.Module, data: Iterable[Any], max_batches: int = 8) ->
     sums = {"signal": [0.0] * len(units), "noise": [0.0] * len(units), "output": [0.0, 0.0]}
     batches, following = 0, {}
     with kept_modes(source):
-        for module in source.modules():
-            module.training = False
+        source.eval()
         for batch in islice(data, max_batches):
             inputs = batch[0] if isinstance(batch, tuple | list) else batch
             if not batches:

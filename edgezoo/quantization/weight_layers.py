@@ -45,7 +45,7 @@ from edgezoo.quantization.grid import (
     keep_scale_on_import,
     quantize_weight_ste,
 )
-from edgezoo.quantization.input_grid import attach_input_grid
+from edgezoo.quantization.input_grid import InputGridMixin
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.saved_flags import SavedFlagsMixin
 
@@ -78,7 +78,7 @@ def bn_folded_bias(
     return shifted if bn.bias is None else shifted + bn.bias
 
 
-class QuantWeightMixin(SavedFlagsMixin):
+class QuantWeightMixin(InputGridMixin, SavedFlagsMixin):
     """Shared QAT logic of weight layers (mixed into an nn.Conv2d or nn.Linear subclass).
 
     Subclasses supply `_build_like(layer, **kwargs)` (an empty layer of the same geometry),
@@ -138,7 +138,7 @@ class QuantWeightMixin(SavedFlagsMixin):
         quant.bn_slot = None if bn is None else bn[0]
         quant.bn = None if bn is None else QuantBatchNorm2d.from_float(bn[1])
         quant.output_quant = output_quant
-        attach_input_grid(quant, None if input_quant is not None else input_grid)
+        quant._attach_input_grid(None if input_quant is not None else input_grid)
         quant._init_saved_flags()
         if bn is not None:
             quant.register_state_dict_post_hook(_save_under_bn_name)
@@ -213,6 +213,11 @@ class QuantWeightMixin(SavedFlagsMixin):
     def _bias_rule_args(self) -> tuple[str, Tensor]:
         """(rule, whether the input grid is signed, a 0-d tensor read without a host sync)."""
         return self.bias_rule, self.bias_input_range.clips_act[0] < 0
+
+    def enable_weight_quantization(self, enabled: bool = True) -> None:
+        """Quantize the folded weights onto the grid (False: use them in float, as the float
+        reference of calibration does)."""
+        self.quantize_weights = enabled
 
     @torch.no_grad()
     def write_back_quantized_weights(self) -> None:

@@ -94,19 +94,21 @@ class IntegerArithmetic:
     def __init__(
         self,
         bits: Bits = Bits(),
-        rounding: str = "half_up",
+        rounding_mode: str = "half_up",
         input_dtype: torch.dtype = torch.float32,
         bias_rule: str = BIAS_JOINT,
     ) -> None:
         self.bits = bits
-        self.rounding = rounding
+        self.rounding_mode = rounding_mode
         self.input_dtype = input_dtype
         self.bias_rule = bias_rule
         self._weights_of: dict[int, tuple[Tensor, IntegerWeights, int]] = {}
 
     def quantize_input(self, x: Tensor, grid: Grid) -> IntegerValue:
         """The float graph input through its Clip, rounded as the QAT forward rounds it."""
-        values = _fake_quantize(x.to(self.input_dtype), grid, self.bits.activations, self.rounding)
+        values = _fake_quantize(
+            x.to(self.input_dtype), grid, self.bits.activations, self.rounding_mode
+        )
         data = values.float() * 2.0**grid.exponent
         # Channels-last runs PyTorch's CPU convolutions and pools several times faster.
         if data.dim() == 4:
@@ -121,12 +123,12 @@ class IntegerArithmetic:
         shift = value.exponent - grid.exponent
         if isinstance(value.divisor, int) and value.divisor == 1:
             # value * 2^-shift is exact, so it rounds exactly (integer_kernels' bound).
-            data = scaled_round(value.data, 2.0**-shift, self.rounding, out=owned)
+            data = scaled_round(value.data, 2.0**-shift, self.rounding_mode, out=owned)
         else:
             up, down = max(0, -shift), max(0, shift)
             num = value.data.to(torch.int64) * (1 << up)
             den = value.divisor * (1 << down)
-            data = rounding_divide(num, den, self.rounding).double()
+            data = rounding_divide(num, den, self.rounding_mode).double()
         # A b-bit grid (b <= 16) holds integers float32 represents exactly.
         return IntegerValue(data.clamp_(grid.low, grid.high).float(), grid.exponent, grid)
 
@@ -238,22 +240,22 @@ class FloatArithmetic:
     def __init__(
         self,
         bits: Bits = Bits(),
-        rounding: str = "half_up",
+        rounding_mode: str = "half_up",
         dtype: torch.dtype | None = None,
         bias_rule: str = BIAS_JOINT,
     ) -> None:
         self.bits = bits
-        self.rounding = rounding
+        self.rounding_mode = rounding_mode
         self.bias_rule = bias_rule
         wide = max(bits.weights, bits.activations) > 8
         self.dtype = dtype or (torch.float64 if wide else torch.float32)
 
     def quantize_input(self, x: Tensor, grid: Grid) -> FloatValue:
-        data = _fake_quantize(x.to(self.dtype), grid, self.bits.activations, self.rounding)
+        data = _fake_quantize(x.to(self.dtype), grid, self.bits.activations, self.rounding_mode)
         return FloatValue(data, grid)
 
     def clip(self, value: FloatValue, grid: Grid, owned: bool = False) -> FloatValue:
-        data = _fake_quantize(value.data, grid, self.bits.activations, self.rounding)
+        data = _fake_quantize(value.data, grid, self.bits.activations, self.rounding_mode)
         return FloatValue(data, grid)
 
     def settle(self, value: FloatValue, grid: Grid) -> FloatValue:
