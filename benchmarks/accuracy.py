@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import machine_description
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from edgezoo import get_model
-from edgezoo.benchmarking import machine_description
 from edgezoo.data import build_task_data, validation_split
 from edgezoo.engine import TrainConfig, fit
 from edgezoo.fileio import atomic_path

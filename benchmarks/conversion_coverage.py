@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 import torchvision
+from machine import machine_description
 from tqdm import tqdm
 
 from edgezoo import QuantTrainModule, check_model, export_onnx, make_module_only
-from edgezoo.benchmarking import machine_description
 from edgezoo.conversion.equivalence import output_difference
 from edgezoo.fileio import atomic_path
 

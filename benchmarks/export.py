@@ -29,9 +29,9 @@ import onnx
 import torch
 import torchvision
 from docs_sections import replace_section
+from machine import machine_description
 from tqdm import tqdm
 
-from edgezoo.benchmarking import machine_description
 from edgezoo.export import export_onnx, onnxruntime_session
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantTrainModule

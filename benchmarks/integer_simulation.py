@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_description
 from torch.utils.data import DataLoader, Subset
 
 from edgezoo import export_onnx, model_info
-from edgezoo.benchmarking import machine_description
 from edgezoo.data import build_task_data
 from edgezoo.export import onnxruntime_session
 from edgezoo.fileio import atomic_path

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 import peer_tools
 from accuracy import mcnemar, model_data, pack, predictions, unpack
+from machine import machine_description
 
-from edgezoo.benchmarking import machine_description
 from edgezoo.engine.optim import build_scheduler
 from edgezoo.fileio import atomic_path
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import torchvision
+from machine import machine_description
 from torch import nn
 from tqdm import tqdm
 
-from edgezoo.benchmarking import machine_description
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantTrainModule
 

@@ -17,18 +17,20 @@ docs/qdq_agreement.json and a markdown table.
 
 import argparse
 import json
+from itertools import islice
 from pathlib import Path
 
 import onnx
 import torch
-from integer_simulation import qat_model, task_data
+from integer_simulation import task_data
+from machine import machine_description
 from torch.utils.data import DataLoader, Subset
 
 from edgezoo import export_onnx, list_models, model_info
-from edgezoo.benchmarking import machine_description
 from edgezoo.export.device_agreement import int8_agreement
 from edgezoo.export.qdq_check import int8_kernels_may_saturate
-from edgezoo.quantization import QuantizationConfig
+from edgezoo.models import BUILDERS
+from edgezoo.quantization import QuantizationConfig, QuantTrainModule
 
 SCHEMES = {
     "power_of_two": QuantizationConfig(target="am68a"),
@@ -36,6 +38,21 @@ SCHEMES = {
         target="am68a", per_channel_weights=True, asymmetric_activations=True
     ),
 }
+
+
+def qat_model(name: str, data, size: int, config: QuantizationConfig, steps: int):
+    """The model wrapped for QAT with `config`, trained `steps` SGD steps from random weights."""
+    torch.manual_seed(0)
+    model = BUILDERS[name](num_classes=data.num_classes)
+    q = QuantTrainModule(model, torch.rand(1, 3, size, size), config=config)
+    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3, momentum=0.9)
+    q.train()
+    for images, targets in islice(DataLoader(data.train, batch_size=8, shuffle=True), steps):
+        loss = torch.nn.functional.cross_entropy(q(images), targets, ignore_index=255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return q.eval()
 
 
 def test_images(data, limit: int) -> torch.Tensor:

@@ -15,9 +15,9 @@ import logging
 import time
 from pathlib import Path
 
+from machine import machine_description
 from torch.utils.data import Subset
 
-from edgezoo.benchmarking import machine_description
 from edgezoo.data import build_task_data
 from edgezoo.engine import TrainConfig, evaluate, fit
 from edgezoo.engine.checkpoint import LAST

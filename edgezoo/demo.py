@@ -24,13 +24,16 @@ from edgezoo.engine.setup import build_model, cached_pretrained
 from edgezoo.engine.trainer import FitResult, TrainConfig, fit
 from edgezoo.errors import RunExistsError
 from edgezoo.fileio import atomic_path
+from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN
 from edgezoo.registry import preprocessing
+from edgezoo.tasks import CLASSIFICATION, SEGMENTATION
 
 logger = logging.getLogger(__name__)
 
 RESULTS_JSON = "results.json"
 PLOT_PNG = "accuracy.png"
-STAGES = ("float", "ptq", "qat")
+STAGES = (FLOAT_RUN, CALIBRATE, QAT_RUN)
+"""The demo's stages are the engine's run modes (PTQ is the calibrate run)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class TaskDefaults:
 # The embedded subset holds 6000 training images because 2000 images for 12-20 epochs (the same
 # compute) reached only 76-78 %.
 DEFAULTS = {
-    "classification": TaskDefaults(
+    CLASSIFICATION: TaskDefaults(
         model="mobilenetv2",
         data="embedded",
         full_data="fashion-mnist",
@@ -68,7 +71,7 @@ DEFAULTS = {
         lr=5e-3,
         qat_lr=1e-4,
     ),
-    "segmentation": TaskDefaults(
+    SEGMENTATION: TaskDefaults(
         model="deeplabv3plus_mobilenetv2",
         data="composite",
         full_data="fashion-mnist",
@@ -88,7 +91,7 @@ DEFAULTS = {
 class DemoOptions:
     """What `edgezoo demo` was asked for; None means the task's default."""
 
-    task: str = "classification"
+    task: str = CLASSIFICATION
     out_dir: Path = Path("edgezoo-demo")
     float_epochs: int | None = None
     qat_epochs: int | None = None
@@ -137,11 +140,11 @@ class DemoResult:
     def table(self) -> str:
         """The demo's report as printed by `edgezoo demo`."""
         unit = "top-1 (%)" if self.metric == "top1" else "mIoU (%)"
-        composite = " [COMPOSITE scenes]" if self.task == "segmentation" else ""
+        composite = " [COMPOSITE scenes]" if self.task == SEGMENTATION else ""
         rows = [
-            ("float", "float32", self.metrics["float"]),
-            ("PTQ", "int8 power-of-two, calibrated", self.metrics["ptq"]),
-            ("QAT", "int8 power-of-two, fine-tuned", self.metrics["qat"]),
+            (FLOAT_RUN, "float32", self.metrics[FLOAT_RUN]),
+            ("PTQ", "int8 power-of-two, calibrated", self.metrics[CALIBRATE]),
+            ("QAT", "int8 power-of-two, fine-tuned", self.metrics[QAT_RUN]),
         ]
         lines = [
             f"edgezoo demo: {self.model}, {self.task}{composite}",
@@ -211,7 +214,7 @@ def _initial_weights(model: str, task: str, pretrained: bool | str | None) -> tu
             "(pass --pretrained to download them)"
         )
     is_file = isinstance(pretrained, str) and os.path.isfile(pretrained)
-    if task == "segmentation" and not is_file:
+    if task == SEGMENTATION and not is_file:
         return {"pretrained_backbone": pretrained}, "torchvision ImageNet weights in the backbone"
     return {"pretrained": pretrained}, f"pretrained weights ({pretrained})"
 
@@ -269,7 +272,7 @@ class _DemoPlan:
             optimizer="adamw",
             weight_decay=default_weight_decay("adamw"),
             schedule="cosine",
-            warmup_epochs=1 if mode == "float" and epochs > 2 else 0,
+            warmup_epochs=1 if mode == FLOAT_RUN and epochs > 2 else 0,
             max_batches=max_batches,
             num_workers=self.options.num_workers,
             seed=self.options.seed,
@@ -287,15 +290,15 @@ class _DemoPlan:
         if options.max_batches is not None:
             calibration_batches = min(calibration_batches, options.max_batches)
         return {
-            "float": self.config(
-                "float",
+            FLOAT_RUN: self.config(
+                FLOAT_RUN,
                 options.float_epochs or defaults.float_epochs,
                 options.lr or defaults.lr,
                 options.max_batches,
             ),
-            "ptq": self.config("calibrate", 1, 0.0, calibration_batches),
-            "qat": self.config(
-                "qat",
+            CALIBRATE: self.config(CALIBRATE, 1, 0.0, calibration_batches),
+            QAT_RUN: self.config(
+                QAT_RUN,
                 options.qat_epochs or defaults.qat_epochs,
                 options.qat_lr or defaults.qat_lr,
                 options.max_batches,
@@ -340,15 +343,17 @@ def _train_stages(plan: _DemoPlan) -> tuple[dict[str, FitResult], dict[str, floa
     """Float training, then PTQ and QAT from the float checkpoint; the QAT model is returned."""
     configs = plan.stage_configs()
     name, classes, size = plan.name, plan.data.num_classes, plan.input_size
-    float_checkpoint = plan.dirs["float"] / LAST
+    float_checkpoint = plan.dirs[FLOAT_RUN] / LAST
     builders = {
-        "float": lambda: build_model(
+        FLOAT_RUN: lambda: build_model(
             name, classes, size, seed=plan.options.seed, **plan.weights_kwargs
         ),
-        "ptq": lambda: build_model(
-            name, classes, size, mode="calibrate", checkpoint=float_checkpoint
+        CALIBRATE: lambda: build_model(
+            name, classes, size, mode=CALIBRATE, checkpoint=float_checkpoint
         ),
-        "qat": lambda: build_model(name, classes, size, mode="qat", checkpoint=float_checkpoint),
+        QAT_RUN: lambda: build_model(
+            name, classes, size, mode=QAT_RUN, checkpoint=float_checkpoint
+        ),
     }
     results: dict[str, FitResult] = {}
     seconds: dict[str, float] = {}
@@ -419,7 +424,7 @@ def _export(
         qat,
         path,
         example_input=example,
-        argmax=data.task == "segmentation",
+        argmax=data.task == SEGMENTATION,
         strict=False,
         model_name=name,
         task=data.task,
@@ -457,7 +462,7 @@ def write_plot(
 
     figure = Figure(figsize=(7, 4.2), dpi=110)
     axes = figure.add_subplot()
-    float_history, qat_history = results["float"].history, results["qat"].history
+    float_history, qat_history = results[FLOAT_RUN].history, results[QAT_RUN].history
     x_float = list(range(1, len(float_history) + 1))
     x_qat = [len(float_history) + e for e in range(1, len(qat_history) + 1)]
     for history, x, label, colour in (
@@ -475,11 +480,11 @@ def write_plot(
             alpha=0.5,
             label=f"{label} train",
         )
-    ptq = results["ptq"].final[f"val_{metric}"]
+    ptq = results[CALIBRATE].final[f"val_{metric}"]
     axes.plot([len(float_history) + 0.5], [ptq], "s", color="tab:orange", label="PTQ val")
     axes.set_xlabel("epoch (float, then QAT)")
     axes.set_ylabel("top-1 accuracy (%)" if metric == "top1" else "mIoU (%)")
-    kind = " (COMPOSITE scenes)" if task == "segmentation" else ""
+    kind = " (COMPOSITE scenes)" if task == SEGMENTATION else ""
     axes.set_title(f"edgezoo demo: {model}{kind}")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)

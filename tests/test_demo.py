@@ -33,7 +33,7 @@ def test_classification_demo_from_the_cli(tmp_path, capsys, monkeypatch):
         assert text in table
     results = json.loads((out / "results.json").read_text())
     assert results["export_ok"] and results["verification_ok"]
-    assert set(results["metrics"]) == {"float", "ptq", "qat"}
+    assert set(results["metrics"]) == {"float", "calibrate", "qat"}
     assert len(results["histories"]["float"]) == 2 and len(results["histories"]["qat"]) == 1
     onnx_path = out / "mobilenetv2_qat.onnx"
     assert str(onnx_path) in table and verify_onnx(onnx_path).ok

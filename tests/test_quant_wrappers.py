@@ -370,8 +370,10 @@ def test_wrap_model_modes_and_rejects_functional_models():
     assert isinstance(wrap_model(tiny_net(), True, images()), QuantTrainModule)
     assert isinstance(wrap_model(tiny_net(), "calibrate", images()), QuantCalibrateModule)
     assert isinstance(wrap_model(tiny_net(), "test", images()), QuantTestModule)
+    # One vocabulary: the engine's run names work for the wrappers too.
+    assert isinstance(wrap_model(tiny_net(), "qat", images()), QuantTrainModule)
     with pytest.raises(QuantizationConfigError, match="calibrate"):
-        wrap_model(tiny_net(), "qat", images())
+        wrap_model(tiny_net(), "ptq", images())
 
     class Functional(nn.Module):
         def __init__(self) -> None:

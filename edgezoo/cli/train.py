@@ -20,6 +20,8 @@ from edgezoo.cli.arguments import (
     seed,
 )
 from edgezoo.errors import ResumeMismatchError, RunExistsError, UsageError
+from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, TEST
+from edgezoo.tasks import CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the train, calibrate and evaluate subcommands."""
     _register_train(subparsers)
     calibrate = subparsers.add_parser(
-        "calibrate",
+        CALIBRATE,
         help="post-training quantization: calibrate ranges and biases (no gradients)",
         description=(
             "Run QuantCalibrateModule over training data (ranges from statistics, bias "
@@ -63,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     _add_run_arguments(calibrate, epochs=1)
-    calibrate.set_defaults(func=run_train, mode="calibrate", qat=False)
+    calibrate.set_defaults(func=run_train, mode=CALIBRATE, qat=False)
     _register_evaluate(subparsers)
 
 
@@ -208,7 +210,7 @@ def _run_input_size(args: argparse.Namespace, task: str, data: str) -> int:
     if args.input_size:
         return args.input_size
     if data in ("embedded", "fashion-mnist", "composite") or is_fashion_mnist_dir(data):
-        return 32 if task == "classification" else 64
+        return 32 if task == CLASSIFICATION else 64
     return default_input_size(args.model)[1]
 
 
@@ -232,7 +234,7 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
     )
     from edgezoo.engine.setup import model_task
 
-    mode = args.mode or ("qat" if args.qat else "float")
+    mode = args.mode or (QAT_RUN if args.qat else FLOAT_RUN)
     optimizer = _or(getattr(args, "optimizer", None), "adamw")
     return TrainConfig(
         task=model_task(name),
@@ -308,7 +310,7 @@ def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
         "max_batches": args.max_batches,
     }
     if getattr(args, "qat", False):
-        given["mode"] = "qat"
+        given["mode"] = QAT_RUN
     if any(v for v in _scheme(args).values()):
         given["quantization"] = _scheme(args)
     given.update(_recipe(args))
@@ -514,7 +516,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         name,
         data.num_classes,
         input_size,
-        mode="test" if quantized else "float",
+        mode=TEST if quantized else FLOAT_RUN,
         config=quantization_config(args),
         **_weights(args),
     )

@@ -28,7 +28,7 @@ from edgezoo.data.transforms import (
     Size,
 )
 from edgezoo.errors import DataError
-from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
+from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION, TASKS
 
 DATA_NAMES = ("embedded", "fashion-mnist", "composite")
 COMPOSITE_CANVAS = 64
@@ -71,13 +71,13 @@ def build_task_data(
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; use one of {TASKS}")
     name = os.fspath(data)
-    if name == "composite" and task != "segmentation":
+    if name == "composite" and task != SEGMENTATION:
         raise DataError("'composite' is a segmentation set; use it with a segmentation model")
     items = _fashion_mnist_items(name)
     if items is None:
         return _folder_data(Path(name), task, input_size, mean, std, num_classes, augment)
     train_items, val_items = items
-    if task == "classification":
+    if task == CLASSIFICATION:
         _check_num_classes(num_classes, len(FASHION_MNIST_CLASSES), "Fashion-MNIST")
         return TaskData(
             train=ItemClassification(
@@ -122,7 +122,7 @@ def _composite_data(
     return TaskData(
         train=train,
         val=val,
-        task="segmentation",
+        task=SEGMENTATION,
         num_classes=COMPOSITE_NUM_CLASSES,
         classes=COMPOSITE_CLASSES,
         description=(
@@ -167,7 +167,7 @@ def _folder_data(
 ) -> TaskData:
     """Users' folders: root/train and root/val, each an ImageFolder or an images/masks pair."""
     splits = _split_folders(root)
-    if task == "classification":
+    if task == CLASSIFICATION:
         return _image_folder_data(root, splits, input_size, mean, std, num_classes, augment)
     if num_classes is None:
         raise DataError(
@@ -238,7 +238,7 @@ def _image_folder_data(
     return TaskData(
         train=train,
         val=val,
-        task="classification",
+        task=CLASSIFICATION,
         num_classes=len(train.classes),
         classes=tuple(train.classes),
         description=f"image folders {root}: {len(train)} train / {len(val)} val",

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from edgezoo.engine.distributed import all_reduce_sum
+from edgezoo.tasks import CLASSIFICATION
 
 
 class ClassificationMeter:
@@ -92,11 +93,11 @@ def make_meter(
     task: str, num_classes: int, ignore_index: int | None = 255, device: torch.device | str = "cpu"
 ) -> ClassificationMeter | SegmentationMeter:
     """The meter of a task."""
-    if task == "classification":
+    if task == CLASSIFICATION:
         return ClassificationMeter(num_classes, device)
     return SegmentationMeter(num_classes, ignore_index, device)
 
 
 def primary_metric(task: str) -> str:
     """The metric that ranks checkpoints: top-1 for classification, mIoU for segmentation."""
-    return "top1" if task == "classification" else "miou"
+    return "top1" if task == CLASSIFICATION else "miou"

@@ -7,15 +7,17 @@ over MobileNetV2, ResNet18 and DeepLabV3+ MobileNetV2 fine-tuned from converged 
 test set). lr 1e-5 is as good on the classifiers but a point of mIoU worse on segmentation.
 """
 
+from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN
+
 # Float training from scratch or from ImageNet weights; QAT fine-tunes a trained float model
 # with a learning rate an order of magnitude or more below (TI uses 1e-5 for long ImageNet runs).
 _LR = {
-    ("float", "adamw"): 2e-3,
-    ("float", "sgd"): 0.05,
-    ("qat", "adamw"): 1e-4,
-    ("qat", "sgd"): 1e-3,
-    ("calibrate", "adamw"): 0.0,
-    ("calibrate", "sgd"): 0.0,
+    (FLOAT_RUN, "adamw"): 2e-3,
+    (FLOAT_RUN, "sgd"): 0.05,
+    (QAT_RUN, "adamw"): 1e-4,
+    (QAT_RUN, "sgd"): 1e-3,
+    (CALIBRATE, "adamw"): 0.0,
+    (CALIBRATE, "sgd"): 0.0,
 }
 _WEIGHT_DECAY = {"adamw": 0.05, "sgd": 4e-5}
 
@@ -25,14 +27,14 @@ def default_lr(mode: str, optimizer: str) -> float:
     return _LR[(mode, optimizer)]
 
 
-def default_weight_decay(optimizer: str, mode: str = "float") -> float:
+def default_weight_decay(optimizer: str, mode: str = FLOAT_RUN) -> float:
     """Decoupled decay for AdamW (none in QAT, which starts from trained weights); the usual
     MobileNet decay for SGD."""
-    if mode == "qat" and optimizer == "adamw":
+    if mode == QAT_RUN and optimizer == "adamw":
         return 0.0
     return _WEIGHT_DECAY[optimizer]
 
 
 def default_warmup(mode: str) -> int:
     """One warm-up epoch for float training from scratch; none when fine-tuning with QAT."""
-    return 1 if mode == "float" else 0
+    return 1 if mode == FLOAT_RUN else 0

@@ -45,8 +45,8 @@ from edgezoo.engine.history import write_history
 from edgezoo.engine.metrics import make_meter, primary_metric
 from edgezoo.engine.optim import build_optimizer, build_scheduler
 from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError, UsageError
-from edgezoo.quantization.modes import RUN_MODES
-from edgezoo.tasks import TASKS
+from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, RUN_MODES
+from edgezoo.tasks import CLASSIFICATION, TASKS
 from edgezoo.weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ CHECKPOINT_FORMAT = "edgezoo-run-1"
 class TrainConfig:
     """Everything that decides a run's result; saved in every checkpoint so resume repeats it."""
 
-    task: str = "classification"
-    mode: str = "float"
+    task: str = CLASSIFICATION
+    mode: str = FLOAT_RUN
     num_classes: int = 10
     epochs: int = 1
     batch_size: int = 64
@@ -101,7 +101,7 @@ class TrainConfig:
                 "training without labels needs a teacher to learn from: set distill=True "
                 "(--distill) and give the float model as teacher"
             )
-        if self.distill and self.mode == "calibrate":
+        if self.distill and self.mode == CALIBRATE:
             raise UsageError("calibration has no loss to distil into: distil in QAT (--qat)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ class ShardSampler(Sampler[int]):
 def weights_module(model: nn.Module, mode: str) -> nn.Module:
     """The module whose state_dict a checkpoint holds: for QAT and calibration the user's model
     inside the wrapper (original keys plus range buffers), else the model itself."""
-    return model.module if mode in ("qat", "calibrate") else model
+    return model.module if mode in (QAT_RUN, CALIBRATE) else model
 
 
 def _logits(output: Tensor | dict[str, Tensor]) -> Tensor:
@@ -282,7 +282,7 @@ def _start_epoch(model: nn.Module, epoch: int, config: TrainConfig) -> dict[str,
     epochs//2 - 1, ranges from epochs//2 + 1), set from the epoch number alone so a resumed run
     agrees; calibration halves its bias step each epoch.
     """
-    if config.mode == "qat":
+    if config.mode == QAT_RUN:
         from edgezoo.quantization import QATSchedule
 
         schedule = QATSchedule(config.epochs, config.bn_freeze_epoch, config.range_freeze_epoch)
@@ -291,7 +291,7 @@ def _start_epoch(model: nn.Module, epoch: int, config: TrainConfig) -> dict[str,
             "bn_frozen": epoch >= schedule.bn_freeze_epoch,
             "ranges_frozen": epoch >= schedule.range_freeze_epoch,
         }
-    if config.mode == "calibrate":
+    if config.mode == CALIBRATE:
         model.start_epoch(epoch)
     return {}
 
@@ -359,7 +359,7 @@ class _Optimization:
 
     @classmethod
     def build(cls, model: nn.Module, config: TrainConfig) -> "_Optimization":
-        if config.mode == "calibrate":
+        if config.mode == CALIBRATE:
             return cls()
         optimizer = build_optimizer(
             model, config.optimizer, config.lr, config.weight_decay, config.momentum

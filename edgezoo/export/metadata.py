@@ -13,6 +13,7 @@ from edgezoo.export.tidl_config import TIDLInputSpec
 from edgezoo.export.verify_ranges import input_range, normalised_input_range
 from edgezoo.quantization import GraphQuantization
 from edgezoo.targets import QDQ_FORMAT
+from edgezoo.tasks import CLASSIFICATION, SEGMENTATION
 from edgezoo.tidl import rules
 from edgezoo.version import __version__
 
@@ -92,9 +93,7 @@ def input_spec(
         preprocessing = info.get("preprocessing") or _default_weights_preprocessing(info)
     preprocessing = dict(preprocessing or {})
     if task is None:
-        task = (
-            info["task"] if info else ("segmentation" if reference.dim() == 4 else "classification")
-        )
+        task = info["task"] if info else (SEGMENTATION if reference.dim() == 4 else CLASSIFICATION)
     resize, crop = preprocessing.get("resize"), preprocessing.get("crop")
     final = crop if crop is not None else resize
     if final is None or _as_hw(final) != (height, width):

@@ -250,7 +250,7 @@ def model_config(
     if isinstance(compilation, bool):
         compilation = TIDLCompilation(quantized=compilation)
     postprocess: dict[str, object] = {"data_layout": "NCHW"}
-    if spec.task == "segmentation":
+    if spec.task == SEGMENTATION:
         postprocess["with_argmax"] = not spec.argmax
     return {
         "task_type": spec.task,

@@ -1,9 +1,10 @@
 """The quantization modes, named once: which wrapper a model gets, and which run uses which.
 
-Wrapper modes (get_model(qat=...), wrap_model): "train" (QuantTrainModule, QAT; also True),
-"calibrate" (QuantCalibrateModule, PTQ) and "test" (QuantTestModule, evaluation only).
-Engine runs (TrainConfig.mode, the CLI) are "float", "qat" and "calibrate"; each quantized run
-uses the wrapper mode RUN_WRAPPER_MODES names.
+Wrapper modes (get_model(qat=...), wrap_model): "train" (QuantTrainModule, QAT; also True or
+"qat"), "calibrate" (QuantCalibrateModule, PTQ) and "test" (QuantTestModule, evaluation only).
+Engine runs (TrainConfig.mode, the CLI, the demo's stages) are "float", "qat" and "calibrate";
+each quantized run uses the wrapper mode RUN_WRAPPER_MODES names, and a wrapper takes a run's
+name too, so "qat" and "calibrate" mean the same everywhere. PTQ is the "calibrate" run.
 """
 
 from edgezoo.errors import QuantizationConfigError
@@ -24,10 +25,12 @@ def wrapper_mode(qat: bool | str) -> str | None:
     """The wrapper mode `qat` asks for: None for False, "train" for True, else a checked name."""
     if qat is False:
         return None
-    mode = TRAIN if qat is True else qat
+    mode = (
+        TRAIN if qat is True else RUN_WRAPPER_MODES.get(qat, qat) if isinstance(qat, str) else qat
+    )
     if not isinstance(mode, str) or mode not in WRAPPER_MODES:
         raise QuantizationConfigError(
-            f"unknown quantization mode {qat!r}: use True or 'train' (QAT), 'calibrate' (PTQ) "
-            f"or 'test' (evaluation)"
+            f"unknown quantization mode {qat!r}: use True, 'train' or 'qat' (QAT), "
+            "'calibrate' (PTQ) or 'test' (evaluation)"
         )
     return mode

@@ -311,7 +311,7 @@ def wrap_model(
     config: QuantizationConfig | None = None,
     **settings: Any,
 ) -> nn.Module:
-    """Wrap a float model for quantization: True/"train" -> QuantTrainModule, "calibrate" ->
+    """Wrap a float model for quantization: True/"train"/"qat" -> QuantTrainModule, "calibrate" ->
     QuantCalibrateModule, "test" -> QuantTestModule. get_model(qat=...) calls this."""
     name = wrapper_mode(mode) if mode is not False else None
     if name is None:
