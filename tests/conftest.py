@@ -12,3 +12,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def seeded_images(seed: int = 1, shape: tuple[int, ...] = (4, 3, 16, 16)) -> torch.Tensor:
+    """A reproducible batch of random images (its own generator: the global seed is untouched)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def is_power_of_two(t: torch.Tensor) -> bool:
+    """Whether every entry of t is a positive power of two (mantissa exactly 0.5)."""
+    mantissa, _ = torch.frexp(t)
+    return bool(torch.all(mantissa == 0.5))
+
+
+def briefly_trained(model, size: int, config=None, steps: int = 3):
+    """model wrapped for QAT (QuantTrainModule) after a few SGD steps on seeded random images,
+    so its ranges saw data; returned in eval mode."""
+    from edgezoo.quantization import QuantTrainModule
+
+    torch.manual_seed(0)
+    q = QuantTrainModule(model, torch.rand(1, 3, size, size), config=config).train()
+    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
+    for step in range(steps):
+        loss = q(seeded_images(step, (4, 3, size, size))).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return q.eval()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import is_power_of_two
 
 from edgezoo.errors import QuantizationConfigError
 from edgezoo.quantization.grid import (
@@ -18,11 +19,6 @@ from edgezoo.quantization.grid import (
 )
 
 BITWIDTHS = list(range(2, 17))
-
-
-def is_power_of_two(t: torch.Tensor) -> bool:
-    mantissa, _ = torch.frexp(t)
-    return bool(torch.all(mantissa == 0.5))
 
 
 def reference_activation(x, clip_min, clip_max, bitwidth):

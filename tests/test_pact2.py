@@ -6,17 +6,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import is_power_of_two
 
 from edgezoo.errors import QuantizationConfigError
 from edgezoo.quantization.pact2 import PACT2, _bin_counts, trimmed_range
 from edgezoo.quantization.range_sync import is_distributed
 
 GAUSSIAN_TAIL_QUANTILE = 3.719  # P(X > 3.719) = 0.01 % for X ~ N(0, 1)
-
-
-def is_power_of_two(t: torch.Tensor) -> bool:
-    mantissa, _ = torch.frexp(t)
-    return bool(torch.all(mantissa == 0.5))
 
 
 def buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import briefly_trained, seeded_images
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -30,22 +31,11 @@ QDQ = QuantizationConfig(target="am68a")
 AFFINE = QuantizationConfig(target="am68a", per_channel_weights=True, asymmetric_activations=True)
 
 
-def trained(model: nn.Module, size: int, config: QuantizationConfig, steps: int = 3):
-    """A QAT model after a few SGD steps on seeded random images (ranges that saw data)."""
-    torch.manual_seed(0)
-    q = QuantTrainModule(model, torch.rand(1, 3, size, size), config=config).train()
-    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
-    for step in range(steps):
-        x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(step))
-        loss = q(x).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return q.eval()
+trained = briefly_trained
 
 
 def images(size: int, count: int = 4) -> torch.Tensor:
-    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(99))
+    return seeded_images(99, (count, 3, size, size))
 
 
 def constants(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

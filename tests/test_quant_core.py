@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import seeded_images
 from torch import nn
 
 import edgezoo
@@ -27,8 +28,7 @@ from edgezoo.weights import load_checkpoint_into
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def images(seed: int = 1, shape: tuple[int, ...] = (4, 3, 16, 16)) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+images = seeded_images
 
 
 class Block(nn.Module):

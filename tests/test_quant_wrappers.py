@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import seeded_images
 from torch import nn
 
 from edgezoo.errors import ModuleOnlyViolationError, QuantizationConfigError, QuantizationModeError
@@ -78,7 +79,7 @@ def tiny_net(seed: int = 0) -> TinyNet:
 
 
 def images(seed: int = 1, shape: tuple[int, ...] = IMAGE_SHAPE) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return seeded_images(seed, shape)
 
 
 def range_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import briefly_trained
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -14,7 +15,7 @@ from edgezoo.cli import main
 from edgezoo.errors import SimulationError
 from edgezoo.layers import AddBlock, CatBlock, ResizeWith
 from edgezoo.models import BUILDERS
-from edgezoo.quantization import QuantTrainModule
+from edgezoo.quantization import QuantizationConfig, QuantTrainModule
 from edgezoo.simulation import parity_report, simulate_tidl
 from edgezoo.simulation.values import Grid
 
@@ -196,21 +197,8 @@ class Everything(nn.Module):
 
 
 def trained(model: nn.Module, size: int, bits: int = 8) -> QuantTrainModule:
-    torch.manual_seed(0)
-    q = QuantTrainModule(
-        model, torch.rand(1, 3, size, size), bitwidth_weights=bits, bitwidth_activations=bits
-    )
-    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
-    for step in range(3):
-        loss = (
-            q(torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(step)))
-            .square()
-            .mean()
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return q.eval()
+    config = QuantizationConfig(bitwidth_weights=bits, bitwidth_activations=bits)
+    return briefly_trained(model, size, config)
 
 
 @pytest.mark.parametrize(
