@@ -146,9 +146,8 @@ def measure(source: str, name: str, model, size: int) -> dict:
         row["equal_eval"] = _equal(model, converted, example, False)
         row["equal_train"] = _equal(model, converted, example, True)
         row["rules_after"] = _rules(check_model(converted, example[:1], tidl_rules=False))
-        row["tidl_rules"] = [
-            r for r in _rules(check_model(converted, example[:1])) if r.startswith("tidl-")
-        ]
+        tidl = check_model(converted, example[:1]).violations
+        row["tidl_rules"] = sorted({v.rule for v in tidl if v.is_tidl_rule})
         stage = "qat_step"
         row["qat_step"], q = _qat_step(converted, example)
         stage = "export_verifies"

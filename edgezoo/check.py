@@ -22,7 +22,13 @@ from edgezoo.conversion.norm_act import is_norm_act
 from edgezoo.errors import ModuleOnlyViolationError, TIDLRuleError
 from edgezoo.layers import validate_resize
 from edgezoo.module_state import kept_modes
-from edgezoo.tidl.rules import TIDL_DEPTHWISE_KERNEL_STRIDE
+from edgezoo.tidl.rules import (
+    CONCAT_RULE,
+    DEPTHWISE_RULE,
+    LINT_TIDL_RULES,
+    RESIZE_RULE,
+    TIDL_DEPTHWISE_KERNEL_STRIDE,
+)
 
 ROOT_NAME = "<root>"
 
@@ -106,6 +112,11 @@ class Violation:
     message: str
     location: str | None = None
     other_modules: tuple[str, ...] = ()
+
+    @property
+    def is_tidl_rule(self) -> bool:
+        """A rule of TIDL's import (the model quantizes, but TIDL would not run it as is)."""
+        return self.rule in LINT_TIDL_RULES
 
     def __str__(self) -> str:
         where = self.module
@@ -247,13 +258,13 @@ class _ForwardTracer:
         if name in _RESIZE_OPS:
             problem = _resize_problem(func, args, kwargs)
             if problem:
-                self._collector.add("tidl-resize", module_name, problem, location)
+                self._collector.add(RESIZE_RULE, module_name, problem, location)
         elif name in _CONCAT_OPS and _concatenates_batch_axis(name, args, kwargs):
             message = (
                 f"{name} on the batch axis (dim 0): TIDL's Concat cannot run on the batch axis; "
                 f"concatenate on the channel axis (dim=1), e.g. with edgezoo.layers.CatBlock"
             )
-            self._collector.add("tidl-concat", module_name, message, location)
+            self._collector.add(CONCAT_RULE, module_name, message, location)
 
     def report_reused_modules(self) -> None:
         for module, sites in self._call_sites.items():
@@ -392,4 +403,4 @@ def _check_depthwise_convs(
             f"{stride[0]}x{stride[1]}: TIDL runs depthwise convs only as {allowed}; "
             f"change the kernel or stride (or use a regular conv)"
         )
-        collector.add("tidl-depthwise", names[id(module)][0], message, call_site(module))
+        collector.add(DEPTHWISE_RULE, names[id(module)][0], message, call_site(module))

@@ -173,7 +173,7 @@ class Clean(nn.Module):
         (PlusAdd(), "functional-op", "<root>", "# plant: plus", ["`+`", "AddBlock"]),
         (InplaceAdd(), "functional-op", "<root>", "# plant: iadd", ["`+=`", "AddBlock"]),
         (Outer(), "functional-op", "body.0", "# plant: cat", ["cat", "CatBlock"]),
-        (UsesBatchCat(), "tidl-concat", "cat", "# plant: batch-cat", ["batch axis", "dim=1"]),
+        (UsesBatchCat(), "concat-axis", "cat", "# plant: batch-cat", ["batch axis", "dim=1"]),
         (Clips("relu6"), "functional-op", "<root>", "# plant: relu6", ["relu6", "nn.ReLU6"]),
         (Clips("clamp"), "functional-op", "<root>", "# plant: clamp", ["clamp", "nn.ReLU6"]),
         (Clips("clip"), "functional-op", "<root>", "# plant: torch.clip", ["clip", "Hardtanh"]),
@@ -201,7 +201,7 @@ def test_planted_violation_is_reported_with_module_and_line(model, rule, module,
 )
 def test_tidl_resize_rules(kwargs, words):
     report = check_model(Resize(**kwargs), IMAGE)
-    violation = only(report, "tidl-resize")
+    violation = only(report, "resize")
     assert violation.location == line_of("# plant: interpolate")
     assert all(word in violation.message for word in words), violation.message
     assert only(report, "functional-op").module == "<root>"
@@ -215,7 +215,7 @@ def test_legal_functional_resize_is_only_a_functional_op():
 
 def test_resize_rules_apply_inside_modules_too():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Upsample(size=(20, 20)))
-    violation = only(check_model(model, IMAGE), "tidl-resize")
+    violation = only(check_model(model, IMAGE), "resize")
     assert violation.module == "1"
 
 
@@ -224,7 +224,7 @@ def test_depthwise_kernel_stride_rule():
     assert check_model(ok, torch.rand(1, 4, 8, 8)).ok
     bad = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=2, groups=4))
     report = check_model(bad, torch.rand(1, 4, 8, 8))
-    violation = only(report, "tidl-depthwise")
+    violation = only(report, "depthwise-conv")
     assert violation.module == "1"
     assert "5x5" in violation.message and "3x3s1" in violation.message
     relaxed = check_model(bad, torch.rand(1, 4, 8, 8), tidl_rules=False)

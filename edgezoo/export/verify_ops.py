@@ -10,7 +10,7 @@ from edgezoo.export.report import GraphViolation
 from edgezoo.export.verify_context import CheckedGraph
 from edgezoo.onnxgraph.indexed import DEFAULT_DOMAINS
 from edgezoo.onnxgraph.tools import node_attributes
-from edgezoo.quantization.grid import ceil2
+from edgezoo.quantization.grid import ceil2, is_power_of_two_range
 from edgezoo.tidl import rules
 
 __all__ = ["check_nodes"]
@@ -76,7 +76,7 @@ def _check_clip(checked: CheckedGraph, node: onnx.NodeProto, name: str) -> Itera
         )
         return
     # In a QDQ graph the Q/DQ pairs hold the ranges; a Clip there is an activation.
-    if checked.quantized and not checked.qdq and (ceil2(high) != high or low not in (0.0, -high)):
+    if checked.quantized and not checked.qdq and not is_power_of_two_range(low, high):
         yield GraphViolation(
             "clip-bounds",
             name,
@@ -92,7 +92,7 @@ def _check_resize(
     mode = attrs.get("mode", "nearest")
     if mode not in rules.RESIZE_MODES:
         yield GraphViolation(
-            "resize",
+            rules.RESIZE_RULE,
             name,
             f"Resize mode {mode!r} is not supported; TIDL takes "
             f"{' or '.join(sorted(rules.RESIZE_MODES))}",
@@ -100,14 +100,14 @@ def _check_resize(
     coordinates = attrs.get("coordinate_transformation_mode", "half_pixel")
     if coordinates == "align_corners":
         yield GraphViolation(
-            "resize",
+            rules.RESIZE_RULE,
             name,
             "Resize with coordinate_transformation_mode 'align_corners' is not supported by "
             "TIDL; upsample with align_corners=False (edgezoo.layers.ResizeWith)",
         )
     elif coordinates not in rules.RESIZE_COORDINATE_MODES:
         yield GraphViolation(
-            "resize",
+            rules.RESIZE_RULE,
             name,
             f"Resize coordinate_transformation_mode {coordinates!r} is not supported; TIDL "
             f"takes {', '.join(sorted(rules.RESIZE_COORDINATE_MODES))}",
@@ -115,7 +115,7 @@ def _check_resize(
     nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
     if coordinates in rules.HALF_PIXEL_MODES and nearest_mode != "round_prefer_ceil":
         yield GraphViolation(
-            "resize",
+            rules.RESIZE_RULE,
             name,
             f"Resize with {coordinates} coordinates and nearest_mode {nearest_mode!r}: TIDL "
             "takes only 'round_prefer_ceil' there (edgezoo.export_onnx sets it on linear "
@@ -123,13 +123,13 @@ def _check_resize(
         )
     if mode == "nearest" and coordinates == "asymmetric" and nearest_mode != "floor":
         yield GraphViolation(
-            "resize",
+            rules.RESIZE_RULE,
             name,
             f"nearest Resize with asymmetric coordinates needs nearest_mode 'floor', got "
             f"{nearest_mode!r}",
         )
     if attrs.get("antialias", 0):
-        yield GraphViolation("resize", name, "Resize with antialias=1 is not supported")
+        yield GraphViolation(rules.RESIZE_RULE, name, "Resize with antialias=1 is not supported")
     yield from _check_resize_scales(checked, node, name)
 
 
@@ -144,7 +144,7 @@ def _check_resize_scales(
         scales_name = inputs[2] if len(inputs) > 2 else ""
         if len(inputs) > 3 and inputs[3]:
             yield GraphViolation(
-                "resize",
+                rules.RESIZE_RULE,
                 name,
                 "Resize has a 'sizes' input, which TIDL does not support; resize by a "
                 "constant power-of-two scale factor instead (edgezoo.layers.ResizeWith)",
@@ -153,7 +153,7 @@ def _check_resize_scales(
     scales = graph.constants.get(scales_name) if scales_name else None
     if scales is None:
         yield GraphViolation(
-            "resize",
+            rules.RESIZE_RULE,
             name,
             "Resize scales are missing or not constant; TIDL needs constant power-of-two scales",
         )
@@ -168,7 +168,7 @@ def _check_resize_scales(
     )
     if not legal:
         yield GraphViolation(
-            "resize",
+            rules.RESIZE_RULE,
             name,
             f"Resize scales {values} are not supported; TIDL needs [1, 1, s, s] with s an "
             "integer power of two >= 1 (equal for H and W)",
@@ -184,7 +184,7 @@ def _check_concat(
     normalised = axis + rank if axis is not None and axis < 0 and rank else axis
     if normalised != 1:
         yield GraphViolation(
-            "concat-axis",
+            rules.CONCAT_RULE,
             name,
             f"Concat on axis {axis}; TIDL concatenates on the channel axis (1) only "
             "(edgezoo.layers.CatBlock)",
@@ -227,7 +227,7 @@ def _check_conv(checked: CheckedGraph, node: onnx.NodeProto, name: str) -> Itera
                 f"{k}x{k}s{s}" for k, s in sorted(rules.TIDL_DEPTHWISE_KERNEL_STRIDE)
             )
             yield GraphViolation(
-                "depthwise-conv",
+                rules.DEPTHWISE_RULE,
                 name,
                 f"depthwise Conv with kernel {kernel} and stride {stride} is not run by "
                 f"TIDL; supported: {supported}",

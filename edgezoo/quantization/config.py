@@ -16,6 +16,7 @@ from edgezoo.quantization.grid import (
     check_bias_rule,
     check_bitwidth,
 )
+from edgezoo.quantization.pact2 import check_range_shrink, check_update_gap
 from edgezoo.targets import QDQ_FORMAT, check_scheme, resolve_target
 
 
@@ -86,17 +87,8 @@ class QuantizationConfig:
             )
         check_bitwidth(self.bitwidth_weights)
         check_bitwidth(self.bitwidth_activations)
-        if not 0.0 <= self.range_shrink_percentile < 50.0:
-            raise QuantizationConfigError(
-                f"range_shrink_percentile is a percentage per tail in [0, 50), got "
-                f"{self.range_shrink_percentile!r}; TI's default is 0.01"
-            )
-        gap = self.max_range_update_gap
-        if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
-            raise QuantizationConfigError(
-                f"max_range_update_gap is a number of batches >= 1, got {gap!r}; 1 measures "
-                "every batch"
-            )
+        check_range_shrink(self.range_shrink_percentile)
+        check_update_gap(self.max_range_update_gap, "max_range_update_gap")
 
     @property
     def evaluates_exactly(self) -> bool:

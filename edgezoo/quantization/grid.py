@@ -66,6 +66,11 @@ OUTLIER_CLIP_FACTOR = 120.0 / 128.0
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def is_power_of_two_range(clip_min: float, clip_max: float) -> bool:
+    """Whether (clip_min, clip_max) is a TIDL QAT range: max = 2^k, min = 0 or -max."""
+    return ceil2(clip_max) == clip_max and clip_min in (0.0, -clip_max)
+
+
 def check_bitwidth(bitwidth: int) -> int:
     """Return bitwidth if it is an int in [2, 16], else raise QuantizationConfigError."""
     if isinstance(bitwidth, bool) or not isinstance(bitwidth, int):

@@ -34,6 +34,7 @@ from edgezoo.quantization.grid import (
     check_activation_rounding,
     check_bitwidth,
     fake_quantize_activation,
+    is_power_of_two_range,
 )
 from edgezoo.quantization.range_sync import sync_extrema_, sync_histogram_
 from edgezoo.quantization.saved_flags import SavedFlagsMixin
@@ -174,20 +175,8 @@ class PACT2(SavedFlagsMixin, nn.Module):
         asymmetric: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 <= range_shrink_percentile < 50.0:
-            raise QuantizationConfigError(
-                f"range_shrink_percentile is a per-tail percentage in [0, 50), got "
-                f"{range_shrink_percentile}; the default 0.01 trims 0.01 % from each tail"
-            )
-        if (
-            isinstance(max_update_gap, bool)
-            or not isinstance(max_update_gap, int)
-            or (max_update_gap < 1)
-        ):
-            raise QuantizationConfigError(
-                f"max_update_gap is a number of batches >= 1, got {max_update_gap!r}; 1 measures "
-                "every batch"
-            )
+        check_range_shrink(range_shrink_percentile)
+        check_update_gap(max_update_gap, "max_update_gap")
         self.scales = check_activation_scales(scales)
         if asymmetric and scales != AFFINE_SCALES:
             raise QuantizationConfigError(
@@ -377,7 +366,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._batches_tracked = int(self.num_batches_tracked)
         low, high = self.clip_range()
-        if self.scales == POWER_OF_TWO_SCALES and (ceil2(high) != high or low not in (0.0, -high)):
+        if self.scales == POWER_OF_TWO_SCALES and not is_power_of_two_range(low, high):
             raise CheckpointMismatchError(
                 f"{prefix or 'range'}: the checkpoint's clip ({low:g}, {high:g}) is an affine "
                 "range, not a power-of-two one: it was trained with asymmetric_activations; "
@@ -405,3 +394,24 @@ def _keep_range_when_missing(
     for key in RANGE_BUFFERS:
         state_dict[prefix + key] = getattr(module, key)
     logger.debug("%s: no range in the checkpoint, keeping the current one", prefix or "range")
+
+
+def check_range_shrink(percentile: float) -> float:
+    """A range_shrink_percentile: the share trimmed from each tail, in [0, 50)."""
+    if isinstance(percentile, bool) or not isinstance(percentile, int | float):
+        percentile = float("nan")
+    if not 0.0 <= percentile < 50.0:
+        raise QuantizationConfigError(
+            f"range_shrink_percentile is a percentage per tail in [0, 50), got {percentile!r}; "
+            "TI's default 0.01 trims 0.01 % from each tail"
+        )
+    return float(percentile)
+
+
+def check_update_gap(gap: int, name: str) -> int:
+    """A most number of training batches between two range measurements: an int >= 1."""
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+        raise QuantizationConfigError(
+            f"{name} is a number of batches >= 1, got {gap!r}; 1 measures every batch"
+        )
+    return gap

@@ -130,7 +130,7 @@ def _check_before_wrapping(
     if convert and _module_only_violations(report):
         module = _converted(module, example_input, tidl_rules, report)
         report = check_model(module, example_input, tidl_rules=True)
-    tidl = [v for v in report.violations if v.rule.startswith("tidl-")]
+    tidl = [v for v in report.violations if v.is_tidl_rule]
     module_only = _module_only_violations(report)
     if module_only:
         dataclasses.replace(report, violations=module_only).raise_if_failed()
@@ -140,7 +140,7 @@ def _check_before_wrapping(
 
 
 def _module_only_violations(report: CheckReport) -> list:
-    return [v for v in report.violations if not v.rule.startswith("tidl-")]
+    return [v for v in report.violations if not v.is_tidl_rule]
 
 
 def _converted(

@@ -12,6 +12,15 @@ import math
 
 from edgezoo.errors import UnreadableModelError
 
+# Rule ids, shared by the module lint (edgezoo.check) and the graph verifier (export/verify_*):
+# one rule, one id, whichever of them reports it.
+DEPTHWISE_RULE = "depthwise-conv"
+CONCAT_RULE = "concat-axis"
+RESIZE_RULE = "resize"
+LINT_TIDL_RULES = frozenset({DEPTHWISE_RULE, CONCAT_RULE, RESIZE_RULE})
+"""The TIDL rules the module lint checks before export (the others hold for any module-only
+model quantization can wrap)."""
+
 # Depthwise (kernel, stride) pairs TIDL runs (edgeai-tidl-tools supported ops, release 11.0).
 TIDL_DEPTHWISE_KERNEL_STRIDE = frozenset({(3, 1), (3, 2), (5, 2), (7, 1), (7, 2)})
 
@@ -19,18 +28,22 @@ __all__ = [
     "ACTIVATION_BITS_PROP",
     "ACTIVATION_SCALES_PROP",
     "BIAS_RULE_PROP",
+    "CONCAT_RULE",
     "CONSTANT_OPS",
+    "DEPTHWISE_RULE",
     "EVAL_PRECISION_PROP",
     "EXPORT_OPSETS",
     "HALF_PIXEL_MODES",
     "INPUT_MEAN_PROP",
     "INPUT_STD_PROP",
+    "LINT_TIDL_RULES",
     "MAX_STRIDE2_KERNEL",
     "QUANTIZED_WEIGHT_OPS",
     "RANGE_CONSUMERS",
     "RANGE_PRODUCERS",
     "RESIZE_COORDINATE_MODES",
     "RESIZE_MODES",
+    "RESIZE_RULE",
     "ROUNDING_PROP",
     "TARGET_PROP",
     "TIDL_DEPTHWISE_KERNEL_STRIDE",
