@@ -7,6 +7,7 @@ remove_stale_partials deletes the ones whose writing process no longer runs.
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from edgezoo.errors import DiskFullError
 
@@ -105,3 +107,36 @@ def disk_full_error(path: Path, needed_bytes: int, kept: str) -> DiskFullError:
         f"{path.name} (about {needed_bytes / 2**20:.0f} MB needed); {kept}. Free some space, "
         "then run again"
     )
+
+
+def atomic_write(path: Path, write: Any, needed_bytes: int) -> None:
+    """Call write(file) on a temp file beside path, fsync it, then os.replace it onto path.
+
+    A full disk raises DiskFullError saying where, how much the file needs, and that the file
+    it would have replaced is intact.
+    """
+    try:
+        with atomic_path(path) as temp, open(temp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err, path.parent):
+            raise
+        kept = (
+            f"the previous {path.name} is intact (continue with --resume once there is room)"
+            if path.exists()
+            else f"no {path.name} was written"
+        )
+        raise disk_full_error(path, needed_bytes, kept) from err
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    data = text.encode("utf-8")
+    atomic_write(Path(path), lambda f: f.write(data), len(data))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")

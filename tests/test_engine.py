@@ -278,7 +278,7 @@ def test_cli_bad_data_directory(tmp_path, capsys):
 
 
 def test_epoch_seeding_makes_data_order_independent_of_history(fmnist):
-    from edgezoo.engine.checkpoint import seed_epoch
+    from edgezoo.engine.rng import seed_epoch
 
     seed_epoch(0, 2)
     first = torch.rand(3), np.random.rand()

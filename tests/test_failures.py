@@ -237,7 +237,7 @@ def test_wrapping_names_a_layer_tidl_cannot_import_before_training(caplog):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=3))
     with pytest.raises(TIDLRuleError, match=r"scale_factor 3\.0 is not supported") as info:
         QuantTrainModule(model, torch.rand(1, 3, 8, 8))
-    assert "[tidl-resize] 2" in str(info.value) and "tidl_rules=False" in str(info.value)
+    assert "[resize] 2" in str(info.value) and "tidl_rules=False" in str(info.value)
     q = QuantTrainModule(
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=3)),
         torch.rand(1, 3, 8, 8),

@@ -364,7 +364,7 @@ def _resumed_config(args: argparse.Namespace, name: str):
 
 def _keep_inputs(args: argparse.Namespace) -> None:
     """Refuse an --overwrite that would delete the --checkpoint the run starts from."""
-    from edgezoo.engine.checkpoint import RUN_FILES
+    from edgezoo.engine.run_dir import RUN_FILES
 
     checkpoint = getattr(args, "checkpoint", None)
     if not (args.overwrite and checkpoint):
@@ -379,8 +379,8 @@ def _keep_inputs(args: argparse.Namespace) -> None:
 
 def _prepare_out(args: argparse.Namespace, ctx: Any) -> None:
     """Check --out on every rank before rank 0 clears it, so all ranks agree."""
-    from edgezoo.engine.checkpoint import check_run_dir, clear_run_dir
     from edgezoo.engine.distributed import barrier
+    from edgezoo.engine.run_dir import check_run_dir, clear_run_dir
 
     check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     barrier()
@@ -489,8 +489,8 @@ def _val(record: dict[str, Any]) -> dict[str, float]:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate one model on the validation split and print (and optionally save) its metrics."""
     from edgezoo.engine import TrainConfig, evaluate, setup_distributed
-    from edgezoo.engine.checkpoint import write_json_atomic
     from edgezoo.engine.setup import build_model, is_quantized_state, model_task
+    from edgezoo.fileio import write_json_atomic
     from edgezoo.registry import resolve_name
     from edgezoo.weights import read_state_dict
 

@@ -1,19 +1,12 @@
 """Training engine: float training, PTQ calibration and QAT through one loop, on one process
 or many (torchrun), with atomic checkpoints, exact resume and per-epoch metrics."""
 
-from edgezoo.engine.checkpoint import (
-    BEST,
-    LAST,
-    METRICS_CSV,
-    METRICS_JSON,
-    load_checkpoint,
-    prepare_run_dir,
-    save_checkpoint,
-    seed_everything,
-)
+from edgezoo.engine.checkpoint import save_checkpoint
 from edgezoo.engine.distributed import DistContext, cleanup_distributed, setup_distributed
 from edgezoo.engine.metrics import ClassificationMeter, SegmentationMeter, primary_metric
 from edgezoo.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from edgezoo.engine.rng import seed_everything
+from edgezoo.engine.run_dir import BEST, LAST, METRICS_CSV, METRICS_JSON, prepare_run_dir
 from edgezoo.engine.simulated import simulated_metrics
 from edgezoo.engine.trainer import (
     FIXED_ON_RESUME,
@@ -26,6 +19,7 @@ from edgezoo.engine.trainer import (
     resume_differences,
     weights_module,
 )
+from edgezoo.hub import load_checkpoint
 
 __all__ = [
     "BEST",

@@ -7,12 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgezoo.engine.checkpoint import (
-    METRICS_CSV,
-    METRICS_JSON,
-    write_json_atomic,
-    write_text_atomic,
-)
+from edgezoo.engine.run_dir import METRICS_CSV, METRICS_JSON
+from edgezoo.fileio import write_json_atomic, write_text_atomic
 
 
 def history_csv(history: Sequence[Mapping[str, Any]]) -> str:

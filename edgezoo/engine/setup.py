@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgezoo import hub
-from edgezoo.engine.checkpoint import seed_everything
+from edgezoo.engine.rng import seed_everything
 from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import FLOAT_RUN, RUN_WRAPPER_MODES
 from edgezoo.registry import get_model, model_info

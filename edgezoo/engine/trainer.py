@@ -23,16 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from edgezoo.distillation import DistillationLoss
-from edgezoo.engine.checkpoint import (
-    BEST,
-    LAST,
-    capture_rng_state,
-    load_checkpoint,
-    remove_stale_run_partials,
-    restore_rng_state,
-    save_checkpoint,
-    seed_epoch,
-)
+from edgezoo.engine.checkpoint import save_checkpoint
 from edgezoo.engine.distributed import (
     DistContext,
     as_distributed_error,
@@ -44,7 +35,10 @@ from edgezoo.engine.distributed import (
 from edgezoo.engine.history import write_history
 from edgezoo.engine.metrics import make_meter, primary_metric
 from edgezoo.engine.optim import build_optimizer, build_scheduler
+from edgezoo.engine.rng import capture_rng_state, restore_rng_state, seed_epoch
+from edgezoo.engine.run_dir import BEST, LAST, remove_stale_run_partials
 from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError, UsageError
+from edgezoo.hub import load_checkpoint
 from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, RUN_MODES
 from edgezoo.tasks import CLASSIFICATION, TASKS
 from edgezoo.weights import load_weights
