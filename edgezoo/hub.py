@@ -15,6 +15,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -417,8 +418,11 @@ def _unpickler_detail(err: Exception) -> str:
     return next((line for line in lines if "weights_only" not in line), type(err).__name__)
 
 
-def load_checkpoint(source: str | os.PathLike) -> Any:
+def read_checkpoint(source: str | os.PathLike) -> Any:
     """torch.load a weights file or a run's checkpoint (path or file:// URL) safely, onto the CPU.
+
+    It reads the file (into tensors and containers); putting weights into a model is
+    load_weights (any model, any source) or load_checkpoint_into (a wrapped model).
 
     Only tensors and plain Python containers load (weights_only): a file that holds other
     objects, which could run code when unpickled, is refused with WeightsError.
@@ -447,3 +451,14 @@ def load_checkpoint(source: str | os.PathLike) -> Any:
             f"{path} is not a loadable weights file ({detail}); it must be a torch.save'd "
             "state_dict or checkpoint dict of tensors (a truncated or corrupt file?)"
         ) from err
+
+
+def load_checkpoint(source: str | os.PathLike) -> Any:
+    """Deprecated name of read_checkpoint (it reads a file; the load_* functions fill models)."""
+    warnings.warn(
+        "load_checkpoint is now read_checkpoint (it reads the file; load_weights and "
+        "load_checkpoint_into put weights into a model)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return read_checkpoint(source)

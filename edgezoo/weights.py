@@ -65,7 +65,7 @@ class LoadReport:
 def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
     """A flat state_dict from a state_dict, a checkpoint dict, a path or a file:// URL."""
     if isinstance(source, str | os.PathLike):
-        source = hub.load_checkpoint(source)
+        source = hub.read_checkpoint(source)
     if not isinstance(source, Mapping):
         raise CheckpointMismatchError(
             f"expected a state_dict or checkpoint dict, got {type(source).__name__}"

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from edgezoo.engine import LAST, METRICS_JSON, load_checkpoint
+from edgezoo.engine import LAST, METRICS_JSON, read_checkpoint
 
 
 @pytest.mark.parametrize("command", ["train", "train --qat", "calibrate"])
@@ -45,7 +45,7 @@ def test_two_process_run_keeps_replicas_identical(tmp_path, command):
         timeout=300,
         capture_output=True,
     )
-    checkpoint = load_checkpoint(out / LAST)
+    checkpoint = read_checkpoint(out / LAST)
     assert checkpoint["world_size"] == 2 and checkpoint["epoch"] == 1
     record = json.loads((out / METRICS_JSON).read_text())["history"][0]
     # Every parameter and buffer (weights, BN statistics, activation ranges) of rank 1 equals

@@ -20,8 +20,8 @@ from edgezoo.engine import (
     TrainConfig,
     evaluate,
     fit,
-    load_checkpoint,
     prepare_run_dir,
+    read_checkpoint,
 )
 from edgezoo.engine.checkpoint import save_checkpoint
 from edgezoo.engine.setup import build_model
@@ -92,7 +92,7 @@ def test_float_qat_and_calibration_through_one_loop(fmnist, tmp_path):
     result = fit(model, train, val, _config(), tmp_path / "float", progress=False)
     for name in (LAST, BEST, METRICS_CSV, METRICS_JSON):
         assert (tmp_path / "float" / name).is_file()
-    saved = load_checkpoint(tmp_path / "float" / LAST)
+    saved = read_checkpoint(tmp_path / "float" / LAST)
     assert saved["epoch"] == 1 and saved["config"]["mode"] == "float"
     assert set(saved["model"]) == set(model.state_dict())
     assert 0.0 <= result.final["val_top1"] <= 100.0 and math.isfinite(result.final["train_loss"])
@@ -105,7 +105,7 @@ def test_float_qat_and_calibration_through_one_loop(fmnist, tmp_path):
     assert all(int(r.num_batches_tracked) == 1 for r in _ranges(calibrated))
     assert torch.equal(weights_before, calibrated.module.features[1].conv[1].weight)
     assert all(p.grad is None for p in calibrated.parameters())
-    ptq_state = load_checkpoint(tmp_path / "ptq" / LAST)["model"]
+    ptq_state = read_checkpoint(tmp_path / "ptq" / LAST)["model"]
     assert any(key.endswith("clips_act") for key in ptq_state)
 
     qat = build_model("mobilenetv2", 10, 32, mode="qat", checkpoint=float_checkpoint)
@@ -167,7 +167,7 @@ def test_interrupted_run_resumes_to_the_same_weights(fmnist, tmp_path, mode):
     interrupting = _Interrupting(train, after=16 + 16 + 12)
     with pytest.raises(KeyboardInterrupt):
         fit(fresh_model(), interrupting, val, config, tmp_path / "cut", progress=False)
-    saved = load_checkpoint(tmp_path / "cut" / LAST)
+    saved = read_checkpoint(tmp_path / "cut" / LAST)
     assert saved["epoch"] == 1  # the last complete checkpoint is intact and loadable
 
     resumed = fresh_model()
@@ -191,7 +191,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
-    assert load_checkpoint(path) == {"epoch": 1}
+    assert read_checkpoint(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == [LAST]
 
 
@@ -235,7 +235,7 @@ def test_cli_train_refuses_existing_run_resumes_and_evaluates(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
     assert main(["train", *common, "--out", str(out), "--resume"]) == 0
-    assert load_checkpoint(out / LAST)["epoch"] == 1  # already complete: nothing more to do
+    assert read_checkpoint(out / LAST)["epoch"] == 1  # already complete: nothing more to do
 
     assert (
         main(

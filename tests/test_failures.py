@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 import edgezoo
 from edgezoo.cli import main
 from edgezoo.data import build_task_data
-from edgezoo.engine import LAST, TrainConfig, fit, load_checkpoint
+from edgezoo.engine import LAST, TrainConfig, fit, read_checkpoint
 from edgezoo.engine import checkpoint as checkpoint_module
 from edgezoo.engine.distributed import as_distributed_error, setup_distributed
 from edgezoo.errors import (
@@ -154,7 +154,7 @@ def test_seed_makes_a_run_from_scratch_repeat(capsys, tmp_path):
     for run, seed in (("a", "1"), ("b", "1"), ("c", "2")):
         out = tmp_path / run
         assert main(["train", *QUICK, "--epochs", "1", "--seed", seed, "--out", str(out)]) == 0
-        states.append(load_checkpoint(out / LAST)["model"])
+        states.append(read_checkpoint(out / LAST)["model"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
 
@@ -175,7 +175,7 @@ def test_resume_refuses_options_that_differ_and_extends_epochs(capsys, tmp_path,
     assert status == 2
     assert f"--checkpoint {out / LAST} would be ignored" in err
     assert main(["train", *QUICK, "--resume", "--epochs", "2", "--out", str(out)]) == 0
-    assert load_checkpoint(out / LAST)["epoch"] == 2
+    assert read_checkpoint(out / LAST)["epoch"] == 2
     assert "with --epochs 2 instead of 1" in caplog.text
 
 
@@ -190,7 +190,7 @@ def _fit_tiny(out: Path, epochs: int, resume: bool = False, lr: float = 1e-3) ->
 def test_a_full_disk_names_the_folder_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _fit_tiny(out, epochs=1)
-    good = load_checkpoint(out / LAST)
+    good = read_checkpoint(out / LAST)
 
     def full_disk(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")
@@ -203,7 +203,7 @@ def test_a_full_disk_names_the_folder_and_keeps_the_last_checkpoint(tmp_path, mo
     message = str(info.value)
     assert "is full (0 MB free) while writing last.pth" in message and "MB needed" in message
     monkeypatch.undo()
-    assert load_checkpoint(out / LAST)["epoch"] == good["epoch"]
+    assert read_checkpoint(out / LAST)["epoch"] == good["epoch"]
     assert not list((tmp_path / "second").glob(".*.partial"))
 
 
@@ -315,4 +315,4 @@ def test_the_library_and_the_cli_resume_under_one_rule(tmp_path):
     with pytest.raises(ResumeMismatchError, match=r"lr: saved 0.001, now 0.01"):
         _fit_tiny(out, epochs=2, resume=True, lr=1e-2)
     _fit_tiny(out, epochs=2, resume=True)  # more epochs: allowed
-    assert load_checkpoint(out / LAST)["epoch"] == 2
+    assert read_checkpoint(out / LAST)["epoch"] == 2

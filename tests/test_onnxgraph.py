@@ -101,3 +101,11 @@ def test_renamed_spellings_warn_and_still_answer():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pact.rounding_enabled is False and "rounding_enabled=False" in repr(pact)
+
+
+def test_load_checkpoint_is_read_checkpoint_with_a_warning(tmp_path):
+    from edgezoo.engine import load_checkpoint, read_checkpoint
+
+    torch.save({"epoch": 3}, tmp_path / "c.pth")
+    with pytest.warns(DeprecationWarning, match="read_checkpoint"):
+        assert load_checkpoint(tmp_path / "c.pth") == read_checkpoint(tmp_path / "c.pth")

@@ -19,7 +19,7 @@ from edgezoo.engine.trainer import (
     resume_differences,
     weights_module,
 )
-from edgezoo.hub import load_checkpoint
+from edgezoo.hub import load_checkpoint, read_checkpoint
 
 __all__ = [
     "BEST",
@@ -44,6 +44,7 @@ __all__ = [
     "load_run_config",
     "prepare_run_dir",
     "primary_metric",
+    "read_checkpoint",
     "resume_differences",
     "save_checkpoint",
     "seed_everything",

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically with torch.save, read with edgezoo.hub.load_checkpoint
+"""Checkpoints: written atomically with torch.save, read with edgezoo.hub.read_checkpoint
 (weights_only). The run folder's rules live in run_dir.py, the random generators in rng.py and
 atomic file writes in edgezoo.fileio; their names are still importable from here."""
 
@@ -22,7 +22,7 @@ from edgezoo.engine.run_dir import (
     remove_stale_run_partials,
 )
 from edgezoo.fileio import atomic_write, write_json_atomic, write_text_atomic
-from edgezoo.hub import load_checkpoint
+from edgezoo.hub import read_checkpoint
 
 __all__ = [
     "BEST",
@@ -34,8 +34,8 @@ __all__ = [
     "check_run_dir",
     "clear_run_dir",
     "holds_run",
-    "load_checkpoint",
     "prepare_run_dir",
+    "read_checkpoint",
     "remove_stale_run_partials",
     "restore_rng_state",
     "save_checkpoint",

@@ -38,7 +38,7 @@ from edgezoo.engine.optim import build_optimizer, build_scheduler
 from edgezoo.engine.rng import capture_rng_state, restore_rng_state, seed_epoch
 from edgezoo.engine.run_dir import BEST, LAST, remove_stale_run_partials
 from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError, UsageError
-from edgezoo.hub import load_checkpoint
+from edgezoo.hub import read_checkpoint
 from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, RUN_MODES
 from edgezoo.tasks import CLASSIFICATION, TASKS
 from edgezoo.weights import load_weights
@@ -394,7 +394,7 @@ def _resume(
     out_dir: Path, owner: nn.Module, optimization: _Optimization, config: TrainConfig
 ) -> _Progress:
     """Load out_dir/last.pth into the model, optimizer and RNGs; return the run's progress."""
-    checkpoint = load_checkpoint(out_dir / LAST)
+    checkpoint = read_checkpoint(out_dir / LAST)
     _check_resumable(checkpoint["config"], config, out_dir / LAST)
     load_weights(owner, checkpoint["model"], strict=True)
     optimization.load(checkpoint)
@@ -607,5 +607,5 @@ def _describe(record: dict[str, Any], config: TrainConfig) -> str:
 
 def load_run_config(out_dir: str | os.PathLike) -> TrainConfig:
     """The settings a run in out_dir was started with (from its last.pth)."""
-    saved = load_checkpoint(Path(out_dir) / LAST)["config"]
+    saved = read_checkpoint(Path(out_dir) / LAST)["config"]
     return TrainConfig(**saved)
