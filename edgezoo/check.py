@@ -38,6 +38,10 @@ _CLIP_ADVICE = "use an nn.ReLU6 or nn.Hardtanh module, one instance per use"
 _ADD_ADVICE = "use edgezoo.layers.AddBlock"
 _OWN_MODULE_ADVICE = "move it into a module of its own so quantization gives it its own range"
 _CAT_ADVICE = "use edgezoo.layers.CatBlock"
+_MUL_ADVICE = (
+    "use edgezoo.layers.MulBlock for a product of two tensors (a gate or per-channel scale); "
+    "fold a constant factor into the layer before it"
+)
 _RESIZE_ADVICE = "use edgezoo.layers.ResizeWith"
 
 # Range-changing ops that must run inside a module: op name -> (what the user wrote, what to do).
@@ -67,9 +71,9 @@ _WATCHED_OPS: dict[str, tuple[str, str]] = {
     "sub_": ("in-place sub (`-=`)", _OWN_MODULE_ADVICE),
     "__rsub__": ("sub (`-`)", _OWN_MODULE_ADVICE),
     "rsub": ("sub (`-`)", _OWN_MODULE_ADVICE),
-    "mul": ("mul (`*`)", _OWN_MODULE_ADVICE),
-    "mul_": ("in-place mul (`*=`)", _OWN_MODULE_ADVICE),
-    "__rmul__": ("mul (`*`)", _OWN_MODULE_ADVICE),
+    "mul": ("mul (`*`)", _MUL_ADVICE),
+    "mul_": ("in-place mul (`*=`)", _MUL_ADVICE),
+    "__rmul__": ("mul (`*`)", _MUL_ADVICE),
     "div": ("div (`/`)", _OWN_MODULE_ADVICE),
     "div_": ("in-place div (`/=`)", _OWN_MODULE_ADVICE),
     "__rdiv__": ("div (`/`)", _OWN_MODULE_ADVICE),

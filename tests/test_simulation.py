@@ -157,8 +157,11 @@ def test_a_missing_clip_or_an_unknown_op_names_the_node(tmp_path, capsys):
     model = graph([node_in, conv, add], [*init_in, ("w", [[[[0.5]]]])], [1, 1, 1, 1])
     with pytest.raises(SimulationError, match=r"node add3 \(Add\) reads an accumulator"):
         simulate_tidl(model, np.zeros((1, 1, 1, 1), np.float32))
+    tanh = helper.make_node("Tanh", ["q"], ["y"], name="tanh")
+    with pytest.raises(SimulationError, match=r"node tanh \(Tanh\) has no definition"):
+        simulate_tidl(graph([node_in, tanh], init_in, [1, 1, 1, 1]), np.zeros((1, 1, 1, 1)))
     sigmoid = helper.make_node("Sigmoid", ["q"], ["y"], name="sig")
-    with pytest.raises(SimulationError, match=r"node sig \(Sigmoid\) has no definition"):
+    with pytest.raises(SimulationError, match=r"node sig \(Sigmoid\) is not followed by a Clip"):
         simulate_tidl(graph([node_in, sigmoid], init_in, [1, 1, 1, 1]), np.zeros((1, 1, 1, 1)))
     onnx.save(model, tmp_path / "unclipped.onnx")
     assert main(["simulate", str(tmp_path / "unclipped.onnx"), "--batches", "1"]) == 2

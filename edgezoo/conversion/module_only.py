@@ -38,7 +38,12 @@ __all__ = ["ConversionReport", "make_module_only"]
 
 logger = logging.getLogger(__name__)
 
-_EDGEZOO_LEAVES = (edgezoo.layers.AddBlock, edgezoo.layers.CatBlock, edgezoo.layers.ResizeWith)
+_EDGEZOO_LEAVES = (
+    edgezoo.layers.AddBlock,
+    edgezoo.layers.CatBlock,
+    edgezoo.layers.MulBlock,
+    edgezoo.layers.ResizeWith,
+)
 
 
 @dataclass

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from edgezoo.layers import AddBlock, CatBlock, ResizeWith, validate_resize
+from edgezoo.layers import AddBlock, CatBlock, MulBlock, ResizeWith, validate_resize
+from edgezoo.layers.mul_block import mul_broadcast_problem
 
 __all__ = ["Rewrite", "Site", "find_rewrite"]
 
@@ -50,6 +51,17 @@ def _add(site: Site) -> Rewrite | None:
     if site.shape(a) != site.shape(b):
         return None  # a broadcasting add is not TIDL's Add; check_model names it
     return Rewrite("add", AddBlock(), ([a, b],), mutates=a if site.arguments["inplace"] else None)
+
+
+def _mul(site: Site) -> Rewrite | None:
+    a, b = site.arguments["input"], site.arguments["other"]
+    if not (site.is_tensor(a) and site.is_tensor(b)):
+        return None  # a constant factor: check_model says to fold it into the layer before
+    if mul_broadcast_problem(site.shape(a), site.shape(b)) is not None:
+        return None  # not TIDL's Mul; check_model names it
+    if site.arguments["inplace"] and site.shape(site.node) != site.shape(a):
+        return None
+    return Rewrite("mul", MulBlock(), ([a, b],), mutates=a if site.arguments["inplace"] else None)
 
 
 def _cat(site: Site) -> Rewrite | None:
@@ -140,6 +152,8 @@ def _register(targets: Sequence[Any], names: Sequence[str], defaults: dict, rewr
 
 _register((operator.add, torch.add, "add"), ("input", "other", "alpha"), {"inplace": False}, _add)
 _register((operator.iadd, "add_"), ("input", "other", "alpha"), {"inplace": True}, _add)
+_register((operator.mul, torch.mul, "mul"), ("input", "other"), {"inplace": False}, _mul)
+_register((operator.imul, "mul_"), ("input", "other"), {"inplace": True}, _mul)
 _register((torch.cat, torch.concat, torch.concatenate), ("tensors", "dim"), {}, _cat)
 _register((F.relu, torch.relu, "relu"), _INPLACE, {}, _activation("relu", nn.ReLU, "inplace"))
 _register((torch.relu_, "relu_"), _INPUT, {}, _activation("relu", lambda: nn.ReLU(True)))

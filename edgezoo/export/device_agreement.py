@@ -24,6 +24,7 @@ from edgezoo.export.session import onnxruntime_session
 from edgezoo.module_state import kept_modes
 from edgezoo.onnxgraph.tools import without_argmax
 from edgezoo.simulation import parity_report, simulate_tidl
+from edgezoo.simulation.runner import ASSUMED_OPS
 
 __all__ = [
     "int8_agreement",
@@ -108,20 +109,22 @@ def _with_integer_figure(
     example: Tensor,
     quantized_output: Tensor,
 ) -> ExportReport:
-    """The report with integer_parity of the graph's logits; unchanged (logged) for a graph
-    TIDL's arithmetic is not defined on (e.g. a QAT model trained without an input range)."""
+    """The report with integer_parity of the graph's logits, or, for a graph the simulation
+    does not define (e.g. a QAT model trained without an input range), why it was not run."""
     graph = without_argmax(proto) if argmax else proto
     try:
         steps, share = integer_parity(graph, example, quantized_output)
     except SimulationError as err:
-        logger.info("no integer simulation of this graph: %s", err)
-        return report
+        logger.warning("no integer simulation of this graph: %s", err)
+        return dataclasses.replace(report, integer_not_simulated=str(err))
     first = None if steps == 0 else _first_differing_layer(graph, example)
+    assumed = sorted({n.op_type for n in graph.graph.node} & ASSUMED_OPS)
     return dataclasses.replace(
         report,
         integer_max_steps=steps,
         integer_share_differing=share,
         integer_first_difference=first,
+        integer_assumed_ops=tuple(assumed),
     )
 
 

@@ -25,7 +25,19 @@ __all__ = ["QDQ_OPS", "check_qdq_graph", "is_qdq_graph"]
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _NEEDS_QDQ = frozenset(
-    {"Conv", "Gemm", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize"}
+    {
+        "Conv",
+        "Gemm",
+        "Add",
+        "Mul",
+        "Concat",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Resize",
+        "Sigmoid",
+        "HardSigmoid",
+    }
 )
 """Layers that read dequantized inputs and whose outputs are quantized again."""
 _SYMMETRIC_ONLY = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "ArgMax"})

@@ -81,6 +81,12 @@ class ExportReport:
     integer_max_steps: float | None = None
     integer_share_differing: float | None = None
     integer_first_difference: str | None = None
+    integer_assumed_ops: tuple[str, ...] = ()
+    """Ops of the graph whose device arithmetic the simulation assumes rather than knows
+    (simulation.ASSUMED_OPS): the integer figure holds for edgezoo's model of them."""
+    integer_not_simulated: str | None = None
+    """Why a QAT Clip graph was not simulated (an op or form the simulation does not define):
+    its integers are unchecked, which the report says."""
     target: str = "tda4vm"
     int8: RuntimeAgreement | None = None
     """For a QDQ export: onnxruntime's int8 kernels against the QAT model (RuntimeAgreement)."""
@@ -143,6 +149,17 @@ class ExportReport:
             )
             if self.integer_first_difference:
                 lines.append(f"    first differing layer: {self.integer_first_difference}")
+            if self.integer_assumed_ops:
+                lines.append(
+                    f"    assumed, not known: {', '.join(self.integer_assumed_ops)} simulated as "
+                    "QAT computes them, rounded onto their range (TIDL's lookup tables are not "
+                    "modelled); check these layers on the device"
+                )
+        if self.integer_not_simulated:
+            lines.append(
+                f"  TIDL integer simulation: not run, so the device's integers are unchecked "
+                f"({self.integer_not_simulated})"
+            )
         lines += [f"  {figure}" for figure in (self.qdq_semantics, self.int8) if figure]
         if self.aligned_weights:
             lines.append(f"  weights nudged onto TIDL's grid: {', '.join(self.aligned_weights)}")

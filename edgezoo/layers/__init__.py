@@ -3,6 +3,7 @@
 from edgezoo.layers.add_block import AddBlock
 from edgezoo.layers.cat_block import CatBlock
 from edgezoo.layers.conv_norm_act import ConvNormAct
+from edgezoo.layers.mul_block import MulBlock
 from edgezoo.layers.resize import TIDL_RESIZE_MODES, ResizeWith, resize_with, validate_resize
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "AddBlock",
     "CatBlock",
     "ConvNormAct",
+    "MulBlock",
     "ResizeWith",
     "resize_with",
     "validate_resize",

@@ -5,8 +5,9 @@ From the leaf graph of one forward (graph.py) the rules of TI's v1 design are ap
   power-of-two clip);
 - each Conv2d / Linear becomes a unit (weight_layers.py) sharing its parameter tensors; a Conv2d
   whose only consumer is a BatchNorm2d beside it folds that BN, whose slot becomes nn.Identity;
-- a unit output that no activation reads gets a signed PACT2; AddBlock / CatBlock and
-  non-global pools not followed by an activation get one too (signed decided by the data);
+- a unit output that no activation reads gets a signed PACT2; AddBlock / CatBlock / MulBlock,
+  Sigmoid / Hardsigmoid gates and non-global pools not followed by an activation get one too
+  (signed decided by the data);
 - the model input gets a PACT2 in each layer that reads it, and the model outputs get one
   when `quantize_output` is set. Resize, Flatten, global pooling and dropout get no new range.
 
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from edgezoo.errors import ModuleOnlyViolationError, QuantizationConfigError
-from edgezoo.layers import AddBlock, CatBlock, ResizeWith
+from edgezoo.layers import AddBlock, CatBlock, MulBlock, ResizeWith
 from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
 from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
 from edgezoo.quantization.config import QuantizationConfig
@@ -45,15 +46,18 @@ from edgezoo.quantization.weight_layers import (
 
 logger = logging.getLogger(__name__)
 
-ACTIVATION, WEIGHT, NORM, MERGE, POOL, PASSTHROUGH, OTHER = (
+ACTIVATION, WEIGHT, NORM, MERGE, POOL, GATE, PASSTHROUGH, OTHER = (
     "activation",
     "weight",
     "norm",
     "merge",
     "pool",
+    "gate",
     "passthrough",
     "other",
 )
+_GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid)
+"""Bounded non-linearities (outputs in [0, 1]) that TIDL runs; each gets an output range."""
 
 _QUANT_WEIGHT_LAYERS: dict[type[nn.Module], type[QuantWeightMixin]] = {
     nn.Conv2d: QuantConv2d,
@@ -90,8 +94,10 @@ def layer_kind(module: nn.Module) -> str:
         return WEIGHT
     if type(module) in QUANT_BATCH_NORMS:
         return NORM
-    if isinstance(module, AddBlock | CatBlock):
+    if isinstance(module, AddBlock | CatBlock | MulBlock):
         return MERGE
+    if type(module) in _GATE_TYPES:
+        return GATE
     if isinstance(module, _PASSTHROUGH_TYPES) or is_global_pool(module):
         return PASSTHROUGH
     if isinstance(module, _POOL_TYPES):
@@ -194,7 +200,7 @@ class _Planner:
             elif kind in (WEIGHT, NORM) and name not in self.bn_of_conv and self._needs_range(node):
                 owner = self.conv_of_bn.get(name, name)
                 self.output_ranges[owner] = self.new_range(True, module, name)
-            elif kind in (MERGE, POOL) and self._needs_range(node):
+            elif kind in (MERGE, POOL, GATE) and self._needs_range(node):
                 self.output_ranges[name] = self.new_range(None, module, name)
         if self.config.quantize_output:
             self._plan_output_ranges()

@@ -176,6 +176,19 @@ class IntegerArithmetic:
         data = a.data.to(dtype) * shifts[0] + b.data.to(dtype) * shifts[1]
         return IntegerValue(data, exponent)
 
+    def mul(self, a: IntegerValue, b: IntegerValue) -> IntegerValue:
+        """The exact integer product at the sum of the scales (broadcast like the graph's Mul);
+        the Clip after it requantizes it."""
+        dtype = _exact_dtype(_peak(a) * _peak(b))
+        return IntegerValue(a.data.to(dtype) * b.data.to(dtype), a.exponent + b.exponent)
+
+    def gate(self, value: IntegerValue, function, grid: Grid) -> IntegerValue:
+        """function of the dequantized values in QAT's precision, rounded onto grid."""
+        x = value.dequantize().to(self.input_dtype)
+        rounded = _fake_quantize(function(x), grid, self.bits.activations, self.rounding_mode)
+        data = (rounded.double() * 2.0**grid.exponent).float()
+        return IntegerValue(data, grid.exponent, grid)
+
     def concat(self, values: list[IntegerValue], axis: int) -> IntegerValue:
         exponent = max(v.exponent for v in values)
         shifts = [2.0 ** (exponent - v.exponent) for v in values]
@@ -294,6 +307,12 @@ class FloatArithmetic:
 
     def add(self, a: FloatValue, b: FloatValue) -> FloatValue:
         return FloatValue(torch.add(a.data, b.data))
+
+    def mul(self, a: FloatValue, b: FloatValue) -> FloatValue:
+        return FloatValue(torch.mul(a.data, b.data))
+
+    def gate(self, value: FloatValue, function, grid: Grid) -> FloatValue:
+        return FloatValue(function(value.data))
 
     def concat(self, values: list[FloatValue], axis: int) -> FloatValue:
         return FloatValue(torch.cat([v.data for v in values], dim=axis))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from edgezoo.errors import SimulationError
@@ -20,7 +21,7 @@ from edgezoo.onnxgraph.tools import node_attributes, order_problem
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
 
-__all__ = ["GraphProgram", "GraphRun"]
+__all__ = ["ASSUMED_OPS", "GraphProgram", "GraphRun"]
 
 _SUPPORTED = frozenset(
     {
@@ -28,6 +29,9 @@ _SUPPORTED = frozenset(
         "Conv",
         "Gemm",
         "Add",
+        "Mul",
+        "Sigmoid",
+        "HardSigmoid",
         "Concat",
         "MaxPool",
         "AveragePool",
@@ -39,6 +43,11 @@ _SUPPORTED = frozenset(
         "Constant",
     }
 )
+
+
+ASSUMED_OPS = frozenset({"Sigmoid", "HardSigmoid"})
+"""Ops whose TIDL arithmetic (a lookup table) edgezoo does not know: simulated as the QAT model
+computes them, rounded onto their output range, so agreement there is with that model."""
 
 
 @dataclass
@@ -202,6 +211,33 @@ class _Runner:
 
     def _add(self, node: onnx.NodeProto, name: str) -> Value:
         return self.arithmetic.add(self._ranged(node, name, 0), self._ranged(node, name, 1))
+
+    def _mul(self, node: onnx.NodeProto, name: str) -> Value:
+        return self.arithmetic.mul(self._ranged(node, name, 0), self._ranged(node, name, 1))
+
+    def _sigmoid(self, node: onnx.NodeProto, name: str) -> Value:
+        return self._gate(node, name, torch.sigmoid)
+
+    def _hardsigmoid(self, node: onnx.NodeProto, name: str) -> Value:
+        attrs = node_attributes(node)
+        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+        if (alpha, beta) == (1 / 6, 0.5) or (abs(alpha - 1 / 6) < 1e-7 and beta == 0.5):
+            return self._gate(node, name, F.hardsigmoid)  # PyTorch's, bit for bit
+        return self._gate(node, name, lambda x: (x * alpha + beta).clamp_(0.0, 1.0))
+
+    def _gate(self, node: onnx.NodeProto, name: str, function) -> Value:
+        """A bounded non-linearity of a ranged value, rounded onto the grid of the Clip that
+        reads it (TIDL's lookup tables are not modelled: the function is evaluated in QAT's
+        precision and rounded as QAT rounds it)."""
+        value = self._ranged(node, name)
+        readers = self.graph.readers(node.output[0])
+        if not readers or any(reader.op_type != "Clip" for reader in readers):
+            raise SimulationError(
+                f"node {name} ({node.op_type}) is not followed by a Clip: its output has no "
+                "range; export the QAT model with edgezoo.export_onnx, which gives it one"
+            )
+        grid = Grid.of_clip(*self._clip_bounds(readers[0], name), self.bitwidth)
+        return self.arithmetic.gate(value, function, grid)
 
     def _concat(self, node: onnx.NodeProto, name: str) -> Value:
         values = [self._ranged(node, name, i) for i in range(len(node.input))]

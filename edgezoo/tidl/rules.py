@@ -112,7 +112,18 @@ RESIZE_COORDINATE_MODES: frozenset[str] = frozenset(
 )
 
 RANGE_PRODUCERS: frozenset[str] = frozenset(
-    {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "BatchNormalization"}
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Mul",
+        "Concat",
+        "BatchNormalization",
+        "Sigmoid",
+        "HardSigmoid",
+    }
 )
 """Ops whose output range TIDL must know: a QAT graph clips each output before the next one."""
 
