@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 import edgezoo.layers
 from edgezoo.conversion.norm_act import is_norm_act
 from edgezoo.errors import ModuleOnlyViolationError, TIDLRuleError
-from edgezoo.layers import validate_resize
+from edgezoo.layers import SELF_GATED, validate_resize
 from edgezoo.module_state import kept_modes
 from edgezoo.tidl.rules import (
     CONCAT_RULE,
@@ -60,10 +60,10 @@ _WATCHED_OPS: dict[str, tuple[str, str]] = {
     "clamp_min": ("clamp_min", _CLIP_ADVICE),
     "clamp_max": ("clamp_max", _CLIP_ADVICE),
     "leaky_relu": ("leaky_relu", "use an nn.LeakyReLU module, one instance per use"),
-    "hardswish": ("hardswish", "use an nn.Hardswish module, one instance per use"),
+    "hardswish": ("hardswish", "use edgezoo.layers.SelfGate(nn.Hardsigmoid()), one per use"),
     "hardsigmoid": ("hardsigmoid", "use an nn.Hardsigmoid module, one instance per use"),
     "sigmoid": ("sigmoid", "use an nn.Sigmoid module, one instance per use"),
-    "silu": ("silu", "use an nn.SiLU module, one instance per use"),
+    "silu": ("silu", "use edgezoo.layers.SelfGate(nn.Sigmoid()), one instance per use"),
     "add": ("add (`+`)", _ADD_ADVICE),
     "add_": ("in-place add (`+=`)", _ADD_ADVICE),
     "__radd__": ("add (`+`)", _ADD_ADVICE),
@@ -232,6 +232,13 @@ class _ForwardTracer:
                 "gets a range); make_module_only splits it, or use nn.BatchNorm2d + activation"
             )
             self._collector.add("norm-act", self._name_of(module), message, _call_site())
+        if type(module) in SELF_GATED:
+            message = (
+                f"{type(module).__name__} is x * gate(x): quantization needs the gate and the "
+                "product apart (each gets a range; TIDL runs them as its Sigmoid/HardSigmoid "
+                "and Mul); make_module_only splits it, or use edgezoo.layers.SelfGate"
+            )
+            self._collector.add("self-gate", self._name_of(module), message, _call_site())
 
     def leave(self, module: nn.Module, _args: object, _output: object) -> None:
         if self._stack and self._stack[-1] is module:

@@ -9,7 +9,7 @@ from torch import nn
 
 from edgezoo import QuantTrainModule, check_model, export_onnx, make_module_only, verify_onnx
 from edgezoo.errors import SimulationError, UsageError
-from edgezoo.layers import MulBlock
+from edgezoo.layers import MulBlock, SelfGate
 from edgezoo.quantization import QuantizationConfig
 from edgezoo.simulation import simulate_tidl
 
@@ -156,3 +156,50 @@ def test_squeeze_excitation_exports_as_qdq_with_exact_semantics(tmp_path):
         export_format="qdq",
     )
     assert report.ok and report.qdq_semantics.max_steps == 0
+
+
+@pytest.mark.parametrize("activation", [nn.SiLU, nn.Hardswish])
+def test_silu_and_hardswish_become_a_gate_and_a_product_with_ranges(activation, tmp_path):
+    """x * gate(x): flagged by the lint, split by wrapping, exported as gate + Mul with Clips."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        activation(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        activation(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    (violation,) = check_model(model, images(1)).violations  # both uses, one message
+    assert violation.rule == "self-gate" and len(violation.other_modules) == 1
+    expected = model.eval()(images(2))
+    converted = make_module_only(model, images(1))
+    assert sum(isinstance(m, SelfGate) for m in converted.modules()) == 2
+    assert torch.allclose(converted(images(2)), expected, atol=1e-6)
+    q = QuantTrainModule(model.train(), images(1))
+    q(images(4))
+    report = export_onnx(
+        q.eval(), tmp_path / "g.onnx", example_input=images(1), write_configs=False
+    )
+    assert report.ok and report.integer_max_steps == 0 and report.node_counts["Mul"] == 2
+
+
+def test_a_learned_scale_is_not_a_range_product():
+    """ConvNeXt's layer scale multiplies by a parameter: a weight to fold, not a MulBlock."""
+
+    class LayerScale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.gamma = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.conv(x) * self.gamma.reshape(1, -1, 1, 1)
+
+    converted = make_module_only(LayerScale(), images(1))
+    assert not any(isinstance(m, MulBlock) for m in converted.modules())
+    assert converted(images(3)).shape == (3, 4, 16, 16)  # any batch size still runs
+    violations = check_model(converted, images(1)).violations
+    assert [v.rule for v in violations] == ["functional-op"] and "fold" in violations[0].message

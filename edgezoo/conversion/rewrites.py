@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from edgezoo.layers import AddBlock, CatBlock, MulBlock, ResizeWith, validate_resize
+from edgezoo.layers import (
+    SELF_GATED,
+    AddBlock,
+    CatBlock,
+    MulBlock,
+    ResizeWith,
+    SelfGate,
+    validate_resize,
+)
 from edgezoo.layers.mul_block import mul_broadcast_problem
 
 __all__ = ["Rewrite", "Site", "find_rewrite"]
@@ -57,11 +65,27 @@ def _mul(site: Site) -> Rewrite | None:
     a, b = site.arguments["input"], site.arguments["other"]
     if not (site.is_tensor(a) and site.is_tensor(b)):
         return None  # a constant factor: check_model says to fold it into the layer before
+    if not (_reads_input(a) and _reads_input(b)):
+        return None  # a learned scale (ConvNeXt's layer scale) is a weight, not a range
     if mul_broadcast_problem(site.shape(a), site.shape(b)) is not None:
         return None  # not TIDL's Mul; check_model names it
     if site.arguments["inplace"] and site.shape(site.node) != site.shape(a):
         return None
     return Rewrite("mul", MulBlock(), ([a, b],), mutates=a if site.arguments["inplace"] else None)
+
+
+def _reads_input(node: fx.Node) -> bool:
+    """Whether a traced value depends on the model's input (not only on parameters)."""
+    pending, seen = [node], {node}
+    while pending:
+        current = pending.pop()
+        if current.op == "placeholder":
+            return True
+        for parent in current.all_input_nodes:
+            if parent not in seen:
+                seen.add(parent)
+                pending.append(parent)
+    return False
 
 
 def _cat(site: Site) -> Rewrite | None:
@@ -77,6 +101,17 @@ def _activation(kind: str, build: Callable[..., nn.Module], *keys: str) -> Calla
     def rewrite(site: Site) -> Rewrite:
         options = {key: site.arguments[key] for key in keys if key in site.arguments}
         return Rewrite(kind, build(**options), (site.arguments["input"],))
+
+    return rewrite
+
+
+def _self_gate(kind: str, activation: type[nn.Module]) -> Callable:
+    """x * gate(x) activations as a SelfGate (gate and product each get a range)."""
+
+    def rewrite(site: Site) -> Rewrite:
+        x = site.arguments["input"]
+        mutates = x if site.arguments.get("inplace") else None
+        return Rewrite(kind, SelfGate.replacing(activation()), (x,), mutates=mutates)
 
     return rewrite
 
@@ -171,9 +206,9 @@ _register(
     {},
     _activation("leaky_relu", nn.LeakyReLU, "negative_slope", "inplace"),
 )
-_register((F.hardswish,), _INPLACE, {}, _activation("hardswish", nn.Hardswish, "inplace"))
+_register((F.hardswish,), _INPLACE, {}, _self_gate("hardswish", nn.Hardswish))
 _register((F.hardsigmoid,), _INPLACE, {}, _activation("hardsigmoid", nn.Hardsigmoid, "inplace"))
-_register((F.silu,), _INPLACE, {}, _activation("silu", nn.SiLU, "inplace"))
+_register((F.silu,), _INPLACE, {}, _self_gate("silu", nn.SiLU))
 _register((torch.sigmoid, F.sigmoid, "sigmoid"), _INPUT, {}, _activation("sigmoid", nn.Sigmoid))
 _POOL_ARGS = ("input", "kernel_size", "stride", "padding")
 _register(
@@ -243,6 +278,11 @@ def find_rewrite(node: fx.Node, modules: dict[str, nn.Module], shape: Callable) 
         module = modules[node.target]
         if type(module) is nn.Upsample:
             return _resize(Site(node, _upsample_arguments(module, node), shape))
+        if type(module) in SELF_GATED:
+            arguments = {"input": node.args[0], "inplace": getattr(module, "inplace", False)}
+            return _self_gate(type(module).__name__.lower(), type(module))(
+                Site(node, arguments, shape)
+            )
         return None
     if node.op not in ("call_function", "call_method"):
         return None

@@ -5,14 +5,17 @@ from edgezoo.layers.cat_block import CatBlock
 from edgezoo.layers.conv_norm_act import ConvNormAct
 from edgezoo.layers.mul_block import MulBlock
 from edgezoo.layers.resize import TIDL_RESIZE_MODES, ResizeWith, resize_with, validate_resize
+from edgezoo.layers.self_gate import SELF_GATED, SelfGate
 
 __all__ = [
+    "SELF_GATED",
     "TIDL_RESIZE_MODES",
     "AddBlock",
     "CatBlock",
     "ConvNormAct",
     "MulBlock",
     "ResizeWith",
+    "SelfGate",
     "resize_with",
     "validate_resize",
 ]
