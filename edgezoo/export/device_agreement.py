@@ -3,6 +3,7 @@ graph, TIDL's integer simulation of a Clip graph, onnxruntime's int8 kernels on 
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -41,14 +42,19 @@ _QAT_CHUNK = 32
 
 
 def integer_parity(
-    proto: onnx.ModelProto, example: Tensor, quantized_output: Tensor
+    proto: onnx.ModelProto, example: Tensor, quantized_output: Tensor | Sequence[Tensor]
 ) -> tuple[float, float]:
-    """How far TIDL's integer arithmetic (simulate_tidl) is from the QAT model's eval output:
-    (max difference in output steps, share of output elements that differ)."""
-    (device,) = simulate_tidl(proto, example.detach().cpu(), return_integers=True)
-    qat = quantized_output.detach().cpu().double().numpy() * device.scale
-    apart = np.abs(qat - device.integers)
-    return float(apart.max(initial=0.0)), float((apart > 0).mean()) if apart.size else 0.0
+    """How far TIDL's integer arithmetic (simulate_tidl) is from the QAT model's eval outputs
+    (one tensor, or one per graph output): (max difference in output steps over every output,
+    share of output elements that differ)."""
+    expected = [quantized_output] if isinstance(quantized_output, Tensor) else quantized_output
+    simulated = simulate_tidl(proto, example.detach().cpu(), return_integers=True)
+    apart = [
+        np.abs(want.detach().cpu().double().numpy() * device.scale - device.integers).ravel()
+        for want, device in zip(expected, simulated, strict=True)
+    ]
+    every = np.concatenate(apart)
+    return float(every.max(initial=0.0)), float((every > 0).mean()) if every.size else 0.0
 
 
 def with_device_figures(
@@ -56,7 +62,7 @@ def with_device_figures(
     proto: onnx.ModelProto,
     argmax: bool,
     example: Tensor,
-    quantized_output: Tensor,
+    quantized_output: Sequence[Tensor],
     model: nn.Module,
 ) -> ExportReport:
     """The report with what the device would compute against the QAT model: the TIDL integer
@@ -107,7 +113,7 @@ def _with_integer_figure(
     proto: onnx.ModelProto,
     argmax: bool,
     example: Tensor,
-    quantized_output: Tensor,
+    quantized_output: Sequence[Tensor],
 ) -> ExportReport:
     """The report with integer_parity of the graph's logits, or, for a graph the simulation
     does not define (e.g. a QAT model trained without an input range), why it was not run."""
@@ -141,16 +147,22 @@ def _first_differing_layer(proto: onnx.ModelProto, example: Tensor) -> str | Non
 
 
 def runtime_parity(
-    proto: onnx.ModelProto, example: Tensor, reference: Tensor
+    proto: onnx.ModelProto, example: Tensor, reference: Tensor | Sequence[Tensor]
 ) -> tuple[float, float]:
-    """Max absolute and relative (to max|reference|) difference of onnxruntime vs PyTorch."""
+    """Max absolute and relative (to max|reference| of that output) difference of onnxruntime
+    vs PyTorch, over every graph output."""
+    references = [reference] if isinstance(reference, Tensor) else reference
     session = onnxruntime_session(proto, optimize=False)
-    (output,) = session.run(None, {INPUT_NAME: example.cpu().numpy()})
-    expected = reference.detach().cpu().numpy().astype(np.float64)
-    if output.shape != expected.shape:
-        raise ExportVerificationError(
-            f"onnxruntime output shape {output.shape} differs from PyTorch's {expected.shape}"
-        )
-    abs_diff = float(np.abs(output.astype(np.float64) - expected).max(initial=0.0))
-    scale = float(np.abs(expected).max(initial=0.0))
-    return abs_diff, abs_diff / scale if scale > 0 else abs_diff
+    outputs = session.run(None, {INPUT_NAME: example.cpu().numpy()})
+    worst = (0.0, 0.0)
+    for output, want in zip(outputs, references, strict=True):
+        expected = want.detach().cpu().numpy().astype(np.float64)
+        if output.shape != expected.shape:
+            raise ExportVerificationError(
+                f"onnxruntime output shape {output.shape} differs from PyTorch's {expected.shape}"
+            )
+        abs_diff = float(np.abs(output.astype(np.float64) - expected).max(initial=0.0))
+        scale = float(np.abs(expected).max(initial=0.0))
+        relative = abs_diff / scale if scale > 0 else abs_diff
+        worst = (max(worst[0], abs_diff), max(worst[1], relative))
+    return worst

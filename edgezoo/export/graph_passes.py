@@ -4,6 +4,7 @@ a final ArgMax, recorded shapes), and which QAT weights deploy conversion nudged
 
 import io
 import warnings
+from collections.abc import Sequence
 
 import onnx
 import torch
@@ -38,8 +39,11 @@ OUTPUT_NAME = "output"
 _LOGITS_NAME = "logits"
 
 
-def torchscript_export(model: nn.Module, example: Tensor, opset: int) -> onnx.ModelProto:
-    """Trace with the TorchScript exporter (BN folded by constant folding) into a ModelProto."""
+def torchscript_export(
+    model: nn.Module, example: Tensor, opset: int, output_names: Sequence[str] = (OUTPUT_NAME,)
+) -> onnx.ModelProto:
+    """Trace with the TorchScript exporter (BN folded by constant folding) into a ModelProto
+    whose outputs carry `output_names`."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The exporter's deprecation notice, and tracer notes on shape checks that only raise.
@@ -53,7 +57,7 @@ def torchscript_export(model: nn.Module, example: Tensor, opset: int) -> onnx.Mo
             opset_version=opset,
             do_constant_folding=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(output_names),
             training=torch.onnx.TrainingMode.EVAL,
             dynamo=False,
         )

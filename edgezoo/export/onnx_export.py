@@ -38,6 +38,7 @@ from edgezoo.export.graph_passes import (
     torchscript_export,
 )
 from edgezoo.export.metadata import input_spec, record_normalisation, stamp
+from edgezoo.export.outputs import output_tensors
 from edgezoo.export.plan import ExportPlan, export_plan
 from edgezoo.export.qdq import to_qdq
 from edgezoo.export.report import ExportReport, VerifyReport
@@ -144,17 +145,19 @@ def export_onnx(
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
-    reference, quantized_output, proto = _reference_and_graph(model, example, plan.opset, wrapped)
+    outputs = _reference_and_graph(model, example, plan.opset, wrapped)
+    names, reference, quantized_output, proto = outputs
+    _check_outputs(names, argmax, write_configs, plan)
     proto, aligned, parity = _graph_for_plan(
         proto, example, reference, simplify, argmax, settings, plan, quantized
     )
-    spec = input_spec(example, reference, info, task, preprocessing, argmax)
+    spec = input_spec(example, reference[0], info, task, preprocessing, argmax)
     stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings, plan)
     record_normalisation(proto, spec)
     clipped_input = wrapped and _quantizes_input(model)
     verification = verify_onnx(proto, quantized, clipped_input, allow_uncalibrated)
     measured = (tuple(example.shape), parity, parity_tolerance, tuple(aligned), plan.target.name)
-    report = _report(proto, path, verification, *measured)
+    report = dataclasses.replace(_report(proto, path, verification, *measured), output_names=names)
     if quantized_output is not None:
         report = with_device_figures(report, proto, argmax, example, quantized_output, model)
     _write(proto, report, strict)
@@ -174,10 +177,35 @@ def _model_kind(model: nn.Module) -> tuple[bool, GraphQuantization | None, bool]
     return wrapped, settings, quantized
 
 
+def _check_outputs(
+    names: tuple[str, ...], argmax: bool, write_configs: bool, plan: "ExportPlan"
+) -> None:
+    """Refuse what only a one-output graph has: TIDL's classification/segmentation files, a
+    final ArgMax, the QDQ agreement check."""
+    if len(names) == 1:
+        return
+    if argmax:
+        raise UsageError(
+            f"argmax=True appends one ArgMax, but the model has {len(names)} outputs "
+            f"({', '.join(names)}): export without argmax"
+        )
+    if write_configs:
+        raise UsageError(
+            f"the model has {len(names)} outputs ({', '.join(names)}): edgezoo's TIDL files "
+            "describe one classification or segmentation output; pass write_configs=False "
+            "and give TIDL your own post-processing"
+        )
+    if plan.export_format == QDQ_FORMAT:
+        raise UsageError(
+            "a QDQ export is checked on one output; export a model with several outputs as a "
+            "Clip graph (export_format='clip')"
+        )
+
+
 def _graph_for_plan(
     proto: onnx.ModelProto,
     example: Tensor,
-    reference: Tensor,
+    reference: list[Tensor],
     simplify: bool,
     argmax: bool,
     settings,
@@ -224,7 +252,7 @@ def _report(
 def _finished_graph(
     proto: onnx.ModelProto,
     example: Tensor,
-    reference: Tensor,
+    reference: list[Tensor],
     simplify: bool,
     argmax: bool,
 ) -> tuple[onnx.ModelProto, tuple[float, float]]:
@@ -277,22 +305,22 @@ def _untrained_ranges(model: nn.Module, allow_uncalibrated: bool) -> list[str]:
 
 def _reference_and_graph(
     model: nn.Module, example: Tensor, opset: int, wrapped: bool
-) -> tuple[Tensor, Tensor | None, onnx.ModelProto]:
-    """PyTorch's output of the model the graph is exported from (for QAT its deploy form: the
-    float graph's arithmetic), a QAT model's quantized eval output (None for a float model) and
-    the exported graph; modes restored."""
+) -> tuple[tuple[str, ...], list[Tensor], list[Tensor] | None, onnx.ModelProto]:
+    """The graph's output names, PyTorch's outputs of the model the graph is exported from (for
+    QAT its deploy form: the float graph's arithmetic), a QAT model's quantized eval outputs
+    (None for a float model) and the exported graph; modes restored."""
     quantized = None
     with kept_modes(model):
         model.eval()
         with torch.no_grad():
             if wrapped:
-                quantized = _single_output(model(example))
+                quantized = output_tensors(model(example))[1]
                 deploy = convert_to_deploy(model)
             else:
                 deploy = model
-            reference = deploy(example)
-        proto = torchscript_export(deploy, example, opset)
-    return _single_output(reference), quantized, proto
+            names, reference = output_tensors(deploy(example))
+        proto = torchscript_export(deploy, example, opset, names)
+    return names, reference, quantized, proto
 
 
 def _example_input(
@@ -330,27 +358,6 @@ def _example_input(
 def _quantizes_input(model: nn.Module) -> bool:
     """Whether quantization gave the model's input its own range (quantize_input=True)."""
     return any(getattr(m, "input_quant", None) is not None for m in model.modules())
-
-
-def _single_output(output: Any) -> Tensor:
-    """The model's one output tensor, also when it comes in a dict, tuple or list of one (as
-    torchvision's segmentation models return {"out": ...}): the graph's one output."""
-    tensors = output
-    if isinstance(output, dict):
-        tensors = list(output.values())
-    elif isinstance(output, list | tuple):
-        tensors = list(output)
-    if isinstance(tensors, list) and len(tensors) == 1:
-        tensors = tensors[0]
-    if not isinstance(tensors, Tensor):
-        count = len(tensors) if isinstance(tensors, list) else "no"
-        raise ExportVerificationError(
-            f"the model returns {type(output).__name__} with {count} tensors; export_onnx "
-            "exports one output (TIDL's classification and segmentation graphs have one): "
-            "return one tensor (e.g. torchvision segmentation with aux_loss=False), or export "
-            "each head from a module that returns only it"
-        )
-    return tensors
 
 
 def _failure_message(report: ExportReport) -> str:

@@ -84,6 +84,8 @@ class ExportReport:
     integer_assumed_ops: tuple[str, ...] = ()
     """Ops of the graph whose device arithmetic the simulation assumes rather than knows
     (simulation.ASSUMED_OPS): the integer figure holds for edgezoo's model of them."""
+    output_names: tuple[str, ...] = ("output",)
+    """The graph's outputs (several for a model that returns a tuple or dict of tensors)."""
     integer_not_simulated: str | None = None
     """Why a QAT Clip graph was not simulated (an op or form the simulation does not define):
     its integers are unchecked, which the report says."""
@@ -137,6 +139,7 @@ class ExportReport:
             f"{self.path}: {kind} for {self.target}, opset {self.opset}, input "
             f"{list(self.input_shape)}",
             f"  nodes: {counts}",
+            *([f"  outputs: {', '.join(self.output_names)}"] if len(self.output_names) > 1 else []),
             f"  parity vs PyTorch: max abs {self.parity_max_abs_diff:.3g}, max rel "
             f"{self.parity_max_rel_diff:.3g} (tolerance {self.parity_tolerance:g}): {parity}",
         ]

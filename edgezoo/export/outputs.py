@@ -1,0 +1,40 @@
+"""A model's outputs as graph outputs: which tensors, in which order, under which names.
+
+One tensor (also one inside a dict, tuple or list, as torchvision's segmentation models return
+{"out": ...}) is the graph's `output`. Several (an FPN or detection neck's feature maps, a dict
+of heads) are named by their dict keys, a namedtuple's fields, or output_0, output_1, ...
+"""
+
+from typing import Any
+
+from torch import Tensor
+
+from edgezoo.errors import ExportVerificationError
+from edgezoo.export.graph_passes import OUTPUT_NAME
+
+__all__ = ["output_tensors"]
+
+
+def output_tensors(output: Any) -> tuple[tuple[str, ...], list[Tensor]]:
+    """(graph output names, tensors) of a model's output, in the order ONNX export writes them."""
+    if isinstance(output, Tensor):
+        return (OUTPUT_NAME,), [output]
+    if isinstance(output, dict):
+        names, tensors = [str(key) for key in output], list(output.values())
+    elif isinstance(output, list | tuple):
+        fields = getattr(output, "_fields", None)
+        names = list(fields) if fields else [f"{OUTPUT_NAME}_{i}" for i in range(len(output))]
+        tensors = list(output)
+    else:
+        names, tensors = [], []
+    if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+        raise ExportVerificationError(
+            f"the model returns {type(output).__name__}, not tensors in a flat tuple, list or "
+            "dict: export_onnx writes each tensor as a graph output; return a tensor, or a "
+            "flat tuple or dict of tensors"
+        )
+    if len(tensors) == 1:
+        return (OUTPUT_NAME,), tensors
+    if len(set(names)) != len(names):
+        raise ExportVerificationError(f"the model's output names repeat: {names}")
+    return tuple(names), tensors
