@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from edgezoo.errors import ExportVerificationError
+from edgezoo.export.channel_split import slices_to_splits
 from edgezoo.export.weight_grid import nudged_entries
 from edgezoo.onnxgraph.tools import infer_shapes
 from edgezoo.quantization import GraphQuantization
@@ -65,7 +66,7 @@ def torchscript_export(
 
 
 def clean_graph(proto: onnx.ModelProto, simplify: bool) -> onnx.ModelProto:
-    """onnxsim, constants to initializers, no Identity."""
+    """onnxsim, constants to initializers, no Identity, channel Slices as one Split."""
     clips = count_ops(proto, "Clip")
     if simplify:
         import onnxsim  # imported here: it takes most of a second and only this step needs it
@@ -85,6 +86,7 @@ def clean_graph(proto: onnx.ModelProto, simplify: bool) -> onnx.ModelProto:
         proto = simplified
     _constants_to_initializers(proto.graph)
     _remove_identities(proto.graph)
+    slices_to_splits(proto)
     _remove_unused_initializers(proto.graph)
     return proto
 

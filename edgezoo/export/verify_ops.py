@@ -40,6 +40,16 @@ def _check_node(checked: CheckedGraph, node: onnx.NodeProto, name: str) -> Itera
             "edgezoo.export_onnx, which removes it",
         )
         return
+    if op == "Slice":
+        yield GraphViolation(
+            "slice",
+            name,
+            "Slice (a channel slice such as x[:, a:b]) is not a TIDL operator, and these slices "
+            "do not cut their input's channels into consecutive parts covering every channel, "
+            "which export writes as TIDL's Split: split into parts that cover all channels "
+            "(torch.split / chunk on dim 1), or move the slice into the layer that reads it",
+        )
+        return
     qdq_op = checked.qdq and op in QDQ_OPS
     if node.domain not in DEFAULT_DOMAINS or (
         op not in rules.TIDL_SUPPORTED_OPS and op not in rules.CONSTANT_OPS and not qdq_op

@@ -77,8 +77,19 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
     alive: list[Tensor] = []  # keeps every traced tensor referenced so ids stay unique
     nodes: dict[str, LeafNode] = {}
 
+    # A view (a channel chunk or slice, a reshape) holds its base's values, on its base's grid:
+    # it is credited to whoever made the storage it views.
+    storages: dict[int, str] = {}
+
+    def producer_of(tensor: Tensor) -> str:
+        found = producers.get(id(tensor))
+        if found is not None or _storage(tensor) == 0:
+            return found or UNKNOWN
+        return storages.get(_storage(tensor), UNKNOWN)
+
     for tensor in iter_tensors(example_input):
         producers[id(tensor)] = INPUT
+        storages.setdefault(_storage(tensor), INPUT)
         alive.append(tensor)
 
     def record(name: str):
@@ -86,7 +97,7 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
             if name in nodes:
                 nodes[name].calls += 1
                 return
-            inputs = tuple(producers.get(id(t), UNKNOWN) for t in iter_tensors((args, kwargs)))
+            inputs = tuple(producer_of(t) for t in iter_tensors((args, kwargs)))
             nodes[name] = LeafNode(name, module, inputs)
             received = {id(t) for t in iter_tensors((args, kwargs))}
             for tensor in iter_tensors(output):
@@ -95,6 +106,7 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
                 if id(tensor) in received and isinstance(module, _NO_OP_TYPES):
                     continue
                 producers[id(tensor)] = name
+                storages[_storage(tensor)] = name
                 alive.append(tensor)
 
         return hook
@@ -120,9 +132,14 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
             elif producer in nodes:
                 nodes[producer].consumers.append(node.name)
     output_producers = list(
-        dict.fromkeys(producers.get(id(t), UNKNOWN) for t in iter_tensors(output))
+        dict.fromkeys(producer_of(t) for t in iter_tensors(output))
     )
     for name in output_producers:
         if name in nodes:
             nodes[name].is_output = True
     return LeafGraph(nodes, input_consumers, output_producers)
+
+
+def _storage(tensor: Tensor) -> int:
+    """The address of the memory a tensor (or the view it is) lives in."""
+    return tensor.untyped_storage().data_ptr()

@@ -39,6 +39,7 @@ _SUPPORTED = frozenset(
         "Resize",
         "Flatten",
         "Reshape",
+        "Split",
         "ArgMax",
         "Constant",
     }
@@ -133,10 +134,11 @@ class _Runner:
                     "a required attribute or input is missing; export the model with "
                     "edgezoo.export_onnx"
                 ) from err
-            self.values[node.output[0]] = out
+            parts = out if isinstance(out, list) else [out]  # Split makes several
+            self.values.update(zip(node.output, parts, strict=True))
             if record:
-                run.nodes[name] = (node.op_type, out)
-                run.tensors[node.output[0]] = out
+                run.nodes[name] = (node.op_type, parts[0])
+                run.tensors.update(zip(node.output, parts, strict=True))
             else:
                 for released in self.released_after[index]:
                     self.values.pop(released, None)
@@ -271,6 +273,18 @@ class _Runner:
         if shape is None:
             raise SimulationError(f"node {name} (Reshape) has no constant shape")
         return replace(value, data=value.data.reshape([int(v) for v in shape.tolist()]))
+
+    def _split(self, node: onnx.NodeProto, name: str) -> list[Value]:
+        """Channel parts of a ranged value: the integers cut, each part on the same grid."""
+        value = self._ranged(node, name)
+        attrs = node_attributes(node)
+        sizes = attrs.get("split")
+        if sizes is None and len(node.input) > 1 and node.input[1]:
+            sizes = self.constants[node.input[1]].tolist()
+        if sizes is None:
+            sizes = [value.data.shape[attrs.get("axis", 0)] // len(node.output)] * len(node.output)
+        parts = value.data.split([int(s) for s in sizes], dim=attrs.get("axis", 0))
+        return [replace(value, data=part) for part in parts]
 
     def _argmax(self, node: onnx.NodeProto, name: str) -> Tensor:
         value = self.values[node.input[0]]
