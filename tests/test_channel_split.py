@@ -62,3 +62,29 @@ def test_a_conv_reading_a_chunk_knows_its_input_grid():
     q = QuantTrainModule(Shuffle(), torch.randn(1, 3, 8, 8))
     units = {n: m for n, m in q.module.named_modules() if isinstance(m, QuantWeightMixin)}
     assert units["left"].input_grid is q.module.relu and units["right"].input_grid is q.module.relu
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle between two convs: view, transpose, reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.relu = nn.ReLU()
+        self.after = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.relu(self.conv(x))
+        n, c, h, w = y.shape
+        shuffled = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.after(shuffled)
+
+
+def test_a_channel_shuffle_keeps_its_grid_and_simulates_exactly(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    q = QuantTrainModule(ChannelShuffle(), x)
+    q(torch.randn(4, 3, 8, 8))
+    assert q.module.after.input_grid is q.module.relu  # credited through view/transpose/reshape
+    report = export_onnx(q.eval(), tmp_path / "s.onnx", example_input=x, write_configs=False)
+    assert report.ok and report.integer_max_steps == 0 and report.node_counts["Transpose"] == 1

@@ -282,7 +282,7 @@ def test_a_model_returning_a_dict_of_one_tensor_exports_and_verifies(tmp_path):
     q = wrap_model(TwoHeads(), "train", IMAGE)
     with torch.no_grad():
         q(IMAGE)
-    with pytest.raises(ExportVerificationError, match="OrderedDict with 2 tensors"):
+    with pytest.raises(ExportVerificationError, match="aux repeats an earlier output"):
         edgezoo.export_onnx(
             q.eval(), tmp_path / "two.onnx", example_input=IMAGE[:1], write_configs=False
         )

@@ -37,4 +37,10 @@ def output_tensors(output: Any) -> tuple[tuple[str, ...], list[Tensor]]:
         return (OUTPUT_NAME,), tensors
     if len(set(names)) != len(names):
         raise ExportVerificationError(f"the model's output names repeat: {names}")
+    repeated = [n for i, n in enumerate(names) if any(tensors[i] is t for t in tensors[:i])]
+    if repeated:
+        raise ExportVerificationError(
+            f"the model returns the same tensor more than once ({', '.join(repeated)} repeats "
+            "an earlier output): a graph output is one value; return it once"
+        )
     return tuple(names), tensors

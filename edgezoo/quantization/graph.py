@@ -131,9 +131,7 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
                 input_consumers.append(node.name)
             elif producer in nodes:
                 nodes[producer].consumers.append(node.name)
-    output_producers = list(
-        dict.fromkeys(producer_of(t) for t in iter_tensors(output))
-    )
+    output_producers = list(dict.fromkeys(producer_of(t) for t in iter_tensors(output)))
     for name in output_producers:
         if name in nodes:
             nodes[name].is_output = True
