@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from edgezoo.module_state import kept_modes
 
@@ -25,6 +26,25 @@ UNKNOWN = "<unknown>"
 """Producer name of tensors made outside any leaf module (a functional op in a forward)."""
 
 _NO_OP_TYPES = (nn.Identity, nn.modules.dropout._DropoutNd)
+MOVEMENT_OPS = frozenset(
+    {
+        "reshape",
+        "view",
+        "flatten",
+        "unflatten",
+        "transpose",
+        "permute",
+        "contiguous",
+        "squeeze",
+        "unsqueeze",
+        "chunk",
+        "split",
+        "narrow",
+        "__getitem__",
+    }
+)
+"""Ops that only move values (channel splits and shuffles): their outputs keep their input's
+grid, so the layers reading them know their input's scale."""
 
 
 @dataclass
@@ -77,19 +97,20 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
     alive: list[Tensor] = []  # keeps every traced tensor referenced so ids stay unique
     nodes: dict[str, LeafNode] = {}
 
-    # A view (a channel chunk or slice, a reshape) holds its base's values, on its base's grid:
-    # it is credited to whoever made the storage it views.
-    storages: dict[int, str] = {}
-
     def producer_of(tensor: Tensor) -> str:
-        found = producers.get(id(tensor))
-        if found is not None or _storage(tensor) == 0:
-            return found or UNKNOWN
-        return storages.get(_storage(tensor), UNKNOWN)
+        return producers.get(id(tensor), UNKNOWN)
+
+    def credit(source: Tensor, output: Any) -> None:
+        """Data movement (a reshape, transpose, chunk or slice, outside any leaf) keeps its
+        input's values, so its outputs lie on the grid of whoever made the input."""
+        producer = producer_of(source)
+        for tensor in iter_tensors(output):
+            if producer != UNKNOWN and id(tensor) not in producers:
+                producers[id(tensor)] = producer
+                alive.append(tensor)
 
     for tensor in iter_tensors(example_input):
         producers[id(tensor)] = INPUT
-        storages.setdefault(_storage(tensor), INPUT)
         alive.append(tensor)
 
     def record(name: str):
@@ -106,7 +127,6 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
                 if id(tensor) in received and isinstance(module, _NO_OP_TYPES):
                     continue
                 producers[id(tensor)] = name
-                storages[_storage(tensor)] = name
                 alive.append(tensor)
 
         return hook
@@ -117,7 +137,7 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
         if is_leaf(module) and module is not model
     ]
     try:
-        with kept_modes(model), torch.no_grad():
+        with kept_modes(model), torch.no_grad(), _MovementWatcher(credit):
             model.eval()
             output = call_model(model, example_input)
     finally:
@@ -138,6 +158,15 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
     return LeafGraph(nodes, input_consumers, output_producers)
 
 
-def _storage(tensor: Tensor) -> int:
-    """The address of the memory a tensor (or the view it is) lives in."""
-    return tensor.untyped_storage().data_ptr()
+class _MovementWatcher(TorchFunctionMode):
+    """Report every data-movement op of the forward (with its input and outputs) to `credit`."""
+
+    def __init__(self, credit: Any) -> None:
+        super().__init__()
+        self._credit = credit
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", None) in MOVEMENT_OPS and args and isinstance(args[0], Tensor):
+            self._credit(args[0], output)
+        return output

@@ -40,6 +40,7 @@ _SUPPORTED = frozenset(
         "Flatten",
         "Reshape",
         "Split",
+        "Transpose",
         "ArgMax",
         "Constant",
     }
@@ -285,6 +286,12 @@ class _Runner:
             sizes = [value.data.shape[attrs.get("axis", 0)] // len(node.output)] * len(node.output)
         parts = value.data.split([int(s) for s in sizes], dim=attrs.get("axis", 0))
         return [replace(value, data=part) for part in parts]
+
+    def _transpose(self, node: onnx.NodeProto, name: str) -> Value:
+        """A permutation of the axes (a channel shuffle's middle step): the grid is kept."""
+        value = self._ranged(node, name)
+        order = node_attributes(node).get("perm") or list(range(value.data.dim()))[::-1]
+        return replace(value, data=value.data.permute(*order).contiguous())
 
     def _argmax(self, node: onnx.NodeProto, name: str) -> Tensor:
         value = self.values[node.input[0]]
