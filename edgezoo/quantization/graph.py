@@ -93,41 +93,20 @@ def call_model(model: nn.Module, example_input: Tensor | tuple[Any, ...]) -> Any
 
 def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) -> LeafGraph:
     """Run one eval-mode, no-grad forward and record the leaf-module dataflow graph."""
-    producers: dict[int, str] = {}
-    alive: list[Tensor] = []  # keeps every traced tensor referenced so ids stay unique
+    producers = _Producers(example_input)
     nodes: dict[str, LeafNode] = {}
-
-    def producer_of(tensor: Tensor) -> str:
-        return producers.get(id(tensor), UNKNOWN)
-
-    def credit(source: Tensor, output: Any) -> None:
-        """Data movement (a reshape, transpose, chunk or slice, outside any leaf) keeps its
-        input's values, so its outputs lie on the grid of whoever made the input."""
-        producer = producer_of(source)
-        for tensor in iter_tensors(output):
-            if producer != UNKNOWN and id(tensor) not in producers:
-                producers[id(tensor)] = producer
-                alive.append(tensor)
-
-    for tensor in iter_tensors(example_input):
-        producers[id(tensor)] = INPUT
-        alive.append(tensor)
 
     def record(name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if name in nodes:
                 nodes[name].calls += 1
                 return
-            inputs = tuple(producer_of(t) for t in iter_tensors((args, kwargs)))
+            inputs = tuple(producers.of(t) for t in iter_tensors((args, kwargs)))
             nodes[name] = LeafNode(name, module, inputs)
-            received = {id(t) for t in iter_tensors((args, kwargs))}
-            for tensor in iter_tensors(output):
-                # An Identity or eval-mode Dropout hands back its input unchanged: the tensor
-                # keeps its real producer, so later readers of it are not credited to a no-op.
-                if id(tensor) in received and isinstance(module, _NO_OP_TYPES):
-                    continue
-                producers[id(tensor)] = name
-                alive.append(tensor)
+            # An Identity or eval-mode Dropout hands back its input unchanged: the tensor keeps
+            # its real producer, so later readers of it are not credited to a no-op.
+            kept = {id(t) for t in iter_tensors((args, kwargs))}
+            producers.made(name, output, kept if isinstance(module, _NO_OP_TYPES) else set())
 
         return hook
 
@@ -137,7 +116,7 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
         if is_leaf(module) and module is not model
     ]
     try:
-        with kept_modes(model), torch.no_grad(), _MovementWatcher(credit):
+        with kept_modes(model), torch.no_grad(), _MovementWatcher(producers.credit):
             model.eval()
             output = call_model(model, example_input)
     finally:
@@ -151,11 +130,40 @@ def trace_leaf_graph(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
                 input_consumers.append(node.name)
             elif producer in nodes:
                 nodes[producer].consumers.append(node.name)
-    output_producers = list(dict.fromkeys(producer_of(t) for t in iter_tensors(output)))
+    output_producers = list(dict.fromkeys(producers.of(t) for t in iter_tensors(output)))
     for name in output_producers:
         if name in nodes:
             nodes[name].is_output = True
     return LeafGraph(nodes, input_consumers, output_producers)
+
+
+class _Producers:
+    """Which leaf made each traced tensor (by identity; the tensors are kept alive so that ids
+    stay unique)."""
+
+    def __init__(self, example_input: Any) -> None:
+        self._by_id: dict[int, str] = {}
+        self._alive: list[Tensor] = []
+        self.made(INPUT, example_input, set())
+
+    def of(self, tensor: Tensor) -> str:
+        return self._by_id.get(id(tensor), UNKNOWN)
+
+    def made(self, name: str, output: Any, kept: set[int]) -> None:
+        """`name` produced the tensors of `output`, except those (ids in kept) it passed on."""
+        for tensor in iter_tensors(output):
+            if id(tensor) not in kept:
+                self._by_id[id(tensor)] = name
+                self._alive.append(tensor)
+
+    def credit(self, source: Tensor, output: Any) -> None:
+        """Data movement (a reshape, transpose, chunk or slice, outside any leaf) keeps its
+        input's values, so its outputs lie on the grid of whoever made the input."""
+        producer = self.of(source)
+        if producer == UNKNOWN:
+            return
+        fresh = [t for t in iter_tensors(output) if id(t) not in self._by_id]
+        self.made(producer, fresh, set())
 
 
 class _MovementWatcher(TorchFunctionMode):
