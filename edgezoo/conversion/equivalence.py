@@ -5,7 +5,14 @@ on a tensor some view also reads traces as an out-of-place add, so a later reade
 sees other values than in the original. Running both models on the example input, in eval mode
 and in the model's training mode (same random seed, so dropout draws alike), catches this and
 anything like it before a wrong model reaches training.
+
+Both run as float64 copies: a rewrite that computes the same function in another order (SiLU as
+x * sigmoid(x), amplified through a deep train-mode network) then agrees far below the
+tolerance, while a wrong rewrite does not. A model that cannot run in float64 is compared in
+its own precision.
 """
+
+import copy
 
 import torch
 from torch import Tensor, nn
@@ -13,14 +20,33 @@ from torch.utils import _pytree
 
 from edgezoo.errors import ConversionError
 
-__all__ = ["check_equivalent", "output_difference"]
+__all__ = ["check_equivalent", "compare_outputs", "output_difference"]
 
 
-def _run(model: nn.Module, inputs: tuple, training: bool) -> object:
+def _forward(model: nn.Module, inputs: tuple, training: bool) -> object:
     model.train(training)
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
         return model(*inputs)
+
+
+def _run(model: nn.Module, inputs: tuple, training: bool) -> object:
+    """The model's outputs in float64 on a copy, or, where it cannot run so, its own."""
+    try:
+        wide = copy.deepcopy(model).double()
+        wide_inputs = tuple(
+            x.double() if isinstance(x, Tensor) and x.is_floating_point() else x for x in inputs
+        )
+        return _forward(wide, wide_inputs, training)
+    except (RuntimeError, TypeError, copy.Error):
+        return _forward(model, inputs, training)
+
+
+def compare_outputs(
+    original: nn.Module, converted: nn.Module, inputs: tuple, training: bool
+) -> str | None:
+    """Why the two models' outputs differ on inputs in one mode (same seed), or None."""
+    return output_difference(_run(original, inputs, training), _run(converted, inputs, training))
 
 
 def _plain(value: object) -> object:
