@@ -215,3 +215,36 @@ def test_a_deep_silu_network_converts_in_train_mode():
     model = torchvision.models.efficientnet_b0(num_classes=4).train()
     converted = make_module_only(model, torch.randn(2, 3, 32, 32))
     assert sum(isinstance(m, SelfGate) for m in converted.modules()) > 40
+
+
+class ScriptableLinear(nn.Linear):
+    """timm's Linear: a TorchScript branch, else exactly nn.Linear."""
+
+    def forward(self, x):
+        if torch.jit.is_scripting():
+            return F.linear(x, self.weight.to(x.dtype), self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return F.linear(x, self.weight * 2.0, self.bias)
+
+
+def test_a_linear_subclass_that_computes_as_linear_is_quantized_as_one(tmp_path):
+    from edgezoo.conversion.plain_layers import plain_base
+    from edgezoo.quantization.weight_layers import QuantLinear
+
+    assert plain_base(ScriptableLinear(4, 2)) is nn.Linear
+    assert plain_base(ScaledLinear(4, 2)) is None and plain_base(nn.ReLU()) is None
+    assert plain_base(nn.Conv2d(3, 4, 3)) is nn.Conv2d
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), ScriptableLinear(4, 3)
+    )
+    q = QuantTrainModule(model, images(1))
+    assert isinstance(q.module[4], QuantLinear)
+    q(images(4))
+    path = tmp_path / "l.onnx"
+    report = export_onnx(q.eval(), path, example_input=images(1), write_configs=False)
+    assert report.ok and report.integer_max_steps == 0

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgezoo.conversion.plain_layers import plain_base
 from edgezoo.errors import ModuleOnlyViolationError, QuantizationConfigError
 from edgezoo.layers import AddBlock, CatBlock, MulBlock, ResizeWith
 from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
@@ -90,7 +91,7 @@ def layer_kind(module: nn.Module) -> str:
     """How quantization treats a leaf module (one of the kind constants of this file)."""
     if type(module) in (nn.ReLU, nn.ReLU6):
         return ACTIVATION
-    if type(module) in _QUANT_WEIGHT_LAYERS:
+    if plain_base(module) in _QUANT_WEIGHT_LAYERS:
         return WEIGHT
     if type(module) in QUANT_BATCH_NORMS:
         return NORM
@@ -277,7 +278,7 @@ class _Planner:
         if bn_name is not None:
             bn = (bn_name.rpartition(".")[2], self.graph.nodes[bn_name].module)
         grid = self.range_of_output(node.inputs[0]) if node.inputs else None
-        return _QUANT_WEIGHT_LAYERS[type(module)].from_float(
+        return _QUANT_WEIGHT_LAYERS[plain_base(module)].from_float(
             module,
             bitwidth=config.bitwidth_weights,
             per_channel=per_channel,
