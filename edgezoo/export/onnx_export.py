@@ -43,7 +43,7 @@ from edgezoo.export.plan import ExportPlan, export_plan
 from edgezoo.export.qdq import to_qdq
 from edgezoo.export.report import ExportReport, VerifyReport
 from edgezoo.export.session import onnxruntime_session
-from edgezoo.export.tidl_config import write_tidl_configs
+from edgezoo.export.tidl_config import TIDLCompilation, write_tidl_configs
 from edgezoo.export.verify import verify_onnx
 from edgezoo.fileio import atomic_path
 from edgezoo.module_state import kept_modes
@@ -134,19 +134,17 @@ def export_onnx(
     strict: raise ExportVerificationError (with `.report`) and write nothing when the graph
     breaks a TIDL rule, onnxruntime differs from PyTorch or the integers disagree; False
     writes it anyway and returns the failing report. model_name / task / preprocessing feed the
-    TIDL files (beside the ONNX unless write_configs=False; else the task is guessed and
-    ImageNet normalisation assumed). Ranges that never saw data raise UncalibratedRangesError
-    unless allow_uncalibrated (the graph records how many). Modes are restored afterwards.
+    TIDL files (beside the ONNX unless write_configs=False; else task and ImageNet normalisation
+    assumed). Untrained ranges raise UncalibratedRangesError unless allow_uncalibrated (the
+    graph records how many). Several output tensors: one named graph output each. Modes kept.
     """
     path = Path(path)
-    _refuse_non_finite(model)
     wrapped, settings, quantized = _model_kind(model)
     plan = export_plan(settings, target, export_format, opset)
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
-    outputs = _reference_and_graph(model, example, plan.opset, wrapped)
-    names, reference, quantized_output, proto = outputs
+    names, reference, qat_out, proto = _reference_and_graph(model, example, plan.opset, wrapped)
     _check_outputs(names, argmax, write_configs, plan)
     proto, aligned, parity = _graph_for_plan(
         proto, example, reference, simplify, argmax, settings, plan, quantized
@@ -154,15 +152,24 @@ def export_onnx(
     spec = input_spec(example, reference[0], info, task, preprocessing, argmax)
     stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings, plan)
     record_normalisation(proto, spec)
-    clipped_input = wrapped and _quantizes_input(model)
-    verification = verify_onnx(proto, quantized, clipped_input, allow_uncalibrated)
+    verification = verify_onnx(
+        proto, quantized, wrapped and _quantizes_input(model), allow_uncalibrated
+    )
     measured = (tuple(example.shape), parity, parity_tolerance, tuple(aligned), plan.target.name)
     report = dataclasses.replace(_report(proto, path, verification, *measured), output_names=names)
-    if quantized_output is not None:
-        report = with_device_figures(report, proto, argmax, example, quantized_output, model)
+    if qat_out is not None:
+        report = with_device_figures(report, proto, argmax, example, qat_out, model)
     _write(proto, report, strict)
-    if write_configs:
-        files = write_tidl_configs(path, spec, quantized, plan.compilation(quantized, settings))
+    compilation = plan.compilation(quantized, settings) if write_configs else None
+    return _with_configs(report, spec, quantized, compilation)
+
+
+def _with_configs(
+    report: ExportReport, spec, quantized: bool, compilation: TIDLCompilation | None
+) -> ExportReport:
+    """The report of a written graph, with the TIDL files written beside it (unless None)."""
+    if compilation is not None:
+        files = write_tidl_configs(report.path, spec, quantized, compilation)
         report = dataclasses.replace(report, config_files=files)
     logger.info("exported %s", report)
     return report
@@ -170,7 +177,9 @@ def export_onnx(
 
 def _model_kind(model: nn.Module) -> tuple[bool, GraphQuantization | None, bool]:
     """Whether the model is a QAT model (a wrapper or its module), its graph quantization, and
-    whether the graph will hold ranges (a QAT model, or a float one with Clip layers)."""
+    whether the graph will hold ranges (a QAT model, or a float one with Clip layers); a model
+    with non-finite weights is refused first."""
+    _refuse_non_finite(model)
     wrapped = isinstance(model, QUANT_WRAPPERS) or is_quantized(model)
     settings = graph_quantization(model) if wrapped else None
     quantized = wrapped or any(isinstance(m, Clip) for m in model.modules())
