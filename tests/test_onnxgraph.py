@@ -66,7 +66,10 @@ def test_the_onnx_graph_is_indexed_in_one_place():
     builders = [
         path.relative_to(PACKAGE).as_posix()
         for path in PACKAGE.rglob("*.py")
-        if "consumers.setdefault" in path.read_text() or "producer_nodes[" in path.read_text()
+        if any(
+            marker in path.read_text()
+            for marker in ("consumers.setdefault", "producer_nodes[", "{name: node for")
+        )
     ]
     assert builders == ["onnxgraph/indexed.py"]
     for user in ("export/verify.py", "export/qdq.py", "simulation/runner.py"):

@@ -30,23 +30,36 @@ def _forward(model: nn.Module, inputs: tuple, training: bool) -> object:
         return model(*inputs)
 
 
-def _run(model: nn.Module, inputs: tuple, training: bool) -> object:
-    """The model's outputs in float64 on a copy, or, where it cannot run so, its own."""
-    try:
-        wide = copy.deepcopy(model).double()
-        wide_inputs = tuple(
+class _Widened:
+    """A model with its float64 copy (made once), run in float64 where it can be, else as
+    it is."""
+
+    def __init__(self, model: nn.Module, inputs: tuple) -> None:
+        self.model, self.inputs = model, inputs
+        try:
+            self.wide: nn.Module | None = copy.deepcopy(model).double()
+        except (RuntimeError, TypeError, copy.Error):
+            self.wide = None
+        self.wide_inputs = tuple(
             x.double() if isinstance(x, Tensor) and x.is_floating_point() else x for x in inputs
         )
-        return _forward(wide, wide_inputs, training)
-    except (RuntimeError, TypeError, copy.Error):
-        return _forward(model, inputs, training)
+
+    def run(self, training: bool) -> object:
+        if self.wide is not None:
+            try:
+                return _forward(self.wide, self.wide_inputs, training)
+            except (RuntimeError, TypeError):
+                pass  # an op without a float64 kernel: compare in the model's own precision
+        return _forward(self.model, self.inputs, training)
 
 
 def compare_outputs(
     original: nn.Module, converted: nn.Module, inputs: tuple, training: bool
 ) -> str | None:
     """Why the two models' outputs differ on inputs in one mode (same seed), or None."""
-    return output_difference(_run(original, inputs, training), _run(converted, inputs, training))
+    return output_difference(
+        _Widened(original, inputs).run(training), _Widened(converted, inputs).run(training)
+    )
 
 
 def _plain(value: object) -> object:
@@ -91,13 +104,14 @@ def check_equivalent(original: nn.Module, converted: nn.Module, inputs: tuple) -
     if any(t.is_meta for t in (*original.parameters(), *original.buffers())):
         modes = [False]  # meta tensors: outputs have shapes but no values; types still count
     returned = None
+    first, second = _Widened(original, inputs), _Widened(converted, inputs)
     for training in modes:
         try:
-            expected = _run(original, inputs, training)
+            expected = first.run(training)
         except Exception:  # e.g. train-mode BatchNorm on a batch of one: nothing to compare
             continue
         returned = returned or type(expected)
-        problem = output_difference(expected, _run(converted, inputs, training))
+        problem = output_difference(expected, second.run(training))
         if problem is not None:
             mode = "train" if training else "eval"
             raise ConversionError(

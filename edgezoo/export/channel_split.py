@@ -7,7 +7,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgezoo.onnxgraph.indexed import IndexedGraph
-from edgezoo.onnxgraph.tools import infer_shapes
 
 __all__ = ["slices_to_splits"]
 
@@ -18,11 +17,6 @@ def slices_to_splits(proto: onnx.ModelProto) -> int:
     """Replace each full channel partition made of Slice nodes by one Split, in place; returns
     how many Splits were written. Other Slices stay (verify names them)."""
     graph = IndexedGraph(proto)
-    inferred, _ = infer_shapes(proto)
-    shapes = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in [*inferred.graph.input, *inferred.graph.value_info]
-    }
     groups: dict[str, list[tuple[int, int, onnx.NodeProto]]] = {}
     for node in graph.nodes:
         cut = _channel_cut(node, graph.constants) if node.op_type == "Slice" else None
@@ -31,7 +25,7 @@ def slices_to_splits(proto: onnx.ModelProto) -> int:
     opset = graph.opset or 11
     written = 0
     for source, parts in groups.items():
-        channels = (shapes.get(source) or [0, 0])[1]
+        channels = (graph.shapes.get(source) or (0, 0))[1]
         parts.sort(key=lambda part: part[0])
         bounds = [(start, min(end, channels)) for start, end, _ in parts]
         edges = [b for pair in bounds for b in pair]

@@ -26,9 +26,10 @@ from functools import cache
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from edgezoo.export.session import onnxruntime_session
+from edgezoo.onnxgraph.indexed import IndexedGraph
 
 __all__ = [
     "Probe",
@@ -91,18 +92,13 @@ def int8_kernels_may_saturate() -> bool:
     return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
-def _producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {name: node for node in proto.graph.node for name in node.output}
-
-
-def _grid_step(proto: onnx.ModelProto, tensor: str) -> float | None:
+def _grid_step(graph: IndexedGraph, tensor: str) -> float | None:
     """The scale of the DequantizeLinear a tensor comes from (through Flatten/Reshape)."""
-    producers = _producers(proto)
-    constants = {init.name: init for init in proto.graph.initializer}
+    producers = graph.producer_nodes
     while tensor in producers:
         node = producers[tensor]
         if node.op_type == "DequantizeLinear":
-            return float(numpy_helper.to_array(constants[node.input[1]]))
+            return float(graph.constants[node.input[1]])
         if node.op_type not in ("Flatten", "Reshape"):
             return None
         tensor = node.input[0]
@@ -112,18 +108,19 @@ def _grid_step(proto: onnx.ModelProto, tensor: str) -> float | None:
 def probes(proto: onnx.ModelProto) -> list[Probe]:
     """The tensors to compare: each graph output on a grid, else the grid input of the final
     Conv/Gemm that computes it (looking through a final ArgMax)."""
-    producers = _producers(proto)
+    graph = IndexedGraph(proto)
+    producers = graph.producer_nodes
     found = []
     for output in proto.graph.output:
         tensor = output.name
         node = producers.get(tensor)
         if node is not None and node.op_type == "ArgMax":
             tensor, node = node.input[0], producers.get(node.input[0])
-        step = _grid_step(proto, tensor)
+        step = _grid_step(graph, tensor)
         if step is not None:
             found.append(Probe(tensor, step, True))
         elif node is not None and node.op_type in ("Conv", "Gemm"):
-            step = _grid_step(proto, node.input[0])
+            step = _grid_step(graph, node.input[0])
             if step is not None:
                 found.append(Probe(node.input[0], step, False))
     return found

@@ -9,7 +9,7 @@ import onnx
 from edgezoo.export.report import GraphViolation
 from edgezoo.export.verify_context import CheckedGraph
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS, grid_error_steps
-from edgezoo.onnxgraph.tools import read_constants
+from edgezoo.onnxgraph.indexed import IndexedGraph
 from edgezoo.tidl import rules
 
 __all__ = [
@@ -53,15 +53,17 @@ def normalised_input_range(proto: onnx.ModelProto) -> tuple[float, float] | None
 def input_range(proto: onnx.ModelProto) -> tuple[str, float, float] | None:
     """(node, low, high) of the range the graph input goes through first (a Clip's bounds, or
     a QuantizeLinear's representable range), or None."""
-    constants, _ = read_constants(proto.graph)
-    inputs = [i.name for i in proto.graph.input if i.name not in constants]
-    for index, node in enumerate(proto.graph.node):
+    return _input_range(IndexedGraph(proto))
+
+
+def _input_range(graph: IndexedGraph) -> tuple[str, float, float] | None:
+    inputs = graph.inputs
+    for node, name in zip(graph.nodes, graph.names, strict=True):
         if not inputs or not node.input or node.input[0] != inputs[0]:
             continue
-        values = [constants.get(name) for name in node.input[1:3]]
+        values = [graph.constants.get(value) for value in node.input[1:3]]
         if len(values) != 2 or any(v is None or v.size != 1 for v in values):
             continue
-        name = node.name or f"{node.op_type}_{index}"
         if node.op_type == "Clip":
             return name, float(values[0]), float(values[1])
         if node.op_type == "QuantizeLinear":
@@ -141,7 +143,7 @@ def _check_input_range(checked: CheckedGraph) -> Iterator[GraphViolation]:
     calibrated on un-normalised inputs has an input range TIDL's inputs overflow)."""
     graph = checked.graph
     normalised = normalised_input_range(graph.proto)
-    found = input_range(graph.proto)
+    found = _input_range(graph)
     if normalised is None or found is None:
         return
     (low, high), (name, clip_low, clip_high) = normalised, found
