@@ -81,7 +81,13 @@ def _validate_model(problems: list[str], name: str, entry: Any, models: dict) ->
         problems.append(f"{where} is not an object")
         return
     required = {"task", "num_classes", "num_params", "input_size", "head", "default_weights"}
-    optional = {"torchvision_name", "description", "pretrained_backbone", "preprocessing"}
+    optional = {
+        "torchvision_name",
+        "description",
+        "pretrained_backbone",
+        "preprocessing",
+        "unused_checkpoint_prefixes",
+    }
     _check_keys(problems, where, entry, required | {"weights"}, optional)
     if entry.get("task") not in TASKS:
         problems.append(f"{where}.task must be one of {TASKS}")
@@ -113,6 +119,9 @@ def _validate_model(problems: list[str], name: str, entry: Any, models: dict) ->
         _validate_preprocessing(problems, f"{where}.preprocessing", entry["preprocessing"])
     if "pretrained_backbone" in entry:
         _validate_backbone(problems, f"{where}.pretrained_backbone", entry, models)
+    unused = entry.get("unused_checkpoint_prefixes", ["."])
+    if not (isinstance(unused, list) and all(isinstance(p, str) and p for p in unused)):
+        problems.append(f"{where}.unused_checkpoint_prefixes must be a list of key prefixes")
 
 
 def _validate_record(problems: list[str], where: str, record: Any, entry: dict) -> None:

@@ -129,6 +129,7 @@ def get_model(
         _load_backbone(model, canonical, entry, pretrained_backbone, weights_url, progress)
     example_input = example_input if example_input is not None else _example(canonical)
     if state_dict is not None:
+        state_dict = _without_unused_keys(state_dict, model, entry)
         loaded = load_checkpoint_into(
             model,
             state_dict,
@@ -184,6 +185,24 @@ def _name_table() -> dict[str, str]:
             table[entry["torchvision_name"]] = name
         table[name] = name
     return table
+
+
+def _without_unused_keys(
+    state_dict: dict[str, torch.Tensor], model: nn.Module, entry: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The checkpoint less the keys the manifest says the zoo model leaves out (torchvision's
+    auxiliary segmentation head) when the model was built without them."""
+    prefixes = tuple(entry.get("unused_checkpoint_prefixes", ()))
+    if not prefixes or any(key.startswith(prefixes) for key in model.state_dict()):
+        return state_dict
+    left_out = [key for key in state_dict if key.startswith(prefixes)]
+    if left_out:
+        logger.info(
+            "left out %d checkpoint entries the model does not use: %s",
+            len(left_out),
+            ", ".join(prefixes),
+        )
+    return {key: value for key, value in state_dict.items() if not key.startswith(prefixes)}
 
 
 def _pretrained_state_dict(

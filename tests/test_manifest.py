@@ -41,7 +41,8 @@ def test_schema_is_valid_and_loaded_manifest_is_the_file():
 
 def test_one_entry_per_builder_and_every_torchvision_tag():
     assert set(MODELS) == set(BUILDERS)
-    assert len(RECORDS) == 39  # 24 classifiers, 15 of them with a second tag
+    # 38 classifiers (22 of them with more than one tag) and 4 torchvision segmenters.
+    assert len(RECORDS) == 68
     for name in CLASSIFIERS:
         enum = get_model_weights(MODELS[name]["torchvision_name"])
         assert list(MODELS[name]["weights"]) == [member.name for member in enum]
@@ -56,14 +57,28 @@ def test_record_matches_torchvision(name, tag, record):
     assert record["url"] == weights.url
     assert record["file_name"] == weights.url.rsplit("/", 1)[-1]
     assert record["sha256_prefix"] == torch.hub.HASH_REGEX.search(record["file_name"]).group(1)
-    assert record["num_params"] == weights.meta["num_params"] == MODELS[name]["num_params"]
+    assert record["num_params"] == MODELS[name]["num_params"]
+    assert record["num_params"] == weights.meta["num_params"] - _left_out_params(name)
     assert {record["dataset"]: record["metrics"]} == weights.meta["_metrics"]
+    assert record["license"] == weights.meta.get("license", "BSD-3-Clause")
     transforms = weights.transforms()
     prep = record["preprocessing"]
     assert prep["mean"] == list(transforms.mean) and prep["std"] == list(transforms.std)
     assert [prep["resize"]] == transforms.resize_size
-    assert [prep["crop"]] == transforms.crop_size
+    assert [prep["crop"]] == getattr(transforms, "crop_size", [None])
     assert prep["interpolation"] == transforms.interpolation.value
+    if tag == MODELS[name]["default_weights"]:
+        assert MODELS[name]["input_size"][1] == prep["crop"] or prep["resize"]
+
+
+def _left_out_params(name: str) -> int:
+    """Parameters of the published file that the zoo model leaves out (an auxiliary head)."""
+    prefixes = tuple(MODELS[name].get("unused_checkpoint_prefixes", ()))
+    if not prefixes:
+        return 0
+    with torch.device("meta"):
+        full = BUILDERS[name](aux_loss=True)
+    return sum(p.numel() for n, p in full.named_parameters() if n.startswith(prefixes))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -77,8 +92,9 @@ def test_entry_matches_edgezoo_builder(name):
     if entry["task"] == "segmentation":
         backbone = entry["pretrained_backbone"]
         assert backbone["weights"] in MODELS[backbone["model"]]["weights"]
-        assert all(side % model.output_stride == 0 for side in entry["input_size"][1:])
-        assert entry["preprocessing"]["resize"] == entry["input_size"][1:]
+        if "torchvision_name" not in entry:  # edgezoo's DeepLabV3+: no weights, own sizes
+            assert all(side % model.output_stride == 0 for side in entry["input_size"][1:])
+            assert entry["preprocessing"]["resize"] == entry["input_size"][1:]
 
 
 def _broken(change) -> list[str]:
@@ -147,3 +163,10 @@ def test_package_carries_the_manifest_in_an_installed_wheel(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("edgezoo-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("edgezoo/weights_manifest.json") == MANIFEST_FILE.read_bytes()
+
+
+def test_readme_zoo_table_lists_every_model_with_its_parameters():
+    section = (ROOT / "README.md").read_text().split("## Model zoo", 1)[1].split("\n\n", 2)[1]
+    cells = [line.split("|")[1:3] for line in section.splitlines()[2:]]
+    table = {name.strip().removesuffix(" (converted)"): params.split()[0] for name, params in cells}
+    assert table == {name: f"{entry['num_params']:,}" for name, entry in MODELS.items()}

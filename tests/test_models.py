@@ -325,7 +325,9 @@ def test_builders_registry_covers_every_model():
     }
 
 
-@pytest.mark.parametrize("name", ["squeezenet1_1", "regnet_x_400mf", "densenet121"])
+@pytest.mark.parametrize(
+    "name", ["squeezenet1_1", "regnet_x_400mf", "densenet121", "shufflenet_v2_x0_5"]
+)
 def test_a_converted_torchvision_model_loads_its_weights_unchanged_and_agrees(name):
     torch.manual_seed(0)
     reference = tvm.get_model(name, num_classes=7).eval()
@@ -352,3 +354,20 @@ def test_a_converted_zoo_model_wraps_trains_exports_and_verifies(tmp_path):
         q.eval(), tmp_path / "m.onnx", example_input=example, write_configs=False
     )
     assert report.ok and report.integer_ok, report
+
+
+def test_a_converted_torchvision_segmenter_loads_its_published_checkpoint(tmp_path):
+    """torchvision's published weights hold the auxiliary head, which the zoo model leaves
+    out unless asked for: both load, and the main output is torchvision's."""
+    torch.manual_seed(0)
+    reference = tvm.get_model("fcn_resnet50", weights_backbone=None, aux_loss=True).eval()
+    path = tmp_path / "fcn.pth"
+    torch.save(reference.state_dict(), path)
+    ours = edgezoo.get_model("fcn_resnet50", pretrained=path).eval()
+    assert not any(key.startswith("aux_classifier.") for key in ours.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert list(ours(x)) == ["out"]
+        assert torch.equal(ours(x)["out"], reference(x)["out"])
+    with_aux = edgezoo.get_model("fcn_resnet50", pretrained=path, aux_loss=True)
+    assert list(with_aux.state_dict()) == list(reference.state_dict())

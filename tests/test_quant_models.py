@@ -42,7 +42,15 @@ def assert_all_grads_finite(model: torch.nn.Module) -> None:
 
 
 # One converted torchvision model per family: the others are the same conversion, only bigger.
-FAMILIES = ["densenet121", "regnet_x_400mf", "squeezenet1_1"]
+FAMILIES = [
+    "densenet121",
+    "efficientnet_v2_s",
+    "fcn_resnet50",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+]
 WRAPPED = [*sorted(set(BUILDERS) - set(CONVERTED)), *FAMILIES]
 
 
@@ -57,6 +65,7 @@ def test_model_wraps_and_runs_forward_backward_with_bn_folded(name):
     assert convs and all(isinstance(m, QuantConv2d) for m in convs)
     freeze_bn(q)
     out = q(x)
+    out = out["out"] if isinstance(out, dict) else out  # torchvision's segmentation models
     out.float().square().mean().backward()
     assert torch.isfinite(out).all()
     assert_all_grads_finite(q)

@@ -52,7 +52,14 @@ def test_list_models_covers_every_builder_and_filters_by_task():
     names = list_models()
     assert sorted(names) == sorted(BUILDERS)
     assert names[:2] == ["resnet18", "resnet34"], "manifest order: family, then size"
-    assert list_models("segmentation") == ["deeplabv3plus_mobilenetv2", "deeplabv3plus_resnet50"]
+    assert list_models("segmentation") == [
+        "deeplabv3plus_mobilenetv2",
+        "deeplabv3plus_resnet50",
+        "deeplabv3_resnet50",
+        "deeplabv3_resnet101",
+        "fcn_resnet50",
+        "fcn_resnet101",
+    ]
     assert set(list_models("classification")) == set(names) - set(list_models("segmentation"))
     assert edgezoo.list_models is list_models
     with pytest.raises(ValueError, match="classification"):
@@ -197,7 +204,8 @@ def test_cli_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["name", "task", "params"]
-    assert "69.758" in out and "IMAGENET1K_V2" in out
+    assert "acc@1 69.758" in out and "IMAGENET1K_V2" in out
+    assert "COCO_WITH_VOC_LABELS_V1" in out and "miou 66.400" in out
     assert all(name in out for name in BUILDERS)
     assert main(["list", "--task", "segmentation"]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]

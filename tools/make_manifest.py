@@ -11,15 +11,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torchvision
 from torchvision.models import get_model_weights
 
-from edgezoo.models.converted import CONVERTED
+from edgezoo.models.converted import AUX_HEAD_PREFIX, CONVERTED_CLASSIFIERS, CONVERTED_SEGMENTERS
 
 MANIFEST_PATH = Path(__file__).resolve().parents[1] / "weights_manifest.json"
 FORMAT_VERSION = 1
-WEIGHTS_LICENSE = "BSD-3-Clause"
-CLASSIFICATION_INPUT_SIZE = [3, 224, 224]
+WEIGHTS_LICENSE = "BSD-3-Clause"  # torchvision's; weights under another licence name theirs
 # A local build suffix such as "+cu130" says nothing about the weights and would make --check
 # depend on which torch wheel is installed.
 TORCHVISION_VERSION = torchvision.__version__.split("+", 1)[0]
@@ -60,8 +60,11 @@ CLASSIFIERS = [
     ClassifierSpec("wide_resnet101_2", "wide_resnet101_2", "fc"),
     ClassifierSpec("mobilenetv2", "mobilenet_v2", "classifier.1"),
     # torchvision's own models, converted to module-only by edgezoo.make_module_only.
-    *(ClassifierSpec(name, name, head) for name, head in CONVERTED.items()),
+    *(ClassifierSpec(name, name, head) for name, head in CONVERTED_CLASSIFIERS.items()),
 ]
+
+# torchvision's segmentation models, converted; their ImageNet backbone is torchvision's too.
+TORCHVISION_BACKBONES = {"resnet50": "IMAGENET1K_V1", "resnet101": "IMAGENET1K_V1"}
 
 # torchvision's own segmentation models start from the IMAGENET1K_V1 backbones; we follow them.
 SEGMENTERS = [
@@ -83,18 +86,28 @@ SEGMENTERS = [
 
 
 def _preprocessing(transforms) -> dict:
-    """The fields of a torchvision preset that a user needs to reproduce its preprocessing."""
+    """The fields of a torchvision preset that a user needs to reproduce its preprocessing
+    (segmentation presets resize without a crop)."""
+    crop = getattr(transforms, "crop_size", None)
     return {
         "mean": list(transforms.mean),
         "std": list(transforms.std),
         "resize": transforms.resize_size[0],
-        "crop": transforms.crop_size[0],
+        "crop": crop[0] if crop else None,
         "interpolation": transforms.interpolation.value,
     }
 
 
-def _weights_entry(weights) -> dict:
-    """One manifest weights record from one torchvision Weights enum member."""
+def _input_size(weights) -> list[int]:
+    """[C, H, W] that the weights are evaluated at: the crop, else the resize, of their preset."""
+    prep = _preprocessing(weights.transforms())
+    side = prep["crop"] or prep["resize"]
+    return [3, side, side]
+
+
+def _weights_entry(weights, num_params: int | None = None) -> dict:
+    """One manifest weights record from one torchvision Weights enum member; num_params: the
+    zoo model's, where it leaves some of the file's parameters out."""
     file_name = weights.url.rsplit("/", 1)[-1]
     dataset, metrics = next(iter(weights.meta["_metrics"].items()))
     return {
@@ -103,10 +116,10 @@ def _weights_entry(weights) -> dict:
         "sha256_prefix": file_name.rsplit("-", 1)[-1].split(".", 1)[0],
         "source": f"torchvision {TORCHVISION_VERSION} {type(weights).__name__}.{weights.name}",
         "recipe": weights.meta["recipe"],
-        "license": WEIGHTS_LICENSE,
+        "license": weights.meta.get("license", WEIGHTS_LICENSE),
         "dataset": dataset,
         "metrics": dict(metrics),
-        "num_params": weights.meta["num_params"],
+        "num_params": num_params or weights.meta["num_params"],
         "file_size_mb": weights.meta["_file_size"],
         "preprocessing": _preprocessing(weights.transforms()),
     }
@@ -120,7 +133,7 @@ def _classifier_entry(spec: ClassifierSpec) -> dict:
         "torchvision_name": spec.torchvision_name,
         "num_classes": len(enum.DEFAULT.meta["categories"]),
         "num_params": enum.DEFAULT.meta["num_params"],
-        "input_size": CLASSIFICATION_INPUT_SIZE,
+        "input_size": _input_size(enum.DEFAULT),
         "head": spec.head,
         "default_weights": enum.DEFAULT.name,
         "weights": weights,
@@ -155,10 +168,36 @@ def _segmenter_entry(spec: SegmenterSpec) -> dict:
     }
 
 
+def _torchvision_segmenter_entry(name: str, head: str) -> dict:
+    """A converted torchvision segmentation model: its published weights (without the
+    auxiliary head the zoo model leaves out) and its torchvision ImageNet backbone."""
+    from edgezoo.models import BUILDERS
+
+    with torch.device("meta"):
+        num_params = sum(p.numel() for p in BUILDERS[name]().parameters())
+    enum = get_model_weights(name)
+    backbone = name.rsplit("_", 1)[-1]
+    return {
+        "task": "segmentation",
+        "torchvision_name": name,
+        "num_classes": len(enum.DEFAULT.meta["categories"]),
+        "num_params": num_params,
+        "input_size": _input_size(enum.DEFAULT),
+        "head": head,
+        "default_weights": enum.DEFAULT.name,
+        "weights": {member.name: _weights_entry(member, num_params) for member in enum},
+        "pretrained_backbone": {"model": backbone, "weights": TORCHVISION_BACKBONES[backbone]},
+        "unused_checkpoint_prefixes": [AUX_HEAD_PREFIX],
+    }
+
+
 def build_manifest() -> dict:
     """The whole manifest as a JSON-ready dict."""
     models = {spec.name: _classifier_entry(spec) for spec in CLASSIFIERS}
     models.update({spec.name: _segmenter_entry(spec) for spec in SEGMENTERS})
+    models.update(
+        {name: _torchvision_segmenter_entry(name, h) for name, h in CONVERTED_SEGMENTERS.items()}
+    )
     return {
         "format_version": FORMAT_VERSION,
         "generated_by": f"tools/make_manifest.py from torchvision {TORCHVISION_VERSION}",

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one table row per model."""
-    header = ("name", "task", "params", "default weights", "acc@1")
+    header = ("name", "task", "params", "default weights", "metric")
     rows = [header]
     for name in registry.list_models(args.task):
         info = registry.model_info(name)
@@ -31,7 +31,9 @@ def run_list(args: argparse.Namespace) -> int:
             backbone = info["pretrained_backbone"]
             tag_text, acc = f"backbone: {backbone['model']} {backbone['weights']}", "-"
         else:
-            tag_text, acc = tag, f"{info['weights'][tag]['metrics']['acc@1']:.3f}"
+            # acc@1 for ImageNet classifiers, mIoU for segmentation: the first published metric.
+            metric, value = next(iter(info["weights"][tag]["metrics"].items()))
+            tag_text, acc = tag, f"{metric} {value:.3f}"
         rows.append((name, info["task"], _millions(info["num_params"]), tag_text, acc))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:

@@ -4,7 +4,12 @@ from collections.abc import Callable
 
 from torch import nn
 
-from edgezoo.models.converted import CONVERTED, converted_builder
+from edgezoo.models.converted import (
+    CONVERTED,
+    CONVERTED_CLASSIFIERS,
+    CONVERTED_SEGMENTERS,
+    converted_builder,
+)
 from edgezoo.models.deeplabv3plus import (
     DeepLabV3Plus,
     MobileNetV2Backbone,
@@ -51,6 +56,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 __all__ = [
     "BUILDERS",
     "CONVERTED",
+    "CONVERTED_CLASSIFIERS",
+    "CONVERTED_SEGMENTERS",
     "BasicBlock",
     "Bottleneck",
     "DeepLabV3Plus",
