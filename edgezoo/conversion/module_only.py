@@ -24,7 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import edgezoo.layers
 from edgezoo.conversion.equivalence import check_equivalent
-from edgezoo.conversion.norm_act import is_norm_act
+from edgezoo.conversion.norm_act import is_frozen_batch_norm, is_norm_act
 from edgezoo.conversion.plain_layers import plain_base
 from edgezoo.conversion.rewrites import Rewrite, find_rewrite
 from edgezoo.conversion.training_branches import (
@@ -82,7 +82,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if isinstance(module, _EDGEZOO_LEAVES) or _branches_on_training(module):
             return True
-        if is_norm_act(module) or plain_base(module) is not None:
+        if is_norm_act(module) or is_frozen_batch_norm(module) or plain_base(module) is not None:
             return True
         return super().is_leaf_module(module, qualified_name)
 

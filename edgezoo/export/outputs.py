@@ -3,6 +3,8 @@
 One tensor (also one inside a dict, tuple or list, as torchvision's segmentation models return
 {"out": ...}) is the graph's `output`. Several (an FPN or detection neck's feature maps, a dict
 of heads) are named by their dict keys, a namedtuple's fields, or output_0, output_1, ...
+A key that is a number (torchvision's FPN returns {"0": ..., "1": ..., "pool": ...}) is not a
+name the exporter accepts, so it becomes output_<key>.
 """
 
 from typing import Any
@@ -20,7 +22,7 @@ def output_tensors(output: Any) -> tuple[tuple[str, ...], list[Tensor]]:
     if isinstance(output, Tensor):
         return (OUTPUT_NAME,), [output]
     if isinstance(output, dict):
-        names, tensors = [str(key) for key in output], list(output.values())
+        names, tensors = [_key_name(key) for key in output], list(output.values())
     elif isinstance(output, list | tuple):
         fields = getattr(output, "_fields", None)
         names = list(fields) if fields else [f"{OUTPUT_NAME}_{i}" for i in range(len(output))]
@@ -44,3 +46,9 @@ def output_tensors(output: Any) -> tuple[tuple[str, ...], list[Tensor]]:
             "an earlier output): a graph output is one value; return it once"
         )
     return tuple(names), tensors
+
+
+def _key_name(key: object) -> str:
+    """A dict key as a graph output name; TorchScript refuses names that are numbers."""
+    name = str(key)
+    return f"{OUTPUT_NAME}_{name}" if name.isdigit() else name

@@ -14,7 +14,12 @@ it computes; planner.py decides where they go; wrappers.py, freeze.py, bias_cali
 deploy.py and report.py are what a user calls.
 """
 
-from edgezoo.quantization.batch_norm import QuantBatchNorm1d, QuantBatchNorm2d, QuantBatchNorm3d
+from edgezoo.quantization.batch_norm import (
+    QuantBatchNorm1d,
+    QuantBatchNorm2d,
+    QuantBatchNorm3d,
+    QuantFrozenBatchNorm2d,
+)
 from edgezoo.quantization.clip import Clip
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.deploy import convert_to_deploy
@@ -68,6 +73,7 @@ __all__ = [
     "QuantBatchNorm3d",
     "QuantCalibrateModule",
     "QuantConv2d",
+    "QuantFrozenBatchNorm2d",
     "QuantLinear",
     "QuantTestModule",
     "QuantTrainModule",

@@ -7,6 +7,7 @@ ranges of its input and output as children.
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.saved_flags import SavedFlagsMixin
@@ -90,9 +91,57 @@ class QuantBatchNorm3d(QuantBatchNormMixin, nn.BatchNorm3d):
     """BatchNorm3d with a persistent freeze flag and optional activation ranges."""
 
 
+class QuantFrozenBatchNorm2d(QuantBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (detection backbones) for QAT: a BatchNorm2d that is
+    always frozen, whose affine weight and bias stay buffers (never trained), with its keys
+    (no num_batches_tracked)."""
+
+    FLAGS = ()  # nothing to switch or save: frozen for good
+    bn_frozen = True
+
+    @classmethod
+    def from_float(
+        cls,
+        bn: FrozenBatchNorm2d,
+        input_quant: PACT2 | None = None,
+        output_quant: PACT2 | None = None,
+    ):
+        """A QAT BatchNorm sharing the frozen layer's buffers (same state_dict keys)."""
+        quant = cls(bn.weight.shape[0], eps=bn.eps, device="meta")
+        del quant.weight, quant.bias  # registered as parameters; the frozen layer has buffers
+        for name, buffer in bn.named_buffers(recurse=False):
+            quant.register_buffer(name, buffer)
+        quant.register_buffer("num_batches_tracked", None)
+        quant.input_quant = input_quant
+        quant.output_quant = output_quant
+        quant._init_saved_flags()
+        quant.train(bn.training)
+        return quant
+
+    def freeze_bn(self, frozen: bool = True) -> None:
+        """Nothing to do: a frozen BatchNorm never uses batch statistics."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # As torchvision's FrozenBatchNorm2d: no counter, so none is added for old checkpoints
+        # (BatchNorm's loader would) and a BatchNorm2d checkpoint's is not used.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        nn.Module._load_from_state_dict(self, state_dict, prefix, *args)
+
+    def to_float(self) -> FrozenBatchNorm2d:
+        """The FrozenBatchNorm2d holding this layer's tensors, for deployment."""
+        plain = FrozenBatchNorm2d(self.num_features, self.eps)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            plain.register_buffer(name, getattr(self, name).detach().clone())
+        return plain
+
+
 QUANT_BATCH_NORMS: dict[type[nn.Module], type[nn.Module]] = {
     nn.BatchNorm1d: QuantBatchNorm1d,
     nn.BatchNorm2d: QuantBatchNorm2d,
     nn.BatchNorm3d: QuantBatchNorm3d,
+    FrozenBatchNorm2d: QuantFrozenBatchNorm2d,
 }
 """Float BatchNorm type -> its QAT replacement."""
+
+FOLDABLE_BATCH_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+"""BatchNorm types a Conv2d before them folds."""

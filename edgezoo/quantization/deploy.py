@@ -14,7 +14,11 @@ import torch
 from torch import nn
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
+from edgezoo.quantization.batch_norm import (
+    QUANT_BATCH_NORMS,
+    QuantBatchNormMixin,
+    QuantFrozenBatchNorm2d,
+)
 from edgezoo.quantization.clip import Clip
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import InputGridLayer, QuantizedLayer
@@ -61,6 +65,8 @@ def _deploy_weight_layer(layer: QuantWeightMixin) -> nn.Module:
 
 
 def _deploy_batch_norm(bn: QuantBatchNormMixin) -> nn.Module:
+    if isinstance(bn, QuantFrozenBatchNorm2d):
+        return _with_clips(bn, bn.to_float())
     float_type = next(f for f, q in QUANT_BATCH_NORMS.items() if q is type(bn))
     plain = float_type(
         bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta"

@@ -31,7 +31,11 @@ from edgezoo.conversion.plain_layers import plain_base
 from edgezoo.errors import ModuleOnlyViolationError, QuantizationConfigError
 from edgezoo.layers import AddBlock, CatBlock, MulBlock, ResizeWith
 from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
-from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNormMixin
+from edgezoo.quantization.batch_norm import (
+    FOLDABLE_BATCH_NORMS,
+    QUANT_BATCH_NORMS,
+    QuantBatchNormMixin,
+)
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.graph import LeafGraph, LeafNode, trace_leaf_graph
 from edgezoo.quantization.grid import BIAS_JOINT
@@ -168,8 +172,9 @@ class _Planner:
         return False
 
     def _pair_conv_bn(self) -> dict[str, str]:
-        """Conv2d -> BatchNorm2d it folds: its only consumer, reading only the conv, registered
-        after it in the same parent (so the BN's entries can stay under the BN's name)."""
+        """Conv2d -> BatchNorm2d (or torchvision's FrozenBatchNorm2d) it folds: its only
+        consumer, reading only the conv, registered after it in the same parent (so the BN's
+        entries can stay under the BN's name)."""
         pairs = {}
         for name, node in self.graph.nodes.items():
             if type(node.module) is not nn.Conv2d or len(node.consumers) != 1 or node.is_output:
@@ -177,10 +182,10 @@ class _Planner:
             consumer = self.graph.nodes[node.consumers[0]]
             bn = consumer.module
             if (
-                type(bn) is nn.BatchNorm2d
-                and bn.track_running_stats
+                type(bn) in FOLDABLE_BATCH_NORMS
+                and getattr(bn, "track_running_stats", True)
                 and consumer.inputs == (name,)
-                and bn.num_features == node.module.out_channels
+                and bn.running_mean.shape[0] == node.module.out_channels
                 and _is_later_sibling(self.model, name, consumer.name)
             ):
                 pairs[name] = consumer.name

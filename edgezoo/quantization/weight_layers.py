@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgezoo.quantization.batch_norm import QuantBatchNorm2d
+from edgezoo.quantization.batch_norm import QUANT_BATCH_NORMS, QuantBatchNorm2d
 from edgezoo.quantization.exact import exact_conv2d
 from edgezoo.quantization.grid import (
     BIAS_JOINT,
@@ -136,7 +136,7 @@ class QuantWeightMixin(InputGridMixin, SavedFlagsMixin):
         quant.outlier_check_pending = True
         quant.input_quant = input_quant
         quant.bn_slot = None if bn is None else bn[0]
-        quant.bn = None if bn is None else QuantBatchNorm2d.from_float(bn[1])
+        quant.bn = None if bn is None else QUANT_BATCH_NORMS[type(bn[1])].from_float(bn[1])
         quant.output_quant = output_quant
         quant._attach_input_grid(None if input_quant is not None else input_grid)
         quant._init_saved_flags()
