@@ -32,6 +32,7 @@ from user_models import USER_MODELS
 
 from edgezoo import QuantTrainModule, check_model, export_onnx, make_module_only
 from edgezoo.conversion.equivalence import compare_outputs
+from edgezoo.export.outputs import output_tensors
 from edgezoo.fileio import atomic_path
 
 TIMM_MODELS = (
@@ -92,9 +93,8 @@ def _unchanged(model, snapshot: tuple[dict, dict]) -> bool:
 
 def _qat_step(converted, example):
     q = QuantTrainModule(converted, example[:1], tidl_rules=False, convert=False)
-    out = q(example)
-    out = out if isinstance(out, torch.Tensor) else out["out"]
-    out.square().mean().backward()
+    _, outputs = output_tensors(q(example))  # every output: a tensor, tuple or dict of them
+    sum(out.square().mean() for out in outputs).backward()
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in q.parameters()), q
 
 

@@ -40,6 +40,10 @@ def test_conversion_keeps_frozen_batch_norm_whole_and_the_outputs_equal():
     assert not check_model(model, images(1)).ok  # torchvision's own forward: reused ReLUs, adds
     converted = make_module_only(model, images(1))
     assert check_model(converted, images(1)).ok
+    # The FPN calls its inner and layer blocks interleaved: the order stays registration order,
+    # so an optimizer state saved before conversion still lines up.
+    assert list(converted.state_dict()) == list(model.state_dict())
+    assert [n for n, _ in converted.named_parameters()] == [n for n, _ in model.named_parameters()]
     frozen = [m for m in converted.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert len(frozen) == sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     with torch.no_grad():

@@ -302,6 +302,7 @@ def make_module_only(
         _split_shared_modules(module, report)
         module.graph.lint()
         module.recompile()
+        _keep_registration_order(model, module)
         _check_state_keys(model, module)
         if check_equivalent(model, module, inputs) is OrderedDict:
             _return_ordered_dict(module)
@@ -434,6 +435,40 @@ def _keep_dropouts_live(module: fx.GraphModule, live: list, report: ConversionRe
         node = nodes[call.node_name]
         source = node.args[0] if node.args else node.kwargs["input"]
         _apply(module, node, Rewrite("dropout", call.module, (source,)), report)
+
+
+def _keep_registration_order(model: nn.Module, converted: nn.Module) -> None:
+    """The original's order of children and parameters in every container the conversion
+    rebuilt: GraphModule registers them in call order, which would reorder state_dict() and
+    parameters() of a model that calls its modules out of order (an FPN's inner and layer
+    blocks), so an optimizer state saved before conversion would no longer line up. Modules
+    the conversion added (add blocks, copies of shared activations) hold no state and go last."""
+    for name, original in model.named_modules():
+        try:
+            copy = converted.get_submodule(name)
+        except AttributeError:
+            continue
+        if copy is original:
+            continue
+        order = {n: i for i, (n, _) in enumerate(original.named_children())}
+        children = dict(copy.named_children())
+        ranked = sorted(children, key=lambda n: order.get(n, len(order)))
+        if ranked != list(children):
+            for child in children:
+                delattr(copy, child)
+            for child in ranked:
+                copy.add_module(child, children[child])
+        _keep_parameter_order(original, copy)
+
+
+def _keep_parameter_order(original: nn.Module, copy: nn.Module) -> None:
+    order = [n for n, _ in original.named_parameters(recurse=False)]
+    params = dict(copy.named_parameters(recurse=False))
+    if list(params) != order and set(params) == set(order):
+        for param in order:
+            delattr(copy, param)
+        for param in order:
+            copy.register_parameter(param, params[param])
 
 
 def _check_state_keys(model: nn.Module, converted: nn.Module) -> None:
