@@ -11,6 +11,7 @@ import torchvision
 from onnx import numpy_helper
 from torch import nn
 
+from edgezoo.conversion import make_module_only
 from edgezoo.errors import ExportVerificationError, TIDLRuleError
 from edgezoo.export import export_onnx, onnxruntime_session, tidl_requantize, verify_onnx
 from edgezoo.models import BUILDERS, CONVERTED
@@ -241,6 +242,31 @@ def test_without_onnxsim_the_cleanup_gives_the_same_graph(exported, tmp_path):
     )
     assert plain.ok, str(plain)
     assert plain.node_counts == simplified.node_counts
+
+
+class TwinBranches(nn.Module):
+    """Two branches that compute alike until trained apart (default-initialised BatchNorms
+    reading the same tensor): onnxsim's common-subexpression pass would merge them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn_a, self.bn_b = nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+        self.relu_a, self.relu_b = nn.ReLU(), nn.ReLU()
+        self.conv_a, self.conv_b = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return self.conv_a(self.relu_a(self.bn_a(f))) + self.conv_b(self.relu_b(self.bn_b(f)))
+
+
+def test_branches_that_compute_alike_keep_their_own_ranges(tmp_path):
+    x = torch.randn(1, 3, 16, 16)
+    q = QuantTrainModule(make_module_only(TwinBranches(), x), x)
+    with torch.no_grad():
+        q(torch.randn(4, 3, 16, 16))  # both branches see the same data: equal ranges
+    report = export_onnx(q.eval(), tmp_path / "twins.onnx", example_input=x, write_configs=False)
+    assert report.ok and report.node_counts["Clip"] == 6, str(report)
 
 
 def test_bare_quantized_module_without_input_range(tmp_path):
