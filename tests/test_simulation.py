@@ -199,6 +199,41 @@ class Everything(nn.Module):
         return self.fc(self.flatten(self.gap(self.relu3(self.conv3(x)))))
 
 
+class PreActivation(nn.Module):
+    """DenseNet's pattern: a BatchNorm after a concat, which no conv folds (its device
+    arithmetic is assumed: simulated as QAT computes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1)
+        self.cat = CatBlock()
+        self.norm = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv3 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.relu(self.norm(self.cat((self.conv1(x), self.conv2(x))))))
+
+
+def test_a_standalone_batch_norm_is_simulated_as_assumed_and_agrees(tmp_path):
+    torch.manual_seed(0)
+    model = PreActivation()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+        model.norm.weight.uniform_(0.5, 1.5)
+    q = trained(model, 16)
+    report = edgezoo.export_onnx(q, tmp_path / "m.onnx", input_size=(16, 16), write_configs=False)
+    assert report.node_counts["BatchNormalization"] == 1
+    assert report.integer_assumed_ops == ("BatchNormalization",) and report.ok
+    assert report.integer_max_steps == 0.0 and not report.integer_not_simulated
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        qat = q(x).double().numpy()
+    (device,) = simulate_tidl(tmp_path / "m.onnx", x, return_integers=True)
+    assert np.array_equal(qat * device.scale, device.integers)
+
+
 def trained(model: nn.Module, size: int, bits: int = 8) -> QuantTrainModule:
     config = QuantizationConfig(bitwidth_weights=bits, bitwidth_activations=bits)
     return briefly_trained(model, size, config)

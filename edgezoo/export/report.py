@@ -155,8 +155,8 @@ class ExportReport:
             if self.integer_assumed_ops:
                 lines.append(
                     f"    assumed, not known: {', '.join(self.integer_assumed_ops)} simulated as "
-                    "QAT computes them, rounded onto their range (TIDL's lookup tables are not "
-                    "modelled); check these layers on the device"
+                    "QAT computes them, rounded onto their range (TIDL's own arithmetic for them "
+                    "is not modelled); check these layers on the device"
                 )
         if self.integer_not_simulated:
             lines.append(

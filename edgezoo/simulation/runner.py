@@ -32,6 +32,7 @@ _SUPPORTED = frozenset(
         "Mul",
         "Sigmoid",
         "HardSigmoid",
+        "BatchNormalization",
         "Concat",
         "MaxPool",
         "AveragePool",
@@ -47,9 +48,10 @@ _SUPPORTED = frozenset(
 )
 
 
-ASSUMED_OPS = frozenset({"Sigmoid", "HardSigmoid"})
-"""Ops whose TIDL arithmetic (a lookup table) edgezoo does not know: simulated as the QAT model
-computes them, rounded onto their output range, so agreement there is with that model."""
+ASSUMED_OPS = frozenset({"Sigmoid", "HardSigmoid", "BatchNormalization"})
+"""Ops whose TIDL arithmetic edgezoo does not know (the gates' lookup tables; how TIDL scales a
+BatchNorm no conv folds, as DenseNet's pre-activation ones): simulated as the QAT model computes
+them, rounded onto their output range, so agreement there is with that model."""
 
 
 @dataclass
@@ -229,9 +231,9 @@ class _Runner:
         return self._gate(node, name, lambda x: (x * alpha + beta).clamp_(0.0, 1.0))
 
     def _gate(self, node: onnx.NodeProto, name: str, function) -> Value:
-        """A bounded non-linearity of a ranged value, rounded onto the grid of the Clip that
-        reads it (TIDL's lookup tables are not modelled: the function is evaluated in QAT's
-        precision and rounded as QAT rounds it)."""
+        """A function of a ranged value whose device arithmetic is assumed (ASSUMED_OPS),
+        rounded onto the grid of the Clip that reads it: evaluated in QAT's precision and
+        rounded as QAT rounds it."""
         value = self._ranged(node, name)
         readers = self.graph.readers(node.output[0])
         if not readers or any(reader.op_type != "Clip" for reader in readers):
@@ -241,6 +243,18 @@ class _Runner:
             )
         grid = Grid.of_clip(*self._clip_bounds(readers[0], name), self.bitwidth)
         return self.arithmetic.gate(value, function, grid)
+
+    def _batchnormalization(self, node: onnx.NodeProto, name: str) -> Value:
+        """A BatchNorm no conv folded: per-channel affine in QAT's precision (as QAT's
+        standalone BatchNorm computes it), rounded onto the range that reads it."""
+        scale, shift, mean, variance = (self.constants[node.input[i]] for i in range(1, 5))
+        epsilon = float(node_attributes(node).get("epsilon", 1e-5))
+
+        def batch_norm(x: Tensor) -> Tensor:
+            params = [t.to(x.dtype) for t in (mean, variance, scale, shift)]
+            return F.batch_norm(x, *params, False, 0.0, epsilon)
+
+        return self._gate(node, name, batch_norm)
 
     def _concat(self, node: onnx.NodeProto, name: str) -> Value:
         values = [self._ranged(node, name, i) for i in range(len(node.input))]
