@@ -8,9 +8,10 @@ models when timm is installed (a fixed list across families), with random weight
 (segmentation and detection backbones 128x128):
 does torch.fx trace it, does make_module_only convert it, are the outputs bit-equal in eval and
 train mode (same seed: dropout and stochastic depth draw alike), does one QAT step run with
-finite gradients, does the QAT export verify against TIDL's rules; where a stage fails, the
-error's first line (the rule or the reason). Models above --max-params are listed as skipped
-(this 2-core machine). Writes docs/conversion_coverage.json and docs/conversion_coverage.md.
+finite gradients, does the QAT export verify against TIDL's rules (with onnxruntime parity, and
+the integer simulation run and agreeing with the QAT model); where a stage fails, the error's
+first line (the rule or the reason). Models above --max-params are listed as skipped (this
+2-core machine). Writes docs/conversion_coverage.json and docs/conversion_coverage.md.
 
     python benchmarks/conversion_coverage.py
     python benchmarks/conversion_coverage.py --models resnet18 regnet_x_400mf
@@ -115,13 +116,17 @@ def _example(size: int) -> torch.Tensor:
 
 
 def _export(q, example) -> list[str]:
-    """The TIDL rules the QAT export breaks (empty when it verifies)."""
+    """What the QAT export fails (empty when it verifies): the TIDL rules it breaks, parity
+    with onnxruntime, the integer simulation's agreement, or a graph it could not simulate."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "m.onnx"
         report = export_onnx(
             q.eval(), path, example_input=example[:1], write_configs=False, strict=False
         )
-    return sorted(report.verification.rules()) + ([] if report.parity_ok else ["parity"])
+    failed = [] if report.parity_ok else ["parity"]
+    failed += [] if report.integer_ok else ["integer-agreement"]
+    failed += ["integer-not-simulated"] if report.integer_not_simulated else []
+    return sorted(report.verification.rules()) + failed
 
 
 def measure(source: str, name: str, model, size: int) -> dict:
