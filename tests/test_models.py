@@ -340,20 +340,24 @@ def test_a_converted_torchvision_model_loads_its_weights_unchanged_and_agrees(na
     assert edgezoo.check_model(ours, x[:1]).ok
 
 
-def test_a_converted_zoo_model_wraps_trains_exports_and_verifies(tmp_path):
+@pytest.mark.parametrize("name", ["squeezenet1_1", "fcn_resnet50"])
+def test_a_converted_zoo_model_wraps_trains_exports_and_verifies(tmp_path, name):
     example = torch.rand(1, 3, 64, 64)
-    q = edgezoo.get_model("squeezenet1_1", num_classes=5, qat=True, example_input=example)
+    q = edgezoo.get_model(name, num_classes=5, qat=True, example_input=example)
     optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
     for step in range(2):
         x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(step))
-        loss = q(x).square().mean()
+        out = q(x)
+        loss = (out["out"] if isinstance(out, dict) else out).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    # The zoo knows the model's task and preprocessing, so TIDL's files are written too.
     report = edgezoo.export_onnx(
-        q.eval(), tmp_path / "m.onnx", example_input=example, write_configs=False
+        q.eval(), tmp_path / "m.onnx", example_input=example, model_name=name
     )
     assert report.ok and report.integer_ok, report
+    assert report.output_names == ("output",) and report.config_files
 
 
 def test_a_converted_torchvision_segmenter_loads_its_published_checkpoint(tmp_path):
