@@ -185,3 +185,70 @@ def test_the_check_cli_takes_torchvision_names_and_reports_the_fix(capsys):
     assert "conversion: add x" in out and "after conversion: no module-only" in out
     assert main(["check", "torchvision:no_such_net"]) == 2
     assert "torchvision has no model 'no_such_net'" in capsys.readouterr().err
+
+
+class ShapeGate(nn.Module):
+    """A helper whose forward branches on its input's size (fx cannot trace that); its
+    weights are in its children."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 8:
+            x = self.pool(x)
+        x = self.conv(x)
+        return F.relu(x) if self.functional else self.relu(x)
+
+
+class WithShapeGate(nn.Module):
+    def __init__(self, gate: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.gate = gate
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gate(self.stem(x)))
+
+
+class OwnWeightGate(nn.Module):
+    """Control flow in a layer holding its own weight (as timm's Conv2dSame pads by shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2:
+            x = F.pad(x, (0, 1, 0, 1))
+        return F.conv2d(x, self.weight)
+
+
+def test_a_submodule_fx_cannot_trace_is_kept_whole_and_quantizes(tmp_path):
+    model = WithShapeGate(ShapeGate())
+    converted, report = edgezoo.make_module_only(model, IMAGE, return_report=True)
+    assert report.changes["kept whole (fx cannot trace it)"] == 1 and "gate" in report.modules
+    assert converted.gate is model.gate
+    assert outputs_equal(model, converted, training=False)
+    q = edgezoo.QuantTrainModule(model, IMAGE)
+    with torch.no_grad():
+        q(IMAGE)
+    report = edgezoo.export_onnx(
+        q.eval(), tmp_path / "m.onnx", example_input=IMAGE[:1], write_configs=False
+    )
+    assert report.ok, str(report)
+
+
+def test_what_a_kept_whole_submodule_leaves_functional_is_named_at_wrapping():
+    with pytest.raises(ModuleOnlyViolationError, match="gate"):
+        edgezoo.QuantTrainModule(WithShapeGate(ShapeGate(functional=True)), IMAGE)
+
+
+def test_an_untraceable_layer_with_its_own_weights_is_refused_by_name():
+    with pytest.raises(ConversionError, match=r"in gate, a OwnWeightGate holding its own weights"):
+        edgezoo.make_module_only(WithShapeGate(OwnWeightGate()), IMAGE)

@@ -72,14 +72,25 @@ def _branches_on_training(module: nn.Module) -> bool:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, keeping edgezoo's layer modules and mode-dependent parameter-free
-    modules whole, recording each node's source line for error messages."""
+    """torch.fx's tracer, keeping edgezoo's layer modules, mode-dependent parameter-free modules
+    and the modules in kept_whole whole, recording each node's source line for error messages
+    and, while tracing, the modules being traced (innermost last: where a failure happened)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept_whole: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.record_stack_traces = True
+        self.kept_whole = kept_whole
+        self.calls: list[str] = []
+
+    def call_module(self, m: nn.Module, forward, args, kwargs) -> Any:
+        self.calls.append(self.path_of_module(m))
+        result = super().call_module(m, forward, args, kwargs)
+        self.calls.pop()  # left in place when tracing m failed: the failure's module stack
+        return result
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        if qualified_name in self.kept_whole:
+            return True
         if isinstance(module, _EDGEZOO_LEAVES) or _branches_on_training(module):
             return True
         if is_norm_act(module) or is_frozen_batch_norm(module) or plain_base(module) is not None:
@@ -87,16 +98,48 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(module, qualified_name)
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
-        raise ConversionError(
-            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}. "
-            "Rewrite it by hand: edgezoo.check_model(model, example_input) lists each op to "
-            "move into a module"
-        ) from error
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+_MAX_KEPT_WHOLE = 64  # submodules fx cannot trace, kept whole before giving up
+
+
+def _trace(model: nn.Module) -> tuple[fx.GraphModule, list[str]]:
+    """The traced model, and the submodules kept whole because fx cannot trace them (control
+    flow on shapes, as timm VGG's pre-logits): each is traced as one call and run as it is.
+    The model's own forward must trace, and so must a module holding its own weights (QAT
+    could not quantize it whole)."""
+    kept: list[str] = []
+    while True:
+        tracer = _Tracer(frozenset(kept))
+        try:
+            graph = tracer.trace(model)
+            break
+        except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
+            inner = tracer.calls[-1] if tracer.calls else ""
+            if _keeps_whole(model, inner, kept):
+                kept.append(inner)
+                continue
+            raise _untraceable(model, inner, error) from error
+    return fx.GraphModule(model, graph, class_name=type(model).__name__), kept
+
+
+def _keeps_whole(model: nn.Module, name: str, kept: list[str]) -> bool:
+    """Whether the submodule fx failed in can be kept whole: not the model, not already kept,
+    no weights of its own (its children's are quantized as usual)."""
+    if not name or name in kept or len(kept) >= _MAX_KEPT_WHOLE:
+        return False
+    return next(model.get_submodule(name).parameters(recurse=False), None) is None
+
+
+def _untraceable(model: nn.Module, inner: str, error: Exception) -> ConversionError:
+    where = ""
+    if inner:
+        module = model.get_submodule(inner)
+        where = f" (in {inner}, a {type(module).__name__} holding its own weights)"
+    return ConversionError(
+        f"torch.fx cannot trace {type(model).__name__}{where}: {type(error).__name__}: "
+        f"{error}. Rewrite that forward without control flow on tensor shapes or values (a "
+        "layer with weights must trace for QAT to quantize it); edgezoo.check_model(model, "
+        "example_input) lists each op to move into a module"
+    )
 
 
 class _Runner(fx.Interpreter):
@@ -292,8 +335,9 @@ def make_module_only(
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     report = ConversionReport()
     with _state_preserved(model):
-        module = _trace(model)
-        flipped = trace_in_other_mode(_trace, model)
+        module, kept_whole = _trace(model)
+        flipped = trace_in_other_mode(lambda m: _trace(m)[0], model)
+        _report_kept_whole(kept_whole, report)
         live = mode_dependent_calls(type(model).__name__, module, flipped)
         _split_norm_acts(module, report)
         _propagate_shapes(module, inputs)
@@ -309,6 +353,17 @@ def make_module_only(
     _copy_modes(model, module)
     logger.info("make_module_only(%s): %s", type(model).__name__, report)
     return (module, report) if return_report else module
+
+
+def _report_kept_whole(kept_whole: list[str], report: ConversionReport) -> None:
+    if kept_whole:
+        report.changes["kept whole (fx cannot trace it)"] += len(kept_whole)
+        report.modules.extend(kept_whole)
+        logger.warning(
+            "torch.fx cannot trace %s: kept whole and run as they are; check_model reports any "
+            "functional op left inside them",
+            ", ".join(kept_whole),
+        )
 
 
 def _check_convertible(model: Any) -> None:
