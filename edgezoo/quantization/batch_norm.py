@@ -46,11 +46,15 @@ class QuantBatchNormMixin(SavedFlagsMixin):
         for name, buffer in bn.named_buffers(recurse=False):
             setattr(quant, name, buffer)
         quant.bn_frozen = False
-        quant.input_quant = input_quant
-        quant.output_quant = output_quant
-        quant._init_saved_flags()
-        quant.train(bn.training)
-        return quant
+        return quant._with_ranges(input_quant, output_quant, bn.training)
+
+    def _with_ranges(self, input_quant: PACT2 | None, output_quant: PACT2 | None, training: bool):
+        """The last step of from_float: the ranges as children, saved flags, the mode."""
+        self.input_quant = input_quant
+        self.output_quant = output_quant
+        self._init_saved_flags()
+        self.train(training)
+        return self
 
     def freeze_bn(self, frozen: bool = True) -> None:
         """Normalise with the running statistics and stop updating them (False: use and update
@@ -112,11 +116,7 @@ class QuantFrozenBatchNorm2d(QuantBatchNorm2d):
         for name, buffer in bn.named_buffers(recurse=False):
             quant.register_buffer(name, buffer)
         quant.register_buffer("num_batches_tracked", None)
-        quant.input_quant = input_quant
-        quant.output_quant = output_quant
-        quant._init_saved_flags()
-        quant.train(bn.training)
-        return quant
+        return quant._with_ranges(input_quant, output_quant, bn.training)
 
     def freeze_bn(self, frozen: bool = True) -> None:
         """Nothing to do: a frozen BatchNorm never uses batch statistics."""
