@@ -11,14 +11,16 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.overrides import TorchFunctionMode
 
 import edgezoo.layers
 from edgezoo.conversion.norm_act import is_norm_act
+from edgezoo.conversion.training_branches import user_call_site
 from edgezoo.errors import ModuleOnlyViolationError, TIDLRuleError
 from edgezoo.layers import SELF_GATED, validate_resize
 from edgezoo.module_state import kept_modes
@@ -330,9 +332,21 @@ def _call_site() -> str | None:
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename != __file__ and not filename.startswith(_SKIPPED_SOURCE_PREFIXES):
-            return f"{filename}:{frame.f_lineno}"
+            return _traced_call_site(frame) or f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def _traced_call_site(frame: FrameType) -> str | None:
+    """In the code torch.fx generated for a converted model, the user's line that the running
+    op was traced from (the generated line itself says nothing to the user)."""
+    module = frame.f_locals.get("self")
+    lines = getattr(module, "_lineno_map", None)
+    if not isinstance(module, fx.GraphModule) or not lines:
+        return None
+    index = lines.get(frame.f_lineno - frame.f_code.co_firstlineno)
+    nodes = list(module.graph.nodes)
+    return user_call_site(nodes[index]) if index is not None and index < len(nodes) else None
 
 
 def _short_path(location: str | None) -> str:

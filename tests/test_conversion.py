@@ -252,3 +252,21 @@ def test_what_a_kept_whole_submodule_leaves_functional_is_named_at_wrapping():
 def test_an_untraceable_layer_with_its_own_weights_is_refused_by_name():
     with pytest.raises(ConversionError, match=r"in gate, a OwnWeightGate holding its own weights"):
         edgezoo.make_module_only(WithShapeGate(OwnWeightGate()), IMAGE)
+
+
+class Stacked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.stack([y, y], dim=1)  # plant: stack
+
+
+def test_a_violation_left_after_conversion_names_the_users_line_not_generated_code():
+    with pytest.raises(ModuleOnlyViolationError) as raised:
+        edgezoo.QuantTrainModule(Stacked(), IMAGE)
+    with open(__file__) as source:
+        line = next(i for i, text in enumerate(source, 1) if text.rstrip().endswith("stack"))
+    assert f"test_conversion.py:{line}" in str(raised.value), str(raised.value)

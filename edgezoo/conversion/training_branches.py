@@ -63,6 +63,13 @@ def source_line(node: fx.Node) -> str:
     )
 
 
+def user_call_site(node: fx.Node) -> str | None:
+    """'file:line' of the innermost frame outside torch that made a traced call, or None."""
+    frames = [m.groups() for m in _FRAME.finditer(node.stack_trace or "")]
+    frames = [frame for frame in frames if not frame[0].startswith(_TORCH_DIR)]
+    return f"{frames[-1][0]}:{frames[-1][1]}" if frames else None
+
+
 def dropout_module(node: fx.Node) -> nn.Module | None:
     """The nn.Dropout-family module computing a functional dropout call, or None."""
     build = _DROPOUTS.get(node.target) if node.op == "call_function" else None
