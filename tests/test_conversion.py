@@ -270,3 +270,26 @@ def test_a_violation_left_after_conversion_names_the_users_line_not_generated_co
     with open(__file__) as source:
         line = next(i for i, text in enumerate(source, 1) if text.rstrip().endswith("stack"))
     assert f"test_conversion.py:{line}" in str(raised.value), str(raised.value)
+
+
+class BranchSum(nn.Module):
+    """MobileOne's pattern: a sum of branches that starts from the number 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(3, 4, 3, padding=1) for _ in range(3))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = 0
+        for branch in self.branches:
+            out += branch(x)
+        return self.relu(out + 0)
+
+
+def test_a_sum_that_starts_from_zero_becomes_adds_without_a_functional_op():
+    model = BranchSum()
+    converted, report = edgezoo.make_module_only(model, IMAGE, return_report=True)
+    assert report.changes["add_zero"] == 2 and report.changes["add"] == 2
+    assert edgezoo.check_model(converted, IMAGE).ok
+    assert outputs_equal(model, converted, training=False)

@@ -54,7 +54,14 @@ class Rewrite:
 
 def _add(site: Site) -> Rewrite | None:
     a, b = site.arguments["input"], site.arguments["other"]
-    if site.arguments.get("alpha", 1) != 1 or not (site.is_tensor(a) and site.is_tensor(b)):
+    if site.arguments.get("alpha", 1) != 1:
+        return None
+    for zero, tensor in ((a, b), (b, a)):
+        # A branch sum that starts from 0 (MobileOne's `out = 0; out += conv(x)`): adding
+        # zero is no op for TIDL, and it must not be left as a functional add.
+        if type(zero) in (int, float) and zero == 0 and site.is_tensor(tensor):
+            return Rewrite("add_zero", nn.Identity(), (tensor,))
+    if not (site.is_tensor(a) and site.is_tensor(b)):
         return None
     if site.shape(a) != site.shape(b):
         return None  # a broadcasting add is not TIDL's Add; check_model names it

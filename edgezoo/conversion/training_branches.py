@@ -35,7 +35,8 @@ _DROPOUTS = {
     F.alpha_dropout: nn.AlphaDropout,
     F.feature_alpha_dropout: nn.FeatureAlphaDropout,
 }
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+# Frames of torch and of this package's tracer (its call_module) are not the user's code.
+_NOT_USER_CODE = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)(?:\n\s+(.+))?')
 
 
@@ -54,7 +55,7 @@ def source_line(node: fx.Node) -> str:
     if node.op == "output":
         return "the forward's return (what it returns differs between the modes)"
     frames = [m.groups() for m in _FRAME.finditer(node.stack_trace or "")]
-    frames = [frame for frame in frames if not frame[0].startswith(_TORCH_DIR)]
+    frames = [frame for frame in frames if not frame[0].startswith(_NOT_USER_CODE)]
     if not frames:
         return f"traced node {node.name!r} ({node.format_node()})"
     return " -> ".join(
@@ -66,7 +67,7 @@ def source_line(node: fx.Node) -> str:
 def user_call_site(node: fx.Node) -> str | None:
     """'file:line' of the innermost frame outside torch that made a traced call, or None."""
     frames = [m.groups() for m in _FRAME.finditer(node.stack_trace or "")]
-    frames = [frame for frame in frames if not frame[0].startswith(_TORCH_DIR)]
+    frames = [frame for frame in frames if not frame[0].startswith(_NOT_USER_CODE)]
     return f"{frames[-1][0]}:{frames[-1][1]}" if frames else None
 
 
