@@ -78,3 +78,33 @@ def test_several_outputs_refuse_an_argmax_and_tidl_postprocessing(tmp_path):
     with pytest.raises(UsageError, match="write_configs=False"):
         export_onnx(q, tmp_path / "b.onnx", example_input=images(1))
     assert not list(tmp_path.iterdir())
+
+
+class LevelAlsoActivated(nn.Module):
+    """RetinaNet's P6/P7: an output that an activation also reads, before the next level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p6 = nn.Conv2d(3, 8, 3, 2, 1)
+        self.relu = nn.ReLU()
+        self.p7 = nn.Conv2d(8, 8, 3, 2, 1)
+
+    def forward(self, x):
+        p6 = self.p6(x)
+        return {"p6": p6, "p7": self.p7(self.relu(p6))}
+
+
+def test_an_output_an_activation_also_reads_is_simulated_unclipped(tmp_path):
+    torch.manual_seed(0)
+    q = QuantTrainModule(make_module_only(LevelAlsoActivated(), images(1)), images(1))
+    with torch.no_grad():
+        q(images(4))
+    report = export_onnx(
+        q.eval(), tmp_path / "m.onnx", example_input=images(1), write_configs=False
+    )
+    assert report.ok and report.integer_max_steps == 0, str(report)
+    with torch.no_grad():
+        p6 = q(images(1))["p6"]
+    assert (p6 < 0).any()  # the output keeps its negatives; the Clip after it is the ReLU's
+    simulated = simulate_tidl(tmp_path / "m.onnx", images(1))[0]
+    assert torch.equal(torch.as_tensor(simulated), p6)

@@ -116,6 +116,7 @@ class _Runner:
         self.graph = program.graph
         self.names = program.names
         self.released_after = program.released_after
+        self.outputs = {o.name for o in program.proto.graph.output}
         self.values: dict[str, Value | Tensor] = {}
 
     def run(self, inputs: dict[str, Tensor], record: bool) -> GraphRun:
@@ -181,8 +182,13 @@ class _Runner:
         value = self.values[node.input[0]]
         if isinstance(value, Tensor):
             return self.arithmetic.quantize_input(value, grid)
-        # A value no other node reads (and no record keeps) may be requantized in place.
-        owned = not self.record and len(self.graph.consumers.get(node.input[0], [])) == 1
+        # A value no other node reads (and no record keeps, and not a graph output: an FPN
+        # level that an activation also reads) may be requantized in place.
+        owned = (
+            not self.record
+            and len(self.graph.consumers.get(node.input[0], [])) == 1
+            and node.input[0] not in self.outputs
+        )
         return self.arithmetic.clip(value, grid, owned)
 
     def _conv(self, node: onnx.NodeProto, name: str) -> Value:
