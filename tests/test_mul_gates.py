@@ -10,7 +10,7 @@ from torch import nn
 from edgezoo import QuantTrainModule, check_model, export_onnx, make_module_only, verify_onnx
 from edgezoo.errors import SimulationError, UsageError
 from edgezoo.layers import MulBlock, SelfGate
-from edgezoo.quantization import QuantizationConfig
+from edgezoo.quantization import QuantizationConfig, named_activation_ranges
 from edgezoo.simulation import simulate_tidl
 
 
@@ -248,3 +248,38 @@ def test_a_linear_subclass_that_computes_as_linear_is_quantized_as_one(tmp_path)
     path = tmp_path / "l.onnx"
     report = export_onnx(q.eval(), path, example_input=images(1), write_configs=False)
     assert report.ok and report.integer_max_steps == 0
+
+
+class LeakyNet(nn.Module):
+    """Darknet's conv-BN-LeakyReLU (functional, as CSPNet writes it in places)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.leaky_relu(self.bn(self.conv(x)), 0.1))
+
+
+def test_leaky_relu_gets_its_own_signed_range_and_simulates_as_assumed(tmp_path):
+    torch.manual_seed(0)
+    q = QuantTrainModule(LeakyNet(), images(1))
+    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
+    for step in range(3):
+        loss = q(images(4, step)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    q.eval()
+    ranges = dict(named_activation_ranges(q.module))
+    leaky = next(r for name, r in ranges.items() if "leaky" in name)
+    assert float(leaky.clips_act[0]) < 0  # the negative side keeps its values
+    report = export_onnx(q, tmp_path / "m.onnx", example_input=images(1), write_configs=False)
+    assert report.ok and report.integer_max_steps == 0, str(report)
+    assert report.integer_assumed_ops == ("LeakyRelu",)
+    proto = onnx.load(tmp_path / "m.onnx")
+    leaky_node = next(n for n in proto.graph.node if n.op_type == "LeakyRelu")
+    readers = [n.op_type for n in proto.graph.node if leaky_node.output[0] in n.input]
+    assert readers == ["Clip"]

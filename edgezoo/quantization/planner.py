@@ -61,7 +61,9 @@ ACTIVATION, WEIGHT, NORM, MERGE, POOL, GATE, PASSTHROUGH, OTHER = (
     "passthrough",
     "other",
 )
-_GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid)
+# Element-wise functions whose output needs a range of its own (not a clip of their input):
+# the gates, and LeakyReLU, whose negative side a ReLU-style clip would cut off.
+_GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid, nn.LeakyReLU)
 """Bounded non-linearities (outputs in [0, 1]) that TIDL runs; each gets an output range."""
 
 _QUANT_WEIGHT_LAYERS: dict[type[nn.Module], type[QuantWeightMixin]] = {

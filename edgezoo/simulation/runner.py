@@ -33,6 +33,7 @@ _SUPPORTED = frozenset(
         "Sigmoid",
         "HardSigmoid",
         "BatchNormalization",
+        "LeakyRelu",
         "Concat",
         "MaxPool",
         "AveragePool",
@@ -48,10 +49,11 @@ _SUPPORTED = frozenset(
 )
 
 
-ASSUMED_OPS = frozenset({"Sigmoid", "HardSigmoid", "BatchNormalization"})
+ASSUMED_OPS = frozenset({"Sigmoid", "HardSigmoid", "BatchNormalization", "LeakyRelu"})
 """Ops whose TIDL arithmetic edgezoo does not know (the gates' lookup tables; how TIDL scales a
-BatchNorm no conv folds, as DenseNet's pre-activation ones): simulated as the QAT model computes
-them, rounded onto their output range, so agreement there is with that model."""
+BatchNorm no conv folds, as DenseNet's pre-activation ones, and LeakyReLU's slope): simulated as
+the QAT model computes them, rounded onto their output range, so agreement there is with that
+model."""
 
 
 @dataclass
@@ -249,6 +251,10 @@ class _Runner:
             )
         grid = Grid.of_clip(*self._clip_bounds(readers[0], name), self.bitwidth)
         return self.arithmetic.gate(value, function, grid)
+
+    def _leakyrelu(self, node: onnx.NodeProto, name: str) -> Value:
+        slope = float(node_attributes(node).get("alpha", 0.01))
+        return self._gate(node, name, lambda x: F.leaky_relu(x, slope))
 
     def _batchnormalization(self, node: onnx.NodeProto, name: str) -> Value:
         """A BatchNorm no conv folded: per-channel affine in QAT's precision (as QAT's
