@@ -74,19 +74,26 @@ def _branches_on_training(module: nn.Module) -> bool:
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, keeping edgezoo's layer modules, mode-dependent parameter-free modules
     and the modules in kept_whole whole, recording each node's source line for error messages
-    and, while tracing, the modules being traced (innermost last: where a failure happened)."""
+    and which module's forward a tracing error came from."""
 
     def __init__(self, kept_whole: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.kept_whole = kept_whole
-        self.calls: list[str] = []
+        self.failure: tuple[BaseException, str] | None = None
 
     def call_module(self, m: nn.Module, forward, args, kwargs) -> Any:
-        self.calls.append(self.path_of_module(m))
-        result = super().call_module(m, forward, args, kwargs)
-        self.calls.pop()  # left in place when tracing m failed: the failure's module stack
-        return result
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as error:
+            # The innermost module sees the error first; its callers see the same object.
+            if self.failure is None or self.failure[0] is not error:
+                self.failure = (error, self.path_of_module(m))
+            raise
+
+    def failed_in(self, error: BaseException) -> str:
+        """The innermost module whose traced forward raised error ("": the model's own)."""
+        return self.failure[1] if self.failure and self.failure[0] is error else ""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if qualified_name in self.kept_whole:
@@ -113,7 +120,7 @@ def _trace(model: nn.Module) -> tuple[fx.GraphModule, list[str]]:
             graph = tracer.trace(model)
             break
         except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
-            inner = tracer.calls[-1] if tracer.calls else ""
+            inner = tracer.failed_in(error)
             if _keeps_whole(model, inner, kept):
                 kept.append(inner)
                 continue
@@ -130,10 +137,11 @@ def _keeps_whole(model: nn.Module, name: str, kept: list[str]) -> bool:
 
 
 def _untraceable(model: nn.Module, inner: str, error: Exception) -> ConversionError:
-    where = ""
-    if inner:
-        module = model.get_submodule(inner)
-        where = f" (in {inner}, a {type(module).__name__} holding its own weights)"
+    where = f" (in {inner})" if inner else ""
+    if inner and next(model.get_submodule(inner).parameters(recurse=False), None) is not None:
+        where = (
+            f" (in {inner}, a {type(model.get_submodule(inner)).__name__} holding its own weights)"
+        )
     return ConversionError(
         f"torch.fx cannot trace {type(model).__name__}{where}: {type(error).__name__}: "
         f"{error}. Rewrite that forward without control flow on tensor shapes or values (a "
@@ -327,9 +335,12 @@ def make_module_only(
     method activations, pools, flatten and mean over H,W their modules, F.interpolate and
     nn.Upsample a ResizeWith (TIDLRuleError naming the node for a resize TIDL cannot run,
     unless tidl_rules=False), and each parameter-free module called more than once one copy
-    per call site. The result shares the model's parameters and buffers (same tensors, same
-    state_dict keys; deepcopy the model first to keep it apart). Raises ConversionError when fx
-    cannot trace the model and SharedModuleError for a parameterised module called twice.
+    per call site. Norm-act layers split into BatchNorm and activation; torchvision's
+    FrozenBatchNorm2d and submodules fx cannot trace (without weights of their own) stay whole.
+    The result shares the model's parameters and buffers (same tensors, same state_dict keys in
+    the same order; deepcopy the model first to keep it apart). Raises ConversionError when fx
+    cannot trace the model's own forward or a layer with weights, and SharedModuleError for a
+    parameterised module called twice.
     """
     _check_convertible(model)
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
