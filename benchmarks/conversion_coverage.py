@@ -272,7 +272,8 @@ def summary(rows: list[dict]) -> list[str]:
         f"{counts['models']} models measured ({len(rows) - len(counted)} skipped for size): "
         f"{counts['converts']} convert, {counts['equal']} with bit-equal outputs in eval and "
         f"train, {counts['qat']} run a QAT step with finite gradients, {counts['verifies']} "
-        f"export a graph that passes verify_onnx. Silent wrong results: {counts['silent']} "
+        "export a graph that verifies (TIDL's rules, onnxruntime parity, and the integer "
+        f"simulation run and agreeing with QAT). Silent wrong results: {counts['silent']} "
         f"converted models whose outputs differ from the original's, {counts['changed']} "
         "conversions that changed the caller's model.",
         "",
