@@ -119,8 +119,10 @@ def _validate_model(problems: list[str], name: str, entry: Any, models: dict) ->
         _validate_preprocessing(problems, f"{where}.preprocessing", entry["preprocessing"])
     if "pretrained_backbone" in entry:
         _validate_backbone(problems, f"{where}.pretrained_backbone", entry, models)
-    unused = entry.get("unused_checkpoint_prefixes", ["."])
-    if not (isinstance(unused, list) and all(isinstance(p, str) and p for p in unused)):
+    unused = entry.get("unused_checkpoint_prefixes")
+    if unused is not None and not (
+        isinstance(unused, list) and unused and all(isinstance(p, str) and p for p in unused)
+    ):
         problems.append(f"{where}.unused_checkpoint_prefixes must be a list of key prefixes")
 
 

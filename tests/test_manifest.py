@@ -16,7 +16,8 @@ import torch.hub
 from torchvision.models import get_model_weights
 
 from edgezoo import hub
-from edgezoo.models import BUILDERS
+from edgezoo.models import BUILDERS, CONVERTED
+from edgezoo.models.converted import torchvision_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_FILE = ROOT / "weights_manifest.json"
@@ -28,9 +29,25 @@ RECORDS = [
 ]
 
 
+# Converted models are torchvision's, traced: one per family goes through the zoo builder (the
+# conversion keeps every parameter, tested in test_conversion.py); the rest, as torchvision
+# builds them, keep the run short.
+CONVERTED_FAMILIES = {
+    "densenet121",
+    "efficientnet_v2_s",
+    "fcn_resnet50",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+}
+
+
 def _meta_model(name: str, **kwargs) -> torch.nn.Module:
     """Build on the meta device: shapes and parameter counts without allocating weights."""
     with torch.device("meta"):
+        if name in CONVERTED and name not in CONVERTED_FAMILIES:
+            return torchvision_model(name, **kwargs)
         return BUILDERS[name](**kwargs)
 
 
@@ -130,6 +147,10 @@ def _broken(change) -> list[str]:
             "must be a weights tag of resnet50",
         ),
         (lambda m: m["deeplabv3plus_resnet50"].pop("preprocessing"), "needs its own preprocessing"),
+        (
+            lambda m: m["fcn_resnet50"].update(unused_checkpoint_prefixes="aux_classifier."),
+            "unused_checkpoint_prefixes must be a list of key prefixes",
+        ),
     ],
 )
 def test_validator_catches_planted_errors(change, message):

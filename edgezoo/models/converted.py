@@ -16,6 +16,7 @@ __all__ = [
     "CONVERTED_CLASSIFIERS",
     "CONVERTED_SEGMENTERS",
     "converted_builder",
+    "torchvision_model",
 ]
 
 CONVERTED_CLASSIFIERS: dict[str, str] = {
@@ -71,14 +72,9 @@ _EXAMPLE_SIZE = 64  # conversion traces shapes only; these models run at any siz
 
 def converted_builder(torchvision_name: str) -> Callable[..., nn.Module]:
     """A builder(num_classes=..., **kwargs) of torchvision's model, converted to module-only."""
-    segmenter = torchvision_name in CONVERTED_SEGMENTERS
-    default_classes = 21 if segmenter else 1000  # torchvision's defaults
 
-    def build(num_classes: int = default_classes, **kwargs) -> nn.Module:
-        if segmenter:
-            # No download: pretrained_backbone= loads the ImageNet backbone through the hub.
-            kwargs.setdefault("weights_backbone", None)
-        model = _torchvision_model(torchvision_name, num_classes=num_classes, **kwargs)
+    def build(**kwargs) -> nn.Module:
+        model = torchvision_model(torchvision_name, **kwargs)
         example = torch.rand(1, 3, _EXAMPLE_SIZE, _EXAMPLE_SIZE)
         return make_module_only(model, example)
 
@@ -87,9 +83,13 @@ def converted_builder(torchvision_name: str) -> Callable[..., nn.Module]:
     return build
 
 
-def _torchvision_model(name: str, **kwargs) -> nn.Module:
-    """torchvision's model without weights, on the default device; RegNet's builder computes
-    its widths with tensors, so on the meta device it is built on the CPU and moved."""
+def torchvision_model(name: str, **kwargs) -> nn.Module:
+    """torchvision's model as the zoo builds it before conversion: no weights (nor, for the
+    segmentation models, backbone weights: pretrained_backbone= loads those through the hub),
+    on the default device. RegNet's builder computes its widths with tensors, so on the meta
+    device it is built on the CPU and moved."""
+    if name in CONVERTED_SEGMENTERS:
+        kwargs.setdefault("weights_backbone", None)
     try:
         return torchvision.models.get_model(name, weights=None, **kwargs)
     except NotImplementedError:
