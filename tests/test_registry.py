@@ -221,6 +221,12 @@ def test_cli_info(capsys):
     assert main(["info", "deeplabv3plus_mnv2", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["pretrained_backbone"] == {"model": "mobilenetv2", "weights": "IMAGENET1K_V1"}
+    assert main(["info", "deeplabv3plus_mnv2"]) == 0
+    assert "none published; pretrained_backbone=True" in capsys.readouterr().out
+    assert main(["info", "fcn_resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "weights:     pretrained_backbone=True loads resnet50" in out
+    assert "COCO_WITH_VOC_LABELS_V1 (default)" in out and "left out:    aux_classifier." in out
 
 
 def test_cli_info_unknown_name_fails_with_close_matches(capsys):

@@ -58,10 +58,13 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"  preprocess:  {_preprocessing(info['preprocessing'])}")
     if "pretrained_backbone" in info:
         backbone = info["pretrained_backbone"]
+        published = "" if info["weights"] else "none published; "
         print(
-            f"  weights:     none published; pretrained_backbone=True loads "
+            f"  weights:     {published}pretrained_backbone=True loads "
             f"{backbone['model']} {backbone['weights']}"
         )
+    if info.get("unused_checkpoint_prefixes"):
+        print(f"  left out:    {', '.join(info['unused_checkpoint_prefixes'])} (in the weights)")
     for tag, record in info["weights"].items():
         default = " (default)" if tag == info["default_weights"] else ""
         metrics = ", ".join(f"{k} {v}" for k, v in record["metrics"].items())
