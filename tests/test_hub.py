@@ -359,3 +359,18 @@ def test_a_plain_pickle_is_refused_without_torchs_advice_to_turn_safety_off(tmp_
     message = str(info.value)
     assert "is not a loadable weights file (the safe loader stopped at:" in message
     assert "weights_only" not in message and "Re-running" not in message
+
+
+def test_cached_weights_are_found_for_a_model_with_full_and_backbone_weights(tmp_path, monkeypatch):
+    from edgezoo.engine.setup import cached_pretrained
+    from edgezoo.registry import model_info
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    hub.cache_dir().mkdir(parents=True)
+    info = model_info("fcn_resnet50")
+    backbone = model_info("resnet50")["weights"]["IMAGENET1K_V1"]["file_name"]
+    assert cached_pretrained("fcn_resnet50") is None
+    (hub.cache_dir() / backbone).write_bytes(b"")
+    assert cached_pretrained("fcn_resnet50") == "backbone"
+    (hub.cache_dir() / info["weights"]["COCO_WITH_VOC_LABELS_V1"]["file_name"]).write_bytes(b"")
+    assert cached_pretrained("fcn_resnet50") == "full"

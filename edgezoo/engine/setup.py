@@ -29,8 +29,9 @@ def cached_pretrained(name: str) -> str | None:
     info = model_info(name)
     if info["weights"]:
         record = info["weights"][info["default_weights"]]
-        return "full" if (hub.cache_dir() / record["file_name"]).is_file() else None
-    spec = info.get("pretrained_backbone")
+        if (hub.cache_dir() / record["file_name"]).is_file():
+            return "full"
+    spec = info.get("pretrained_backbone")  # torchvision's segmentation models have both
     if spec:
         record = model_info(spec["model"])["weights"][spec["weights"]]
         return "backbone" if (hub.cache_dir() / record["file_name"]).is_file() else None
