@@ -39,3 +39,15 @@ def briefly_trained(model, size: int, config=None, steps: int = 3):
         loss.backward()
         optimizer.step()
     return q.eval()
+
+
+CONVERTED_FAMILIES = (
+    "densenet121",
+    "efficientnet_v2_s",
+    "fcn_resnet50",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+)
+"""One converted torchvision zoo model per family: the others are the same conversion, bigger."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import CONVERTED_FAMILIES
 from torch import nn
 
 import edgezoo
@@ -320,16 +321,7 @@ def _checked_models() -> list[str]:
     """Every shipped model but the converted torchvision ones, of which one per family (they
     are module-only by construction: conversion checks them)."""
     converted = getattr(importlib.import_module("edgezoo.models"), "CONVERTED", ())
-    families = {
-        "densenet121",
-        "efficientnet_v2_s",
-        "fcn_resnet50",
-        "deeplabv3_resnet50",
-        "regnet_x_400mf",
-        "regnet_y_400mf",
-        "shufflenet_v2_x0_5",
-        "squeezenet1_1",
-    }
+    families = {*CONVERTED_FAMILIES, "deeplabv3_resnet50"}
     return sorted(n for n in _shipped_builders() if n not in converted or n in families)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.hub
+from conftest import CONVERTED_FAMILIES
 from torchvision.models import get_model_weights
 
 from edgezoo import hub
@@ -32,15 +33,6 @@ RECORDS = [
 # Converted models are torchvision's, traced: one per family goes through the zoo builder (the
 # conversion keeps every parameter, tested in test_conversion.py); the rest, as torchvision
 # builds them, keep the run short.
-CONVERTED_FAMILIES = {
-    "densenet121",
-    "efficientnet_v2_s",
-    "fcn_resnet50",
-    "regnet_x_400mf",
-    "regnet_y_400mf",
-    "shufflenet_v2_x0_5",
-    "squeezenet1_1",
-}
 
 
 def _meta_model(name: str, **kwargs) -> torch.nn.Module:

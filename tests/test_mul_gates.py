@@ -55,8 +55,12 @@ def images(count: int = 4, seed: int = 0) -> torch.Tensor:
 
 def qat(gate: str, config: QuantizationConfig | None = None) -> QuantTrainModule:
     torch.manual_seed(0)
-    converted = make_module_only(Net(gate), images(1))
-    q = QuantTrainModule(converted, images(1), config=config)
+    return trained(make_module_only(Net(gate), images(1)), config)
+
+
+def trained(model: nn.Module, config: QuantizationConfig | None = None) -> QuantTrainModule:
+    """model wrapped for QAT after three SGD steps, in eval."""
+    q = QuantTrainModule(model, images(1), config=config)
     optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
     for step in range(3):
         loss = q(images(4, step)).square().mean()
@@ -265,14 +269,7 @@ class LeakyNet(nn.Module):
 
 def test_leaky_relu_gets_its_own_signed_range_and_simulates_as_assumed(tmp_path):
     torch.manual_seed(0)
-    q = QuantTrainModule(LeakyNet(), images(1))
-    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
-    for step in range(3):
-        loss = q(images(4, step)).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    q.eval()
+    q = trained(LeakyNet())
     ranges = dict(named_activation_ranges(q.module))
     leaky = next(r for name, r in ranges.items() if "leaky" in name)
     assert float(leaky.clips_act[0]) < 0  # the negative side keeps its values

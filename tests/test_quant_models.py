@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+from conftest import CONVERTED_FAMILIES
 
 import edgezoo
 from edgezoo.models import BUILDERS, CONVERTED
@@ -42,16 +43,7 @@ def assert_all_grads_finite(model: torch.nn.Module) -> None:
 
 
 # One converted torchvision model per family: the others are the same conversion, only bigger.
-FAMILIES = [
-    "densenet121",
-    "efficientnet_v2_s",
-    "fcn_resnet50",
-    "regnet_x_400mf",
-    "regnet_y_400mf",
-    "shufflenet_v2_x0_5",
-    "squeezenet1_1",
-]
-WRAPPED = [*sorted(set(BUILDERS) - set(CONVERTED)), *FAMILIES]
+WRAPPED = [*sorted(set(BUILDERS) - set(CONVERTED)), *CONVERTED_FAMILIES]
 
 
 @pytest.mark.parametrize("name", WRAPPED)
