@@ -65,7 +65,8 @@ def source_line(node: fx.Node) -> str:
 
 
 def user_call_site(node: fx.Node) -> str | None:
-    """'file:line' of the innermost frame outside torch that made a traced call, or None."""
+    """'file:line' of the innermost user frame (not torch's, not the tracer's) that made a
+    traced call, or None."""
     frames = [m.groups() for m in _FRAME.finditer(node.stack_trace or "")]
     frames = [frame for frame in frames if not frame[0].startswith(_NOT_USER_CODE)]
     return f"{frames[-1][0]}:{frames[-1][1]}" if frames else None

@@ -61,10 +61,10 @@ ACTIVATION, WEIGHT, NORM, MERGE, POOL, GATE, PASSTHROUGH, OTHER = (
     "passthrough",
     "other",
 )
-# Element-wise functions whose output needs a range of its own (not a clip of their input):
-# the gates, and LeakyReLU, whose negative side a ReLU-style clip would cut off.
 _GATE_TYPES = (nn.Sigmoid, nn.Hardsigmoid, nn.LeakyReLU)
-"""Bounded non-linearities (outputs in [0, 1]) that TIDL runs; each gets an output range."""
+"""Element-wise non-linearities TIDL runs whose output needs a range of its own, not a clip of
+their input: the gates (outputs in [0, 1]) and LeakyReLU (a ReLU-style clip would cut off its
+negative side)."""
 
 _QUANT_WEIGHT_LAYERS: dict[type[nn.Module], type[QuantWeightMixin]] = {
     nn.Conv2d: QuantConv2d,
