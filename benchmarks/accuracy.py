@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from edgezoo import get_model
-from edgezoo.data import build_task_data, validation_split
+from edgezoo.data import VALIDATION_SIZE, build_task_data
 from edgezoo.engine import TrainConfig, fit
 from edgezoo.fileio import atomic_path
 from edgezoo.quantization import (
@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[*CLASSIFIERS, SEGMENTER])
     parser.add_argument("--checkpoints", type=Path, default=Path("../shared/checkpoints"))
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="QAT data-order seeds of PTQ and the chosen recipe (the choice is made on the first)",
+    )
     parser.add_argument("--qat-epochs", type=int, default=4, help="QAT sub-epochs")
     parser.add_argument("--qat-batches", type=int, default=25, help="batches per sub-epoch")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -86,11 +93,11 @@ def model_data(name: str, args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if task == "segmentation":
         options["composite_scenes"] = tuple(args.seg_scenes)
-    data = build_task_data("fashion-mnist", task, size, mean, std, **options)
-    plain = build_task_data("fashion-mnist", task, size, mean, std, augment=False, **options)
-    val_size = 5000 if task == "classification" else len(data.train) // 12
-    train, val = validation_split(data.train, val_size, unaugmented=plain.train)
-    return {"task": task, "size": size, "data": data, "train": train, "val": val}
+    held_out = VALIDATION_SIZE if task == "classification" else args.seg_scenes[0] // 12
+    data = build_task_data(
+        "fashion-mnist", task, size, mean, std, validation_split=held_out, **options
+    )
+    return {"task": task, "size": size, "data": data, "train": data.train, "val": data.val}
 
 
 # Runs.
@@ -120,7 +127,8 @@ def float_model(name: str, sets: dict[str, Any], args: argparse.Namespace):
     trained in this call, its per-epoch history."""
     num_classes = sets["data"].num_classes
     model = get_model(name, num_classes=num_classes)
-    path = args.checkpoints / f"{name}_fashion_mnist_32px.pth"
+    # Trained on the 55000 training images outside the validation split (their README).
+    path = args.checkpoints / f"{name}_fashion_mnist_32px_55k.pth"
     history = None
     if sets["task"] == "segmentation":
         path = args.work / f"{name}_float.pth"
@@ -195,7 +203,7 @@ def predictions(model: torch.nn.Module, dataset, batch_size: int = 256) -> tuple
 def test_figures(model: torch.nn.Module, sets: dict[str, Any]) -> dict[str, Any]:
     """Test top-1 with per-image correctness (classification) or mIoU with per-scene
     confusion matrices (segmentation), for the paired tests."""
-    predicted, target = predictions(model, sets["data"].val)
+    predicted, target = predictions(model, sets["data"].test)
     if sets["task"] == "classification":
         correct = (predicted == target).numpy()
         return {"test_top1": 100.0 * correct.mean(), "test_correct": pack(correct)}
@@ -316,11 +324,15 @@ def measure(name: str, args: argparse.Namespace, results: Results) -> None:
         if history is not None:
             record["training_history"] = history
         results.put(name, "float", record)
-    if results.get(name, "ptq") is None:
-        calibrate = replace(base, mode="calibrate", epochs=1, max_batches=args.ptq_batches)
-        record, ptq = run_recipe(float_net, sets, calibrate)
-        record["layers"] = layer_figures(ptq, sets)
-        results.put(name, "ptq", record)
+    for seed in args.seeds:
+        run = seeded("ptq", seed)
+        if results.get(name, run) is None:
+            calibrate = replace(
+                base, mode="calibrate", epochs=1, max_batches=args.ptq_batches, seed=seed
+            )
+            record, ptq = run_recipe(float_net, sets, calibrate)
+            record["layers"] = layer_figures(ptq, sets)
+            results.put(name, run, record)
     for schedule, (bn, ranges) in SCHEDULES.items():
         for lr in LEARNING_RATES:
             run = f"qat_{schedule}_lr{lr:g}"
@@ -331,17 +343,39 @@ def measure(name: str, args: argparse.Namespace, results: Results) -> None:
     bn, ranges = SCHEDULES[chosen["schedule"]]
     best = replace(base, lr=chosen["lr"], bn_freeze_epoch=bn, range_freeze_epoch=ranges)
     variants = {
+        "qat_chosen": (best, None, False),
         "qat_chosen_distill": (replace(best, distill=True), None, False),
         "qat_chosen_distill_no_labels": (replace(best, distill=True, labels=False), None, False),
         "qat_chosen_bias_joint": (best, "joint", False),
         "qat_chosen_weights_written_back": (best, None, True),
     }
-    for run, (config, bias_rule, write_back) in variants.items():
-        if results.get(name, run) is None:
-            record, q = run_recipe(float_net, sets, config, bias_rule, write_back)
+    recipe = {"schedule": chosen["schedule"], "lr": chosen["lr"]}
+    for variant, (config, bias_rule, write_back) in variants.items():
+        for seed in args.seeds if variant in SEEDED_VARIANTS else args.seeds[:1]:
+            run = seeded(variant, seed)
+            done = results.get(name, run)
+            if done is not None and done.get("recipe") == recipe:
+                continue
+            if run == "qat_chosen":  # seed 0 of the chosen recipe is the run it was chosen by
+                chosen_run = f"qat_{chosen['schedule']}_lr{chosen['lr']:g}"
+                results.put(name, run, {**results.get(name, chosen_run), "recipe": recipe})
+                continue
+            record, q = run_recipe(
+                float_net, sets, replace(config, seed=seed), bias_rule, write_back
+            )
+            record["recipe"] = recipe
             if run == "qat_chosen_distill":
                 record["layers"] = layer_figures(q, sets)
             results.put(name, run, record)
+
+
+SEEDED_VARIANTS = ("qat_chosen", "qat_chosen_distill")
+"""The chosen recipe's variants run on every seed (the others on the first only)."""
+
+
+def seeded(run: str, seed: int) -> str:
+    """A run's name in the json: the plain name for seed 0, else suffixed with its seed."""
+    return run if seed == 0 else f"{run}_seed{seed}"
 
 
 def evaluate_val(model: torch.nn.Module, sets: dict[str, Any]) -> dict[str, float]:
@@ -355,7 +389,7 @@ def evaluate_val(model: torch.nn.Module, sets: dict[str, Any]) -> dict[str, floa
 
 def layer_figures(q: torch.nn.Module, sets: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-layer SQNR (layer_report) on two fixed test batches."""
-    loader = DataLoader(sets["data"].val, batch_size=64)
+    loader = DataLoader(sets["data"].test, batch_size=64)
     report = layer_report(q, loader, max_batches=2)
     return [{"layer": layer.name, "sqnr_db": layer.sqnr_db} for layer in report.layers]
 

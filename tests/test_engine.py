@@ -285,3 +285,40 @@ def test_epoch_seeding_makes_data_order_independent_of_history(fmnist):
     torch.rand(100)
     seed_epoch(0, 2)
     assert torch.equal(first[0], torch.rand(3)) and first[1] == np.random.rand()
+
+
+def test_held_out_validation_split_is_the_seeded_choice_and_leaves_the_test_set_alone():
+    full = build_task_data("embedded", "classification", 32)
+    held = build_task_data("embedded", "classification", 32, validation_split=500)
+    assert len(held.train) + len(held.val) == len(full.train)
+    assert held.test is not None and len(held.test) == len(full.val)
+    assert set(held.train.indices).isdisjoint(held.held_out)
+    assert list(held.held_out) == held.val.indices
+    # Validation reads the held-out items without training augmentation.
+    first = held.held_out[0]
+    assert torch.equal(held.val[0][0], held.val[0][0])  # augmentation would draw anew each read
+    assert held.val.dataset is not held.train.dataset
+    assert held.val[0][1] == full.train[first][1]
+
+
+def test_cli_train_with_a_validation_split_records_it_and_tests_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--model", "mobilenetv2", "--batch-size", "8", "--max-batches", "1", "--no-progress"]
+    args = ["train", *common, "--epochs", "1", "--validation-split", "300", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "test set (the final figure" in printed
+    held = json.loads((out / "held_out.json").read_text())
+    expected = build_task_data("embedded", "classification", 32, validation_split=300)
+    assert held["size"] == 300 and held["items"] == list(expected.held_out)
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["epoch"] == 1 and 0.0 <= test["top1"] <= 100.0
+    saved = read_checkpoint(out / LAST)["config"]["metadata"]
+    assert saved["validation_split"] == 300
+
+    # Resuming keeps the split; asking for another one is refused.
+    resumed = ["train", *common, "--validation-split", "200", "--out", str(out), "--resume"]
+    assert main(resumed) == 2
+    assert "--validation-split 200 (the run uses 300)" in capsys.readouterr().err
+    assert main(["train", *common, "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert json.loads((out / "test_metrics.json").read_text())["epoch"] == 2

@@ -19,6 +19,7 @@ from edgezoo.cli.arguments import (
     quantization_config,
     seed,
 )
+from edgezoo.engine.run_dir import HELD_OUT, TEST_METRICS
 from edgezoo.errors import ResumeMismatchError, RunExistsError, UsageError
 from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, TEST
 from edgezoo.tasks import CLASSIFICATION
@@ -40,6 +41,7 @@ _OPTIONS = {
     "weight_decay": "--weight-decay",
     "warmup_epochs": "--warmup-epochs",
     "max_batches": "--max-batches",
+    "validation_split": "--validation-split",
     "quantization": "--target / --per-channel-weights / --asymmetric-activations / "
     "--activation-rounding / --bias-rule",
     "distill": "--distill",
@@ -195,6 +197,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
         "--lr", type=positive_float, help="learning rate (default: by mode and optimizer)"
     )
     parser.add_argument("--seed", type=seed, help="default 0")
+    parser.add_argument(
+        "--validation-split",
+        type=non_negative_int,
+        metavar="N",
+        help="hold N training items out (a fixed seeded choice, recorded in OUT/held_out.json) "
+        "and validate on them every epoch; the test set is evaluated once, at the end "
+        "(OUT/test_metrics.json). Default 0: validate on the test set",
+    )
     state = parser.add_mutually_exclusive_group()
     state.add_argument(
         "--resume", action="store_true", help="continue the run in --out with its saved settings"
@@ -259,6 +269,7 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
             "model": name,
             "data": _or(args.data, "embedded"),
             "input_size": input_size,
+            "validation_split": args.validation_split or 0,
             "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "pretrained": args.pretrained,
             "pretrained_backbone": args.pretrained_backbone,
@@ -308,6 +319,7 @@ def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
         "weight_decay": getattr(args, "weight_decay", None),
         "warmup_epochs": getattr(args, "warmup_epochs", None),
         "max_batches": args.max_batches,
+        "validation_split": args.validation_split,
     }
     if getattr(args, "qat", False):
         given["mode"] = QAT_RUN
@@ -402,13 +414,24 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = _resumed_config(args, name)
         meta = config.metadata
-        data = _task_data(name, config.task, meta["data"], meta["input_size"], config.num_classes)
+        data = _task_data(
+            name,
+            config.task,
+            meta["data"],
+            meta["input_size"],
+            config.num_classes,
+            meta.get("validation_split", 0),
+        )
     else:
         task = model_task(name)
         data_name = _or(args.data, "embedded")
         input_size = _run_input_size(args, task, data_name)
-        data = _task_data(name, task, data_name, input_size, args.num_classes)
+        data = _task_data(
+            name, task, data_name, input_size, args.num_classes, args.validation_split or 0
+        )
         config = _new_config(args, name, data, input_size)
+        if ctx.is_main and data.held_out:
+            _write_held_out(args.out, data)
     logger.info("data: %s", data.description)
     weights = {} if args.resume else _weights(args)
     input_size = config.metadata["input_size"]
@@ -433,18 +456,56 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         teacher=_teacher(name, config) if config.distill else None,
     )
+    test = _final_test(model, data, config, ctx, args) if data.test is not None else None
     if ctx.is_main:
         _print_result(name, config.mode, result)
+        if test is not None:
+            _print_metrics(f"test set (the final figure, {TEST_METRICS})", test)
     return 0
 
 
-def _task_data(name: str, task: str, data: str, input_size: int, num_classes: int | None):
-    """The train/val data of a run, normalised as the model's weights expect."""
+def _task_data(
+    name: str,
+    task: str,
+    data: str,
+    input_size: int,
+    num_classes: int | None,
+    validation_split: int = 0,
+):
+    """The train/val(/test) data of a run, normalised as the model's weights expect."""
     from edgezoo.data import build_task_data
     from edgezoo.registry import preprocessing
 
     mean, std = preprocessing(name)
-    return build_task_data(data, task, input_size, mean, std, num_classes=num_classes)
+    return build_task_data(
+        data,
+        task,
+        input_size,
+        mean,
+        std,
+        num_classes=num_classes,
+        validation_split=validation_split,
+    )
+
+
+def _write_held_out(out: Path, data: Any) -> None:
+    """Record which training items the run holds out for validation."""
+    from edgezoo.data import VALIDATION_SEED
+    from edgezoo.fileio import write_json_atomic
+
+    record = {"size": len(data.held_out), "seed": VALIDATION_SEED, "items": list(data.held_out)}
+    write_json_atomic(out / HELD_OUT, record)
+
+
+def _final_test(model: Any, data: Any, config: Any, ctx: Any, args: argparse.Namespace):
+    """The finished model's metrics on the test set, evaluated once (and written by rank 0)."""
+    from edgezoo.engine import evaluate
+    from edgezoo.fileio import write_json_atomic
+
+    metrics = evaluate(model, data.test, config, ctx, progress=not args.no_progress)
+    if ctx.is_main:
+        write_json_atomic(args.out / TEST_METRICS, {"epoch": config.epochs, **metrics})
+    return metrics
 
 
 def _teacher(name: str, config: Any):

@@ -18,7 +18,7 @@ from edgezoo.data.fashion_mnist import (
 )
 from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder, image_folder
 from edgezoo.data.idx import read_idx, write_idx
-from edgezoo.data.sources import DATA_NAMES, TaskData, build_task_data
+from edgezoo.data.sources import DATA_NAMES, TaskData, build_task_data, hold_out
 from edgezoo.data.transforms import ClassificationTransform, SegmentationTransform
 from edgezoo.data.validation import VALIDATION_SEED, VALIDATION_SIZE, validation_split
 from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
@@ -45,6 +45,7 @@ __all__ = [
     "build_task_data",
     "embedded_dir",
     "fashion_mnist_dir",
+    "hold_out",
     "image_folder",
     "is_fashion_mnist_dir",
     "load_embedded_fashion_mnist",

@@ -3,7 +3,7 @@ train / validation datasets for a task."""
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -27,6 +27,7 @@ from edgezoo.data.transforms import (
     SegmentationTransform,
     Size,
 )
+from edgezoo.data.validation import VALIDATION_SEED, validation_split
 from edgezoo.errors import DataError
 from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION, TASKS
 
@@ -36,7 +37,11 @@ COMPOSITE_CANVAS = 64
 
 @dataclass(frozen=True)
 class TaskData:
-    """Train and validation datasets of one task, with what a model and a report need to know."""
+    """Train and validation datasets of one task, with what a model and a report need to know.
+
+    With a validation split held out of the training set, `val` is that split, `test` the data's
+    own test set (kept for the final figure) and `held_out` the training items' indices in it.
+    """
 
     train: Dataset
     val: Dataset
@@ -45,6 +50,8 @@ class TaskData:
     classes: tuple[str, ...]
     description: str
     ignore_index: int | None = None
+    test: Dataset | None = None
+    held_out: tuple[int, ...] = ()
 
 
 def build_task_data(
@@ -58,6 +65,7 @@ def build_task_data(
     augment: bool = True,
     composite_seed: int = 0,
     composite_scenes: tuple[int | None, int | None] = (None, None),
+    validation_split: int = 0,
 ) -> TaskData:
     """Datasets for `task` from a data name or directory.
 
@@ -67,7 +75,48 @@ def build_task_data(
     A directory holds Fashion-MNIST idx files, or train/ and val/ sub-folders: class folders
     (classification) or images/ + masks/ (segmentation, with num_classes given).
     composite_scenes: (train, val) scene counts of a composite set (default: one per item).
+    validation_split: hold this many training items out (edgezoo.data.validation_split's seeded
+    choice, read without augmentation) as `val`; the data's test set becomes `test`.
     """
+    options = dict(
+        num_classes=num_classes, composite_seed=composite_seed, composite_scenes=composite_scenes
+    )
+    built = _task_data(data, task, input_size, mean, std, augment=augment, **options)
+    if not validation_split:
+        return built
+    plain = _task_data(data, task, input_size, mean, std, augment=False, **options)
+    return hold_out(built, plain, validation_split)
+
+
+def hold_out(data: TaskData, plain: TaskData, size: int, seed: int = VALIDATION_SEED) -> TaskData:
+    """data with `size` training items held out as its validation set (read from `plain`, the
+    same data without augmentation) and its own validation set kept as the test set."""
+    if data.test is not None:
+        raise DataError("this data already holds a validation split out of its training set")
+    train, val = validation_split(data.train, size, seed, unaugmented=plain.train)
+    return replace(
+        data,
+        train=train,
+        val=val,
+        test=data.val,
+        held_out=tuple(val.indices),
+        description=f"{data.description}; {size} training items held out for validation "
+        f"(seed {seed}), the test set kept for the final figure",
+    )
+
+
+def _task_data(
+    data: str | os.PathLike,
+    task: str,
+    input_size: Size,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    num_classes: int | None,
+    augment: bool,
+    composite_seed: int,
+    composite_scenes: tuple[int | None, int | None],
+) -> TaskData:
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; use one of {TASKS}")
     name = os.fspath(data)

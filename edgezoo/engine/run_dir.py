@@ -12,10 +12,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BEST",
+    "HELD_OUT",
     "LAST",
     "METRICS_CSV",
     "METRICS_JSON",
     "RUN_FILES",
+    "TEST_METRICS",
     "check_run_dir",
     "clear_run_dir",
     "holds_run",
@@ -27,7 +29,9 @@ LAST = "last.pth"
 BEST = "best.pth"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
-RUN_FILES = (LAST, BEST, METRICS_CSV, METRICS_JSON)
+HELD_OUT = "held_out.json"
+TEST_METRICS = "test_metrics.json"
+RUN_FILES = (LAST, BEST, METRICS_CSV, METRICS_JSON, HELD_OUT, TEST_METRICS)
 
 
 def holds_run(out_dir: Path) -> bool:

@@ -315,6 +315,7 @@ FIXED_ON_RESUME: tuple[str, ...] = (
     "model",
     "data",
     "input_size",
+    "validation_split",
     "quantization",
 )
 """What a resumed run keeps from its start: TrainConfig fields, then metadata keys (the same
