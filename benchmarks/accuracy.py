@@ -50,10 +50,13 @@ from edgezoo.registry import preprocessing
 
 CLASSIFIERS = ("mobilenetv2", "resnet18")
 SEGMENTER = "deeplabv3plus_mobilenetv2"
-SCHEDULES = {  # (bn_freeze_epoch, range_freeze_epoch) over the QAT sub-epochs; None: TI's rule
-    "ti": (None, None),
-    "bn_frozen_from_start": (0, None),
-    "ranges_frozen_after_first": (None, 1),
+SCHEDULES = {  # (bn_freeze_epoch, range_freeze_epoch, range_lr) over the QAT sub-epochs
+    "ti": (None, None, None),  # None: TI's rule (BN from epochs//2 - 1, ranges from //2 + 1)
+    "bn_frozen_from_start": (0, None, None),
+    "ranges_frozen_after_first": (None, 1, None),
+    # Ranges trained by gradient (TQT; range_lr: their learning rate) under TI's freeze rule.
+    "learned_ranges": (None, None, 1e-2),
+    "learned_ranges_slow": (None, None, 1e-3),
 }
 LEARNING_RATES = (1e-4, 1e-5)
 
@@ -156,9 +159,11 @@ def train_segmentation_float(model, sets, args, path: Path) -> list[dict[str, An
     return result.history
 
 
-def quantized(model: torch.nn.Module, mode: str, sets: dict[str, Any], bias_rule: str | None):
+def quantized(
+    model: torch.nn.Module, mode: str, sets: dict[str, Any], bias_rule: str | None, learn: bool
+):
     example = torch.rand(1, 3, sets["size"], sets["size"])
-    config = QuantizationConfig(bias_rule=bias_rule)
+    config = QuantizationConfig(bias_rule=bias_rule, learn_ranges=learn)
     return wrap_model(copy.deepcopy(model), mode, example, config=config)
 
 
@@ -166,9 +171,10 @@ def run_recipe(
     float_net, sets, config: TrainConfig, bias_rule: str | None = None, write_back: bool = False
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """Calibrate or QAT-train a copy of the float model; the run's figures and the model.
-    write_back: first replace the float weights by their quantized values (TI's v1)."""
+    write_back: first replace the float weights by their quantized values (TI's v1). The
+    ranges learn by gradient when the config's metadata says learn_ranges."""
     mode = "calibrate" if config.mode == "calibrate" else "train"
-    q = quantized(float_net, mode, sets, bias_rule)
+    q = quantized(float_net, mode, sets, bias_rule, config.metadata.get("learn_ranges", False))
     if write_back:
         write_back_quantized_weights(q)
     teacher = float_net if config.distill else None
@@ -333,15 +339,14 @@ def measure(name: str, args: argparse.Namespace, results: Results) -> None:
             record, ptq = run_recipe(float_net, sets, calibrate)
             record["layers"] = layer_figures(ptq, sets)
             results.put(name, run, record)
-    for schedule, (bn, ranges) in SCHEDULES.items():
+    for schedule in SCHEDULES:
         for lr in LEARNING_RATES:
             run = f"qat_{schedule}_lr{lr:g}"
             if results.get(name, run) is None:
-                config = replace(base, lr=lr, bn_freeze_epoch=bn, range_freeze_epoch=ranges)
+                config = recipe_config(base, schedule, lr)
                 results.put(name, run, run_recipe(float_net, sets, config)[0])
     chosen = choose(results.data["models"][name])
-    bn, ranges = SCHEDULES[chosen["schedule"]]
-    best = replace(base, lr=chosen["lr"], bn_freeze_epoch=bn, range_freeze_epoch=ranges)
+    best = recipe_config(base, chosen["schedule"], chosen["lr"])
     variants = {
         "qat_chosen": (best, None, False),
         "qat_chosen_distill": (replace(best, distill=True), None, False),
@@ -367,6 +372,16 @@ def measure(name: str, args: argparse.Namespace, results: Results) -> None:
             if run == "qat_chosen_distill":
                 record["layers"] = layer_figures(q, sets)
             results.put(name, run, record)
+
+
+def recipe_config(base: TrainConfig, schedule: str, lr: float) -> TrainConfig:
+    """The QAT run of one schedule (SCHEDULES) at one learning rate."""
+    bn, ranges, range_lr = SCHEDULES[schedule]
+    config = replace(base, lr=lr, bn_freeze_epoch=bn, range_freeze_epoch=ranges)
+    if range_lr is None:
+        return config
+    metadata = {**base.metadata, "learn_ranges": True}
+    return replace(config, range_lr=range_lr, metadata=metadata)
 
 
 SEEDED_VARIANTS = ("qat_chosen", "qat_chosen_distill")

@@ -138,7 +138,7 @@ class EdgezooQAT(EdgezooPTQ):
     distill = False
 
     def recipe(self, sets):
-        bn, ranges = SCHEDULES[CHOSEN_SCHEDULE[self.model_name]]
+        bn, ranges, _ = SCHEDULES[CHOSEN_SCHEDULE[self.model_name]]
         lr = {"mobilenetv2": 1e-5, "resnet18": 1e-4}[self.model_name]
         base = base_config(self.model_name, sets, self.args)
         config = replace(base, lr=lr, bn_freeze_epoch=bn, range_freeze_epoch=ranges)

@@ -167,5 +167,6 @@ def quantization_config(args: argparse.Namespace, **settings):
         asymmetric_activations=getattr(args, "asymmetric_activations", False),
         activation_rounding=getattr(args, "activation_rounding", None),
         bias_rule=getattr(args, "bias_rule", None),
+        learn_ranges=getattr(args, "learn_ranges", False),
         **settings,
     )

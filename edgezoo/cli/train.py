@@ -43,11 +43,12 @@ _OPTIONS = {
     "max_batches": "--max-batches",
     "validation_split": "--validation-split",
     "quantization": "--target / --per-channel-weights / --asymmetric-activations / "
-    "--activation-rounding / --bias-rule",
+    "--activation-rounding / --bias-rule / --learn-ranges",
     "distill": "--distill",
     "labels": "--no-labels",
     "distill_temperature": "--distill-temperature",
     "distill_weight": "--distill-weight",
+    "range_lr": "--range-lr",
     "bn_freeze_epoch": "--freeze-bn-epoch",
     "range_freeze_epoch": "--freeze-ranges-epoch",
 }
@@ -123,6 +124,17 @@ def _add_qat_recipe_arguments(train: argparse.ArgumentParser) -> None:
         "--no-labels",
         action="store_true",
         help="with --distill: learn from the float model's outputs alone (labels unused)",
+    )
+    train.add_argument(
+        "--learn-ranges",
+        action="store_true",
+        help="QAT: train each power-of-two clip by gradient in the log2 domain (TQT) after "
+        "statistics start it, instead of following statistics",
+    )
+    train.add_argument(
+        "--range-lr",
+        type=positive_float,
+        help="with --learn-ranges: the thresholds' learning rate (default 0.01)",
     )
     train.add_argument("--distill-temperature", type=positive_float, help="default 2")
     train.add_argument(
@@ -245,6 +257,12 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
     from edgezoo.engine.setup import model_task
 
     mode = args.mode or (QAT_RUN if args.qat else FLOAT_RUN)
+    if mode != QAT_RUN and (
+        getattr(args, "learn_ranges", False) or getattr(args, "range_lr", None)
+    ):
+        raise UsageError(
+            "--learn-ranges and --range-lr train quantization ranges by gradient: add --qat"
+        )
     optimizer = _or(getattr(args, "optimizer", None), "adamw")
     return TrainConfig(
         task=model_task(name),
@@ -285,6 +303,7 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
         "range_freeze_epoch": getattr(args, "freeze_ranges_epoch", None),
         "distill_temperature": getattr(args, "distill_temperature", None),
         "distill_weight": getattr(args, "distill_weight", None),
+        "range_lr": getattr(args, "range_lr", None),
     }
     if getattr(args, "distill", False):
         recipe["distill"] = True
@@ -301,6 +320,7 @@ def _scheme(args: argparse.Namespace) -> dict[str, Any]:
         "asymmetric_activations": args.asymmetric_activations,
         "activation_rounding": args.activation_rounding,
         "bias_rule": args.bias_rule,
+        "learn_ranges": getattr(args, "learn_ranges", False),
     }
 
 

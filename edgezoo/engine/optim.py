@@ -7,6 +7,7 @@ from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
 
 from edgezoo.errors import UsageError
+from edgezoo.quantization.learned_range import learned_range_parameters
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -18,20 +19,26 @@ def build_optimizer(
     lr: float = 0.05,
     weight_decay: float = 4e-5,
     momentum: float = 0.9,
+    range_lr: float | None = None,
 ) -> Optimizer:
     """SGD (Nesterov momentum) or AdamW over the trainable parameters.
 
     Weight decay skips biases and normalisation weights (1-d tensors): decaying them only
-    shrinks scales the network needs.
+    shrinks scales the network needs. Learned ranges' log2 thresholds (QAT with learn_ranges)
+    form a group of their own at range_lr (default lr), never decayed.
     """
+    thresholds = learned_range_parameters(model)
+    learned = {id(parameter) for parameter in thresholds}
     decay, no_decay = [], []
     for parameter in model.parameters():
-        if parameter.requires_grad:
+        if parameter.requires_grad and id(parameter) not in learned:
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if thresholds:
+        groups.append({"params": thresholds, "weight_decay": 0.0, "lr": range_lr or lr})
     if name == "sgd":
         return SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":

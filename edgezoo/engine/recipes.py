@@ -38,3 +38,9 @@ def default_weight_decay(optimizer: str, mode: str = FLOAT_RUN) -> float:
 def default_warmup(mode: str) -> int:
     """One warm-up epoch for float training from scratch; none when fine-tuning with QAT."""
     return 1 if mode == FLOAT_RUN else 0
+
+
+DEFAULT_RANGE_LR = 1e-2
+"""Learned ranges' threshold learning rate: an Adam step moves log2 of a clip by about this
+much, so a few hundred QAT steps can move a clip by a power of two or two (TQT trains its
+thresholds faster than its weights for the same reason)."""

@@ -35,6 +35,7 @@ from edgezoo.engine.distributed import (
 from edgezoo.engine.history import write_history
 from edgezoo.engine.metrics import make_meter, primary_metric
 from edgezoo.engine.optim import build_optimizer, build_scheduler
+from edgezoo.engine.recipes import DEFAULT_RANGE_LR
 from edgezoo.engine.rng import capture_rng_state, restore_rng_state, seed_epoch
 from edgezoo.engine.run_dir import BEST, LAST, remove_stale_run_partials
 from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError, UsageError
@@ -80,6 +81,8 @@ class TrainConfig:
     distill_temperature: float = 2.0
     distill_weight: float = 0.5
     labels: bool = True
+    # The learning rate of learned ranges' log2 thresholds (QuantizationConfig.learn_ranges).
+    range_lr: float = DEFAULT_RANGE_LR
     # Free-form description of the run (model name, data, input size), kept with checkpoints.
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -312,6 +315,7 @@ FIXED_ON_RESUME: tuple[str, ...] = (
     "labels",
     "distill_temperature",
     "distill_weight",
+    "range_lr",
     "model",
     "data",
     "input_size",
@@ -357,7 +361,12 @@ class _Optimization:
         if config.mode == CALIBRATE:
             return cls()
         optimizer = build_optimizer(
-            model, config.optimizer, config.lr, config.weight_decay, config.momentum
+            model,
+            config.optimizer,
+            config.lr,
+            config.weight_decay,
+            config.momentum,
+            range_lr=config.range_lr,
         )
         scheduler = build_scheduler(
             optimizer,

@@ -39,6 +39,7 @@ from edgezoo.quantization.grid import (
     fake_quantize_weight,
     weight_scale,
 )
+from edgezoo.quantization.learned_range import learned_range_parameters
 from edgezoo.quantization.modes import WRAPPER_MODES
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import QuantizedLayer
@@ -91,6 +92,7 @@ __all__ = [
     "graph_quantization",
     "is_quantized",
     "layer_report",
+    "learned_range_parameters",
     "named_activation_ranges",
     "unfreeze_bn",
     "unfreeze_quant_range",

@@ -52,6 +52,10 @@ class QuantizationConfig:
     onto the joint grid, 2b-bit saturation: QDQ graphs' int32 biases); None picks ti_v1 for
     TDA4VM's Clip graphs and joint for QDQ devices and schemes. QAT, deploy conversion, the
     export and the integer simulation all follow it (docs/integer_simulation.md says why).
+    learn_ranges: in QAT, train each power-of-two clip by gradient in the log2 domain (TQT;
+    learned_range.py) once statistics have started it, instead of following statistics; the
+    engine gives the thresholds their own learning rate (TrainConfig.range_lr). Calibration
+    and evaluation ignore it (no gradients there); power-of-two scales only.
     """
 
     bitwidth_weights: int = 8
@@ -67,6 +71,7 @@ class QuantizationConfig:
     asymmetric_activations: bool = False
     target: str | None = None
     bias_rule: str | None = None
+    learn_ranges: bool = False
 
     def __post_init__(self) -> None:
         if self.activation_rounding is not None:
@@ -84,6 +89,11 @@ class QuantizationConfig:
         if self.target is not None:
             check_scheme(
                 resolve_target(self.target), self.per_channel_weights, self.asymmetric_activations
+            )
+        if self.learn_ranges and self.asymmetric_activations:
+            raise QuantizationConfigError(
+                "learn_ranges trains power-of-two clips; asymmetric (affine) ranges come from "
+                "statistics: use one of learn_ranges and asymmetric_activations"
             )
         check_bitwidth(self.bitwidth_weights)
         check_bitwidth(self.bitwidth_activations)

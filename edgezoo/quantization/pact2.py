@@ -36,8 +36,14 @@ from edgezoo.quantization.grid import (
     fake_quantize_activation,
     is_power_of_two_range,
 )
+from edgezoo.quantization.learned_range import (
+    LOG2_THRESHOLD,
+    initial_log2_threshold,
+    learned_clip,
+    with_threshold_gradient,
+)
 from edgezoo.quantization.range_sync import sync_extrema_, sync_histogram_
-from edgezoo.quantization.saved_flags import SavedFlagsMixin
+from edgezoo.quantization.saved_flags import EXTRA_STATE_KEY, SavedFlagsMixin
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -136,6 +142,12 @@ class PACT2(SavedFlagsMixin, nn.Module):
     checkpoint) leaves the range as it is instead of failing a strict load; False makes such a
     load fail, as evaluating needs trained ranges. The freeze and rounding switches, the rounding
     mode and the measurement schedule are saved with the range.
+
+    learn_range: after the first training batch (or from a range already measured) the clip is
+    trained by gradient in the log2 domain (learned_range.py, TQT) instead of by statistics: a
+    parameter `log2_threshold`, clip 2^ceil of it, still a power of two. Only for power-of-two
+    scales; a checkpoint with a learned threshold loads into a range that does not learn (its
+    clip is saved in clips_act) and the other way round (the threshold starts from the clip).
     """
 
     FLAGS = (
@@ -147,6 +159,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
         "_since_update",
         "_rounding_index",
         "asymmetric",
+        "threshold_ready",
     )
     SCHEME_FLAGS: ClassVar[dict[str, str]] = {
         "asymmetric": "QuantizationConfig(asymmetric_activations=...) with its target "
@@ -173,6 +186,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
         rounding_mode: str = DEFAULT_ACTIVATION_ROUNDING,
         scales: str = POWER_OF_TWO_SCALES,
         asymmetric: bool = False,
+        learn_range: bool = False,
     ) -> None:
         super().__init__()
         check_range_shrink(range_shrink_percentile)
@@ -183,7 +197,15 @@ class PACT2(SavedFlagsMixin, nn.Module):
                 "asymmetric ranges need affine scales (a zero point has no power-of-two "
                 "form in TIDL's Clip graphs); pass scales='affine'"
             )
+        if learn_range and scales != POWER_OF_TWO_SCALES:
+            raise QuantizationConfigError(
+                "learned ranges train power-of-two clips; affine (QDQ) scales take their range "
+                "from statistics: drop learn_ranges or asymmetric_activations"
+            )
         self.asymmetric = asymmetric
+        self.learn_range = learn_range
+        # Whether log2_threshold holds the range (else the next training batch starts it).
+        self.threshold_ready = False
         self.signed = signed
         self.max_update_gap = max_update_gap
         self._rounding_index = ACTIVATION_ROUNDINGS.index(check_activation_rounding(rounding_mode))
@@ -208,15 +230,51 @@ class PACT2(SavedFlagsMixin, nn.Module):
         self.register_buffer("running_min", torch.tensor(0.0))
         self.register_buffer("running_max", torch.tensor(0.0))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        if learn_range:
+            self.register_parameter(LOG2_THRESHOLD, nn.Parameter(torch.tensor(0.0)))
         self._init_saved_flags()
         if keep_when_missing:
             self.register_load_state_dict_pre_hook(_keep_range_when_missing)
+        self.register_load_state_dict_pre_hook(_match_learned_threshold)
 
     def forward(self, x: Tensor) -> Tensor:
         """Update the range (training, not frozen), then clip and fake-quantize x."""
+        if self.learn_range:
+            return self._learned_forward(x)
         if self.training and not self.range_frozen:
             self._track_batch(x.detach())
         return self.fake_quantize(x)
+
+    def _learned_forward(self, x: Tensor) -> Tensor:
+        """The forward of a learned range: statistics start it, the gradient moves it."""
+        if self.training and not self.threshold_ready:
+            if not self.trained:
+                self._track_batch(x.detach())
+            self._start_threshold()
+        elif self.training and not self.range_frozen:
+            self._count_batch()
+        self._sync_learned_clip()
+        y = self.fake_quantize(x)
+        if not (self.training and torch.is_grad_enabled()):
+            return y
+        clip_min, clip_max = self.clip_range()
+        return with_threshold_gradient(y, x, self.log2_threshold, clip_min, clip_max)
+
+    @torch.no_grad()
+    def _start_threshold(self) -> None:
+        """log2_threshold from the current (measured) clip."""
+        low, high = self.clip_range()
+        self.log2_threshold.fill_(initial_log2_threshold(max(-low, high)))
+        self.threshold_ready = True
+
+    @torch.no_grad()
+    def _sync_learned_clip(self) -> None:
+        """clips_act from log2_threshold while the range learns (the sign stays as measured)."""
+        if not (self.learn_range and self.threshold_ready and not self.range_frozen):
+            return
+        clip = learned_clip(self.log2_threshold).to(self.clips_act.dtype)
+        self.clips_act[0] = torch.where(self.clips_act[0] < 0, -clip, 0.0)
+        self.clips_act[1] = clip
 
     def fake_quantize(self, x: Tensor) -> Tensor:
         """x clipped and rounded onto this range's current grid (no statistics)."""
@@ -233,13 +291,22 @@ class PACT2(SavedFlagsMixin, nn.Module):
 
     def grid_scale(self) -> Tensor:
         """The multiplier from values to integer steps (value = n / scale), a 0-d tensor."""
+        self._sync_learned_clip()
         if self.scales == AFFINE_SCALES:
             step = affine_grid(*self.clip_range(), self.bitwidth).scale
             return torch.tensor(1.0 / step, dtype=torch.float64, device=self.clips_act.device)
         return activation_scale(self.clips_act, self.bitwidth)
 
     def freeze_range(self, frozen: bool = True) -> None:
-        """Stop (or, with frozen=False, resume) range updates; clipping and rounding go on."""
+        """Stop (or, with frozen=False, resume) range updates; clipping and rounding go on.
+
+        A learned range keeps the clip it has when frozen and, when unfrozen, learns on from it.
+        """
+        if self.learn_range and frozen != self.range_frozen:
+            self._sync_learned_clip()
+            if not frozen and self.threshold_ready:
+                self.range_frozen = False
+                self._start_threshold()
         self.range_frozen = frozen
 
     def enable_rounding(self, enabled: bool = True) -> None:
@@ -259,6 +326,7 @@ class PACT2(SavedFlagsMixin, nn.Module):
 
     def clip_range(self) -> tuple[float, float]:
         """Current (clip min, clip max) as Python floats."""
+        self._sync_learned_clip()
         low, high = self.clips_act.tolist()
         return low, high
 
@@ -362,6 +430,10 @@ class PACT2(SavedFlagsMixin, nn.Module):
             )
             self._warned_non_finite = True
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        self._sync_learned_clip()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._batches_tracked = int(self.num_batches_tracked)
@@ -378,6 +450,8 @@ class PACT2(SavedFlagsMixin, nn.Module):
         scheme = "" if self.scales == POWER_OF_TWO_SCALES else f", scales={self.scales}"
         if self.asymmetric:
             scheme += ", asymmetric"
+        if self.learn_range:
+            scheme += ", learned"
         return (
             f"signed={self.signed}, bitwidth={self.bitwidth}, clip=({low:g}, {high:g}), "
             f"range_frozen={self.range_frozen}, rounding_enabled={self.rounding_enabled}{scheme}"
@@ -394,6 +468,26 @@ def _keep_range_when_missing(
     for key in RANGE_BUFFERS:
         state_dict[prefix + key] = getattr(module, key)
     logger.debug("%s: no range in the checkpoint, keeping the current one", prefix or "range")
+
+
+def _match_learned_threshold(
+    module: PACT2, state_dict: dict[str, Tensor], prefix: str, *_: object
+) -> None:
+    """Load pre-hook: a learned threshold in a checkpoint is dropped where the range does not
+    learn (its clip is in clips_act), and a learning range without one in the checkpoint starts
+    it from the loaded clip at its next training batch."""
+    key = prefix + LOG2_THRESHOLD
+    if not module.learn_range:
+        state_dict.pop(key, None)
+    elif key not in state_dict:
+        state_dict[key] = module.log2_threshold.detach().clone()
+        extra = state_dict.get(prefix + EXTRA_STATE_KEY)
+        if extra is not None:
+            flags = torch.as_tensor(extra).clone()
+            index = PACT2.FLAGS.index("threshold_ready")
+            if index < len(flags):
+                flags[index] = 0
+            state_dict[prefix + EXTRA_STATE_KEY] = flags
 
 
 def check_range_shrink(percentile: float) -> float:

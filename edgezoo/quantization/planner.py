@@ -127,12 +127,14 @@ class _Planner:
         config: QuantizationConfig,
         keep_missing_ranges: bool,
         range_update_gap: int,
+        learn_ranges: bool = False,
     ) -> None:
         self.graph = graph
         self.model = model
         self.config = config
         self.keep_missing_ranges = keep_missing_ranges
         self.range_update_gap = range_update_gap
+        self.learn_ranges = learn_ranges
         self.device = _device_of(model)
         self.kinds = {name: layer_kind(node.module) for name, node in graph.nodes.items()}
         self.bn_of_conv = self._pair_conv_bn()
@@ -154,6 +156,7 @@ class _Planner:
             rounding_mode=config.rounding_mode,
             scales=config.activation_scales,
             asymmetric=affine and reader is not None and not self._feeds_symmetric_op(reader),
+            learn_range=self.learn_ranges,
         ).to(self.device)
         pact.train(like.training)
         return pact
@@ -349,18 +352,20 @@ def insert_quantization(
     config: QuantizationConfig,
     keep_missing_ranges: bool = True,
     range_update_gap: int | None = None,
+    learn_ranges: bool = False,
 ) -> nn.Module:
     """Quantize `model` in place (same object, same state_dict keys plus ranges) and return it.
 
     keep_missing_ranges: whether a later load of a state_dict without some range's entries
     keeps that range (float checkpoints into a model to train) or fails (evaluation).
     range_update_gap: the ranges' max_update_gap (default: config.max_range_update_gap).
+    learn_ranges: ranges trained by gradient (QAT with config.learn_ranges).
     """
     gap = config.max_range_update_gap if range_update_gap is None else range_update_gap
     refuse_quantized(model)
     graph = trace_leaf_graph(model, example_input)
     _validate(model, graph)
-    planner = _Planner(graph, model, config, keep_missing_ranges, gap)
+    planner = _Planner(graph, model, config, keep_missing_ranges, gap, learn_ranges)
     planner.plan_ranges()
     slots, left_float = planner.build()
     for name, module in slots.items():

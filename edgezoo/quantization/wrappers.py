@@ -47,6 +47,8 @@ class _QuantWrapper(nn.Module):
     _keep_missing_ranges = True
     # Whether ranges may skip measuring batches while their clip stays put (QAT only).
     _sparse_range_updates = False
+    # Whether ranges may be trained by gradient (config.learn_ranges; QAT only).
+    _gradient_ranges = False
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class _QuantWrapper(nn.Module):
             self.config,
             keep_missing_ranges=self._keep_missing_ranges,
             range_update_gap=self.config.max_range_update_gap if self._sparse_range_updates else 1,
+            learn_ranges=self.config.learn_ranges and self._gradient_ranges,
         )
         self.training = module.training
 
@@ -187,6 +190,7 @@ class QuantTrainModule(_QuantWrapper):
     """
 
     _sparse_range_updates = True
+    _gradient_ranges = True
 
     def __init__(
         self,
