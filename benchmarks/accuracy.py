@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from edgezoo import get_model
-from edgezoo.data import VALIDATION_SIZE, build_task_data
+from edgezoo.data import VALIDATION_SIZE
 from edgezoo.engine import TrainConfig, fit
 from edgezoo.fileio import atomic_path
 from edgezoo.quantization import (
@@ -47,6 +47,7 @@ from edgezoo.quantization import (
     write_back_quantized_weights,
 )
 from edgezoo.registry import preprocessing
+from edgezoo.tasks import build_task_data
 
 CLASSIFIERS = ("mobilenetv2", "resnet18")
 SEGMENTER = "deeplabv3plus_mobilenetv2"

@@ -30,7 +30,6 @@ from machine import machine_description
 from torch.utils.data import DataLoader, Subset
 
 from edgezoo import export_onnx, model_info
-from edgezoo.data import build_task_data
 from edgezoo.export import onnxruntime_session
 from edgezoo.fileio import atomic_path
 from edgezoo.models import BUILDERS
@@ -39,6 +38,7 @@ from edgezoo.quantization.grid import BIAS_RULES
 from edgezoo.quantization.weight_layers import QuantWeightMixin, bn_scale
 from edgezoo.registry import preprocessing
 from edgezoo.simulation import TIDLSimulator, parity_report
+from edgezoo.tasks import build_task_data
 
 MODELS = ("resnet18", "mobilenetv2", "deeplabv3plus_mobilenetv2")
 THROUGHPUT_SIZES = {"resnet18": (224, 224), "mobilenetv2": (224, 224)}

@@ -18,12 +18,12 @@ from pathlib import Path
 from machine import machine_description
 from torch.utils.data import Subset
 
-from edgezoo.data import build_task_data
 from edgezoo.engine import TrainConfig, evaluate, fit
 from edgezoo.engine.run_dir import LAST
 from edgezoo.engine.setup import build_model
 from edgezoo.quantization import QuantizationConfig, activation_ranges
 from edgezoo.registry import preprocessing
+from edgezoo.tasks import build_task_data
 
 MODEL = "mobilenetv2"
 

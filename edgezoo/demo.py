@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgezoo.data import TaskData, build_task_data
-from edgezoo.engine.metrics import primary_metric
+from edgezoo.data import TaskData
 from edgezoo.engine.recipes import default_weight_decay
 from edgezoo.engine.run_dir import LAST, check_run_dir, clear_run_dir
 from edgezoo.engine.setup import build_model, cached_pretrained
@@ -26,7 +25,7 @@ from edgezoo.errors import RunExistsError
 from edgezoo.fileio import atomic_path, write_json_atomic
 from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN
 from edgezoo.registry import preprocessing
-from edgezoo.tasks import CLASSIFICATION, SEGMENTATION
+from edgezoo.tasks import CLASSIFICATION, DemoDefaults, build_task_data, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -34,57 +33,6 @@ RESULTS_JSON = "results.json"
 PLOT_PNG = "accuracy.png"
 STAGES = (FLOAT_RUN, CALIBRATE, QAT_RUN)
 """The demo's stages are the engine's run modes (PTQ is the calibrate run)."""
-
-
-@dataclass(frozen=True)
-class TaskDefaults:
-    """The demo's settings for one task, chosen to finish in minutes on two CPU cores."""
-
-    model: str
-    data: str
-    full_data: str
-    input_size: int
-    batch_size: int
-    float_epochs: int
-    qat_epochs: int
-    calibration_batches: int
-    lr: float
-    qat_lr: float
-    # (train, val) composite scenes; None: one per item.
-    scenes: tuple[int | None, int | None] = (None, None)
-
-
-# From small AdamW sweeps on these data (float top-1 after 5 epochs: lr 2e-3 81.8 %, 5e-3
-# 82.3 %; composite mIoU after 4 epochs: lr 2e-3 20.6 %, 5e-3 26.4 %, 1e-2 30.4 %, 2e-2 33.8 %).
-# The embedded subset holds 6000 training images because 2000 images for 12-20 epochs (the same
-# compute) reached only 76-78 %.
-DEFAULTS = {
-    CLASSIFICATION: TaskDefaults(
-        model="mobilenetv2",
-        data="embedded",
-        full_data="fashion-mnist",
-        input_size=32,
-        batch_size=64,
-        float_epochs=5,
-        qat_epochs=2,
-        calibration_batches=32,
-        lr=5e-3,
-        qat_lr=1e-4,
-    ),
-    SEGMENTATION: TaskDefaults(
-        model="deeplabv3plus_mobilenetv2",
-        data="composite",
-        full_data="fashion-mnist",
-        input_size=64,
-        batch_size=16,
-        float_epochs=4,
-        qat_epochs=2,
-        calibration_batches=32,
-        lr=2e-2,
-        qat_lr=5e-4,
-        scenes=(2000, 500),
-    ),
-}
 
 
 @dataclass
@@ -139,8 +87,9 @@ class DemoResult:
 
     def table(self) -> str:
         """The demo's report as printed by `edgezoo demo`."""
-        unit = "top-1 (%)" if self.metric == "top1" else "mIoU (%)"
-        composite = " [COMPOSITE scenes]" if self.task == SEGMENTATION else ""
+        task = get_task(self.task)
+        unit = task.metric_label
+        composite = " [COMPOSITE scenes]" if task.composite_scenes else ""
         rows = [
             (FLOAT_RUN, "float32", self.metrics[FLOAT_RUN]),
             ("PTQ", "int8 power-of-two, calibrated", self.metrics[CALIBRATE]),
@@ -195,7 +144,9 @@ class DemoResult:
         }
 
 
-def _initial_weights(model: str, task: str, pretrained: bool | str | None) -> tuple[dict, str]:
+def _initial_weights(
+    model: str, defaults: DemoDefaults, pretrained: bool | str | None
+) -> tuple[dict, str]:
     """get_model weight arguments and a sentence saying where the float weights start from."""
     if pretrained is None:
         cached = cached_pretrained(model)
@@ -214,7 +165,7 @@ def _initial_weights(model: str, task: str, pretrained: bool | str | None) -> tu
             "(pass --pretrained to download them)"
         )
     is_file = isinstance(pretrained, str) and os.path.isfile(pretrained)
-    if task == SEGMENTATION and not is_file:
+    if defaults.backbone_weights and not is_file:
         return {"pretrained_backbone": pretrained}, "torchvision ImageNet weights in the backbone"
     return {"pretrained": pretrained}, f"pretrained weights ({pretrained})"
 
@@ -247,7 +198,7 @@ class _DemoPlan:
     """What the demo runs: its model, data, folders and the settings of each stage."""
 
     options: DemoOptions
-    defaults: TaskDefaults
+    defaults: DemoDefaults
     data: TaskData
     dirs: dict[str, Path]
     input_size: int
@@ -308,7 +259,7 @@ class _DemoPlan:
 
 def _plan(options: DemoOptions) -> _DemoPlan:
     """Check and clear the output folders, load the data, decide where the weights start."""
-    defaults = DEFAULTS[options.task]
+    defaults = get_task(options.task).demo
     out_dir = Path(options.out_dir).expanduser()
     _check_out_dir(out_dir, options.overwrite, defaults.model)
     dirs = {stage: clear_run_dir(path) for stage, path in _stage_dirs(out_dir).items()}
@@ -323,9 +274,7 @@ def _plan(options: DemoOptions) -> _DemoPlan:
         composite_scenes=(None, None) if options.full else defaults.scenes,
     )
     logger.info("demo data: %s", data.description)
-    weights_kwargs, weights_note = _initial_weights(
-        defaults.model, options.task, options.pretrained
-    )
+    weights_kwargs, weights_note = _initial_weights(defaults.model, defaults, options.pretrained)
     logger.info("demo weights: %s", weights_note)
     return _DemoPlan(
         options,
@@ -384,7 +333,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     mean, std = preprocessing(plan.name)
     export = _export(qat, onnx_path, plan.data, plan.name, mean, std)
     seconds["export"] = time.perf_counter() - clock
-    metric = primary_metric(options.task)
+    metric = get_task(options.task).primary_metric
     plot_path = out_dir / PLOT_PNG
     write_plot(plot_path, results, metric, plan.name, options.task)
     result = DemoResult(
@@ -424,7 +373,7 @@ def _export(
         qat,
         path,
         example_input=example,
-        argmax=data.task == SEGMENTATION,
+        argmax=get_task(data.task).export_argmax,
         strict=False,
         model_name=name,
         task=data.task,
@@ -483,8 +432,8 @@ def write_plot(
     ptq = results[CALIBRATE].final[f"val_{metric}"]
     axes.plot([len(float_history) + 0.5], [ptq], "s", color="tab:orange", label="PTQ val")
     axes.set_xlabel("epoch (float, then QAT)")
-    axes.set_ylabel("top-1 accuracy (%)" if metric == "top1" else "mIoU (%)")
-    kind = " (COMPOSITE scenes)" if task == SEGMENTATION else ""
+    axes.set_ylabel(get_task(task).metric_label)
+    kind = " (COMPOSITE scenes)" if get_task(task).composite_scenes else ""
     axes.set_title(f"edgezoo demo: {model}{kind}")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from edgezoo.errors import DownloadError, HashMismatchError, WeightsError
 from edgezoo.fileio import atomic_path, remove_stale_partials
-from edgezoo.tasks import TASKS
+from edgezoo.tasks import task_names
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def _validate_model(problems: list[str], name: str, entry: Any, models: dict) ->
         "unused_checkpoint_prefixes",
     }
     _check_keys(problems, where, entry, required | {"weights"}, optional)
-    if entry.get("task") not in TASKS:
-        problems.append(f"{where}.task must be one of {TASKS}")
+    if entry.get("task") not in task_names():
+        problems.append(f"{where}.task must be one of {task_names()}")
     for key in ("num_classes", "num_params"):
         if not _is_positive_int(entry.get(key)):
             problems.append(f"{where}.{key} must be a positive integer")

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from edgezoo import hub
+from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgezoo.errors import CheckpointMismatchError, UnknownModelError, UsageError, WeightsError
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import wrapper_mode
-from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
+from edgezoo.tasks import task_names
 from edgezoo.weights import load_checkpoint_into, load_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
 
 def list_models(task: str | None = None) -> list[str]:
     """Canonical model names in manifest order (by family, then size), optionally of one task."""
-    if task is not None and task not in TASKS:
-        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task is not None and task not in task_names():
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(task_names())}")
     models = hub.load_manifest()["models"]
     return [name for name, entry in models.items() if task in (None, entry["task"])]
 

@@ -117,3 +117,47 @@ def test_the_top_level_api_is_small_and_moved_errors_still_import_with_a_warning
         assert edgezoo.WeightsError is errors.WeightsError
     with pytest.raises(AttributeError):
         edgezoo.NotAThing  # noqa: B018
+
+
+def _task_name_tests(path: Path) -> list[int]:
+    """Lines of a file that compare with a task's name or key a table by one."""
+    from edgezoo.tasks import task_names
+
+    names, constants = set(task_names()), {"CLASSIFICATION", "SEGMENTATION", "DETECTION"}
+
+    def is_task_name(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, ast.Name | ast.Attribute):
+            return (node.id if isinstance(node, ast.Name) else node.attr) in constants
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return any(is_task_name(item) for item in node.elts)
+        return False
+
+    def tests_a_name(node: ast.AST) -> bool:
+        if isinstance(node, ast.Compare):
+            return any(is_task_name(side) for side in [node.left, *node.comparators])
+        if isinstance(node, ast.Dict):
+            return any(key is not None and is_task_name(key) for key in node.keys)
+        return isinstance(node, ast.Match)
+
+    lines = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if tests_a_name(n)]
+    return lines
+
+
+def test_only_the_tasks_package_tests_a_task_by_name():
+    found = {
+        module: lines
+        for module, path in MODULES.items()
+        if not module.startswith("edgezoo.tasks") and (lines := _task_name_tests(path))
+    }
+    assert found == {}, "ask get_task(name) instead of testing the name"
+
+
+def test_the_task_name_finder_finds_comparisons_and_tables(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text(
+        "a = task == SEGMENTATION\nb = {CLASSIFICATION: 1}\nc = t in ('segmentation', 'x')\n"
+        "d = task == 'other'\n"
+    )
+    assert _task_name_tests(path) == [1, 2, 3]

@@ -20,7 +20,6 @@ from edgezoo.data import (
     ItemArrays,
     SegmentationFolder,
     SegmentationTransform,
-    build_task_data,
     embedded_dir,
     fashion_mnist_dir,
     is_fashion_mnist_dir,
@@ -30,6 +29,7 @@ from edgezoo.data import (
     write_idx,
 )
 from edgezoo.errors import DataError
+from edgezoo.tasks import build_task_data
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "make_embedded_subset.py"
 HAS_FULL_SET = is_fashion_mnist_dir(DEBIAN_FASHION_MNIST_DIR)

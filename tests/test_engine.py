@@ -9,14 +9,11 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from edgezoo.cli import main
-from edgezoo.data import build_task_data
 from edgezoo.engine import (
     BEST,
     LAST,
     METRICS_CSV,
     METRICS_JSON,
-    ClassificationMeter,
-    SegmentationMeter,
     TrainConfig,
     evaluate,
     fit,
@@ -28,6 +25,7 @@ from edgezoo.engine.setup import build_model
 from edgezoo.errors import CheckpointMismatchError, RunExistsError
 from edgezoo.quantization import PACT2
 from edgezoo.registry import get_model
+from edgezoo.tasks import ClassificationMeter, SegmentationMeter, build_task_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -99,7 +99,7 @@ def test_segmentation_files(tmp_path):
 
 
 def test_spec_rejects_unknown_task_and_mismatched_normalisation():
-    with pytest.raises(ValueError, match="postProcType"):
-        TIDLInputSpec(3, 64, 64, "detection")
+    with pytest.raises(ValueError, match="unknown task 'tracking'; use one of classification"):
+        TIDLInputSpec(3, 64, 64, "tracking")
     with pytest.raises(ValueError, match="one value per input channel"):
         TIDLInputSpec(1, 64, 64, "classification")

@@ -21,7 +21,6 @@ from torch.utils.data import Subset
 
 import edgezoo
 from edgezoo.cli import main
-from edgezoo.data import build_task_data
 from edgezoo.engine import LAST, TrainConfig, fit, read_checkpoint
 from edgezoo.engine import checkpoint as checkpoint_module
 from edgezoo.engine.distributed import as_distributed_error, setup_distributed
@@ -33,6 +32,7 @@ from edgezoo.errors import (
     UncalibratedRangesError,
 )
 from edgezoo.quantization import QuantTrainModule
+from edgezoo.tasks import build_task_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -260,8 +260,8 @@ def test_evaluate_says_what_onnx_needs_and_refuses_a_nan_checkpoint(tmp_path, ca
 def test_data_that_is_a_file_or_a_decompression_bomb_is_named(tmp_path, capsys):
     from PIL import Image
 
-    from edgezoo.data import build_task_data
     from edgezoo.errors import DataError
+    from edgezoo.tasks import build_task_data
 
     text = tmp_path / "afile.txt"
     text.write_text("not data")

@@ -62,7 +62,8 @@ BATCHES = """def batches(loader):
         yield batch
 """
 
-DATA_CLASSIFICATION = '''from edgezoo.data import IMAGENET_MEAN, IMAGENET_STD, build_task_data
+DATA_CLASSIFICATION = '''from edgezoo.data import IMAGENET_MEAN, IMAGENET_STD
+from edgezoo.tasks import build_task_data
 
 data = build_task_data("embedded", TASK, INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD)
 train_loader = DataLoader(data.train, batch_size=64, shuffle=True)
@@ -85,7 +86,8 @@ def evaluate(model):
 
 data.description'''
 
-DATA_SEGMENTATION = '''from edgezoo.data import IMAGENET_MEAN, IMAGENET_STD, build_task_data
+DATA_SEGMENTATION = '''from edgezoo.data import IMAGENET_MEAN, IMAGENET_STD
+from edgezoo.tasks import build_task_data
 
 data = build_task_data(
     "composite", TASK, INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD, composite_scenes=(2000, 256)

@@ -11,7 +11,7 @@ from edgezoo.cli.arguments import (
     positive_int,
     seed,
 )
-from edgezoo.tasks import CLASSIFICATION, TASKS
+from edgezoo.tasks import CLASSIFICATION, task_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "deeplabv3plus_mobilenetv2 on COMPOSITE scenes built from Fashion-MNIST items."
         ),
     )
-    demo.add_argument("--task", choices=TASKS, default=CLASSIFICATION)
+    demo.add_argument("--task", choices=task_names(), default=CLASSIFICATION)
     demo.add_argument("--out", type=output_dir, default=Path("edgezoo-demo"), help="output folder")
     demo.add_argument("--epochs", type=positive_int, help="float epochs (default: per task)")
     demo.add_argument("--qat-epochs", type=positive_int, help="QAT epochs (default: per task)")

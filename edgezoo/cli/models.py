@@ -5,13 +5,13 @@ import json
 from typing import Any
 
 from edgezoo import registry
-from edgezoo.tasks import TASKS
+from edgezoo.tasks import task_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the list and info subcommands."""
     list_parser = subparsers.add_parser("list", help="list the models and their default weights")
-    list_parser.add_argument("--task", choices=TASKS, help="only models of this task")
+    list_parser.add_argument("--task", choices=task_names(), help="only models of this task")
     list_parser.set_defaults(func=run_list)
 
     info_parser = subparsers.add_parser("info", help="show a model's weights, metrics, inputs")

@@ -22,7 +22,6 @@ from edgezoo.cli.arguments import (
 from edgezoo.engine.run_dir import HELD_OUT, TEST_METRICS
 from edgezoo.errors import ResumeMismatchError, RunExistsError, UsageError
 from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, TEST
-from edgezoo.tasks import CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
@@ -226,13 +225,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
 
 
 def _run_input_size(args: argparse.Namespace, task: str, data: str) -> int:
-    from edgezoo.data import is_fashion_mnist_dir
+    from edgezoo.data import DATA_NAMES, is_fashion_mnist_dir
     from edgezoo.registry import default_input_size
+    from edgezoo.tasks import get_task
 
     if args.input_size:
         return args.input_size
-    if data in ("embedded", "fashion-mnist", "composite") or is_fashion_mnist_dir(data):
-        return 32 if task == CLASSIFICATION else 64
+    if data in DATA_NAMES or is_fashion_mnist_dir(data):
+        return get_task(task).builtin_input_size
     return default_input_size(args.model)[1]
 
 
@@ -493,8 +493,8 @@ def _task_data(
     validation_split: int = 0,
 ):
     """The train/val(/test) data of a run, normalised as the model's weights expect."""
-    from edgezoo.data import build_task_data
     from edgezoo.registry import preprocessing
+    from edgezoo.tasks import build_task_data
 
     mean, std = preprocessing(name)
     return build_task_data(

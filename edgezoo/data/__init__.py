@@ -18,10 +18,14 @@ from edgezoo.data.fashion_mnist import (
 )
 from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder, image_folder
 from edgezoo.data.idx import read_idx, write_idx
-from edgezoo.data.sources import DATA_NAMES, TaskData, build_task_data, hold_out
-from edgezoo.data.transforms import ClassificationTransform, SegmentationTransform
+from edgezoo.data.sources import DATA_NAMES, TaskData, hold_out
+from edgezoo.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationTransform,
+    SegmentationTransform,
+)
 from edgezoo.data.validation import VALIDATION_SEED, VALIDATION_SIZE, validation_split
-from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
 
 __all__ = [
     "COMPOSITE_CLASSES",
@@ -32,7 +36,6 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "TASKS",
     "VALIDATION_SEED",
     "VALIDATION_SIZE",
     "ClassificationTransform",
@@ -42,7 +45,6 @@ __all__ = [
     "SegmentationFolder",
     "SegmentationTransform",
     "TaskData",
-    "build_task_data",
     "embedded_dir",
     "fashion_mnist_dir",
     "hold_out",

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from edgezoo.tasks import IMAGENET_MEAN, IMAGENET_STD
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""torchvision's ImageNet normalisation of 0..1 pixels (mean, std per RGB channel)."""
 
 Transform = Callable[[np.ndarray], Tensor]
 PairTransform = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]

@@ -3,7 +3,6 @@ or many (torchrun), with atomic checkpoints, exact resume and per-epoch metrics.
 
 from edgezoo.engine.checkpoint import save_checkpoint
 from edgezoo.engine.distributed import DistContext, cleanup_distributed, setup_distributed
-from edgezoo.engine.metrics import ClassificationMeter, SegmentationMeter, primary_metric
 from edgezoo.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from edgezoo.engine.rng import seed_everything
 from edgezoo.engine.run_dir import BEST, LAST, METRICS_CSV, METRICS_JSON, prepare_run_dir
@@ -30,10 +29,8 @@ __all__ = [
     "MODES",
     "OPTIMIZERS",
     "SCHEDULES",
-    "ClassificationMeter",
     "DistContext",
     "FitResult",
-    "SegmentationMeter",
     "TrainConfig",
     "build_optimizer",
     "build_scheduler",
@@ -43,7 +40,6 @@ __all__ = [
     "load_checkpoint",
     "load_run_config",
     "prepare_run_dir",
-    "primary_metric",
     "read_checkpoint",
     "resume_differences",
     "save_checkpoint",

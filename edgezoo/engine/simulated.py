@@ -5,15 +5,14 @@ from itertools import islice
 
 import onnx
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from edgezoo.engine.metrics import make_meter
 from edgezoo.errors import UsageError
 from edgezoo.onnxgraph import load_onnx
 from edgezoo.onnxgraph.tools import without_argmax
 from edgezoo.simulation.simulate import TIDLSimulator
+from edgezoo.tasks import get_task
 
 
 def simulated_metrics(
@@ -34,16 +33,15 @@ def simulated_metrics(
     proto = without_argmax(model if isinstance(model, onnx.ModelProto) else load_onnx(model))
     _check_fits(proto, dataset, num_classes)
     simulator = TIDLSimulator(proto)
-    meter = make_meter(task, num_classes, ignore_index)
+    task = get_task(task)
+    meter = task.make_meter(num_classes, ignore_index)
     loader = DataLoader(dataset, batch_size=batch_size)
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     batches = islice(loader, total)
     for images, targets in tqdm(batches, total=total, desc="simulate", disable=not progress):
         (logits,) = simulator(images)
         logits = torch.from_numpy(logits).float()
-        loss = F.cross_entropy(
-            logits, targets, ignore_index=-100 if ignore_index is None else ignore_index
-        )
+        loss = task.loss(logits, targets, ignore_index, label_smoothing=0.0)
         meter.update(logits, targets, loss)
     return meter.compute()
 

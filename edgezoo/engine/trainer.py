@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -26,6 +25,7 @@ from edgezoo.distillation import DistillationLoss
 from edgezoo.engine.checkpoint import save_checkpoint
 from edgezoo.engine.distributed import (
     DistContext,
+    all_reduce_sum,
     as_distributed_error,
     average_buffers,
     average_floating_state,
@@ -33,7 +33,6 @@ from edgezoo.engine.distributed import (
     setup_distributed,
 )
 from edgezoo.engine.history import write_history
-from edgezoo.engine.metrics import make_meter, primary_metric
 from edgezoo.engine.optim import build_optimizer, build_scheduler
 from edgezoo.engine.recipes import DEFAULT_RANGE_LR
 from edgezoo.engine.rng import capture_rng_state, restore_rng_state, seed_epoch
@@ -41,7 +40,7 @@ from edgezoo.engine.run_dir import BEST, LAST, remove_stale_run_partials
 from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError, UsageError
 from edgezoo.hub import read_checkpoint
 from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, RUN_MODES
-from edgezoo.tasks import CLASSIFICATION, TASKS
+from edgezoo.tasks import CLASSIFICATION, get_task
 from edgezoo.weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -89,8 +88,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
-        if self.task not in TASKS:
-            raise UsageError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+        get_task(self.task)
         if self.epochs < 1 or self.batch_size < 1:
             raise UsageError("epochs and batch_size must be at least 1")
         if not self.labels and not self.distill:
@@ -139,15 +137,8 @@ def weights_module(model: nn.Module, mode: str) -> nn.Module:
     return model.module if mode in (QAT_RUN, CALIBRATE) else model
 
 
-def _logits(output: Tensor | dict[str, Tensor]) -> Tensor:
-    return output["out"] if isinstance(output, dict) else output
-
-
 def _loss(logits: Tensor, targets: Tensor, config: TrainConfig) -> Tensor:
-    ignore = -100 if config.ignore_index is None else config.ignore_index
-    return F.cross_entropy(
-        logits, targets, ignore_index=ignore, label_smoothing=config.label_smoothing
-    )
+    return get_task(config.task).loss(logits, targets, config.ignore_index, config.label_smoothing)
 
 
 Criterion = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -173,7 +164,7 @@ def _criterion(config: TrainConfig, teacher: nn.Module | None) -> Criterion:
 
     def criterion(inputs: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
         with torch.no_grad():
-            teacher_logits = _logits(teacher(inputs))
+            teacher_logits = get_task(config.task).outputs(teacher(inputs))
         return distillation(logits, teacher_logits, targets if config.labels else None)
 
     return criterion
@@ -186,6 +177,7 @@ def _loader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
+        collate_fn=get_task(config.task).collate_fn,
         num_workers=config.num_workers,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
@@ -212,7 +204,8 @@ def run_epoch(
     criterion: the training loss (default: cross entropy); metrics always use the labels.
     """
     model.train(train)
-    meter = make_meter(config.task, config.num_classes, config.ignore_index, device)
+    task = get_task(config.task)
+    meter = task.make_meter(config.num_classes, config.ignore_index, device)
     total = len(loader) if config.max_batches is None else min(len(loader), config.max_batches)
     grad = optimizer is not None
     bar = tqdm(
@@ -224,7 +217,7 @@ def run_epoch(
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.set_grad_enabled(grad):
-            logits = _logits(model(inputs))
+            logits = task.outputs(model(inputs))
             if criterion is None:
                 loss = _loss(logits, targets, config)
             else:
@@ -244,7 +237,7 @@ def run_epoch(
         if progress:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    return meter.compute()
+    return meter.compute(all_reduce_sum)
 
 
 def evaluate(
@@ -490,7 +483,7 @@ class _Run:
 
     def finish_epoch(self, progress: _Progress, record: dict[str, Any]) -> None:
         """Add the record, keep the best epoch, log and (rank 0) write the checkpoints."""
-        metric = f"val_{primary_metric(self.config.task)}"
+        metric = f"val_{get_task(self.config.task).primary_metric}"
         progress.history.append(record)
         progress.epochs_done = record["epoch"]
         improved = progress.best is None or record[metric] > progress.best[metric]

@@ -13,7 +13,7 @@ from edgezoo.export.tidl_config import TIDLInputSpec
 from edgezoo.export.verify_ranges import input_range, normalised_input_range
 from edgezoo.quantization import GraphQuantization
 from edgezoo.targets import QDQ_FORMAT
-from edgezoo.tasks import CLASSIFICATION, SEGMENTATION
+from edgezoo.tasks import task_of_graph
 from edgezoo.tidl import rules
 from edgezoo.version import __version__
 
@@ -93,7 +93,7 @@ def input_spec(
         preprocessing = info.get("preprocessing") or _default_weights_preprocessing(info)
     preprocessing = dict(preprocessing or {})
     if task is None:
-        task = info["task"] if info else (SEGMENTATION if reference.dim() == 4 else CLASSIFICATION)
+        task = info["task"] if info else task_of_graph(reference.dim()).name
     resize, crop = preprocessing.get("resize"), preprocessing.get("crop")
     final = crop if crop is not None else resize
     if final is None or _as_hw(final) != (height, width):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgezoo.errors import UsageError
 from edgezoo.fileio import atomic_path
 from edgezoo.targets import (
@@ -31,12 +32,10 @@ from edgezoo.targets import (
     TargetDevice,
     resolve_target,
 )
-from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
+from edgezoo.tasks import get_task
 from edgezoo.version import __version__
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "OPTION_MEANINGS",
     "PTQ_CALIBRATION_FRAMES",
     "PTQ_CALIBRATION_ITERATIONS",
@@ -71,7 +70,6 @@ _QDQ_NOTE = (
 )
 _SCALE_TYPE_POWER_OF_TWO = 1
 _SCALE_TYPE_AFFINE = 4
-_POST_PROC_TYPES = {CLASSIFICATION: 1, SEGMENTATION: 3}
 _TIDL_CALIBRATION_QAT = 64  # bias-range clipping only
 _TIDL_CALIBRATION_PTQ = 7  # activation range + weight range + bias calibration
 _TIDL_QUANT_STYLE_P2 = 3  # per-tensor power-of-two scales
@@ -96,11 +94,7 @@ class TIDLInputSpec:
     argmax: bool = False
 
     def __post_init__(self) -> None:
-        if self.task not in _POST_PROC_TYPES:
-            raise UsageError(
-                f"task must be one of {', '.join(_POST_PROC_TYPES)} to pick TIDL's postProcType, "
-                f"got {self.task!r}"
-            )
+        get_task(self.task)  # UsageError naming the known tasks
         if not (len(self.mean) == len(self.std) == self.channels):
             raise UsageError(
                 f"mean {list(self.mean)} and std {list(self.std)} need one value per input "
@@ -224,7 +218,7 @@ def import_config_text(
         ("numFeatureBits", compilation.tensor_bits),
         ("quantizationStyle", _TIDL_QUANT_STYLE_P2),
         ("calibrationOption", _TIDL_CALIBRATION_QAT if quantized else _TIDL_CALIBRATION_PTQ),
-        ("postProcType", _POST_PROC_TYPES[spec.task]),
+        ("postProcType", get_task(spec.task).tidl_post_proc_type),
     ]
     if not quantized:
         entries.append(("biasCalibrationIterations", PTQ_CALIBRATION_ITERATIONS))
@@ -249,9 +243,10 @@ def model_config(
     """An edgeai-modelzoo style model configuration (task_type/preprocess/session/postprocess)."""
     if isinstance(compilation, bool):
         compilation = TIDLCompilation(quantized=compilation)
-    postprocess: dict[str, object] = {"data_layout": "NCHW"}
-    if spec.task == SEGMENTATION:
-        postprocess["with_argmax"] = not spec.argmax
+    postprocess: dict[str, object] = {
+        "data_layout": "NCHW",
+        **get_task(spec.task).model_config_postprocess(spec.argmax),
+    }
     return {
         "task_type": spec.task,
         "target_device": compilation.target.soc,

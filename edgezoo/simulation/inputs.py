@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgezoo.errors import SimulationError, UnknownModelError
-from edgezoo.tasks import CLASSIFICATION, IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION
+from edgezoo.tasks import task_of_graph
 
 MAX_IMAGE_ELEMENTS = 3 * 4096 * 4096
 """Largest image (values per input) the simulation allocates batches for."""
@@ -36,11 +37,9 @@ def graph_input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
 
 
 def graph_task(proto: onnx.ModelProto) -> str:
-    """Segmentation when the graph ends in ArgMax or a 4-d output, else classification."""
-    if proto.graph.node and proto.graph.node[-1].op_type == "ArgMax":
-        return SEGMENTATION
-    dims = proto.graph.output[0].type.tensor_type.shape.dim
-    return SEGMENTATION if len(dims) == 4 else CLASSIFICATION
+    """The task of a bare graph: by its final ArgMax or its output's rank (tasks.task_of_graph)."""
+    argmax = bool(proto.graph.node) and proto.graph.node[-1].op_type == "ArgMax"
+    return task_of_graph(len(proto.graph.output[0].type.tensor_type.shape.dim), argmax).name
 
 
 def graph_normalisation(proto: onnx.ModelProto) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -63,7 +62,7 @@ def graph_batches(
         for _ in range(batches):
             yield torch.randn(batch_size, channels, height, width, generator=generator)
         return
-    from edgezoo.data import build_task_data
+    from edgezoo.tasks import build_task_data
 
     mean, std = graph_normalisation(proto)
     dataset = build_task_data(data, graph_task(proto), height, mean, std).val
