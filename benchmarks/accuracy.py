@@ -57,7 +57,7 @@ SCHEDULES = {  # (bn_freeze_epoch, range_freeze_epoch, range_lr) over the QAT su
     "ranges_frozen_after_first": (None, 1, None),
     # Ranges trained by gradient (TQT; range_lr: their learning rate) under TI's freeze rule.
     "learned_ranges": (None, None, 1e-2),
-    "learned_ranges_slow": (None, None, 1e-3),
+    "learned_ranges_fast": (None, None, 5e-2),
 }
 LEARNING_RATES = (1e-4, 1e-5)
 
