@@ -1,8 +1,5 @@
 """edgezoo: QAT-ready ResNet, MobileNetV2 and DeepLabV3+ models for TI TIDL, with ONNX export."""
 
-import importlib
-import warnings
-
 from edgezoo.check import CheckReport, Violation, check_model
 from edgezoo.conversion import ConversionReport, make_module_only
 from edgezoo.distillation import DistillationLoss
@@ -59,23 +56,3 @@ __all__ = [
     "verify_onnx",
     "wrap_model",
 ]
-
-
-# Exceptions live in edgezoo.errors; the top level keeps the two a caller catches broadly. The
-# others were importable from here in the previous release and still are, with a warning.
-def __getattr__(name: str):
-    errors = importlib.import_module("edgezoo.errors")
-    if name in errors.__all__:
-        warnings.warn(
-            f"edgezoo.{name} moved to edgezoo.errors.{name}; import it from there",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(errors, name)
-    if name in _DEPRECATED_FREEZE:
-        quantization = importlib.import_module("edgezoo.quantization")
-        return getattr(quantization, name)  # it warns when called
-    raise AttributeError(f"module 'edgezoo' has no attribute {name!r}")
-
-
-_DEPRECATED_FREEZE = ("unfreeze_bn", "unfreeze_quant_range")

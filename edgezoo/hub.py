@@ -15,7 +15,6 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -462,14 +461,3 @@ def read_checkpoint(source: str | os.PathLike) -> Any:
             f"{path} is not a loadable weights file ({detail}); it must be a torch.save'd "
             "state_dict or checkpoint dict of tensors (a truncated or corrupt file?)"
         ) from err
-
-
-def load_checkpoint(source: str | os.PathLike) -> Any:
-    """Deprecated name of read_checkpoint (it reads a file; the load_* functions fill models)."""
-    warnings.warn(
-        "load_checkpoint is now read_checkpoint (it reads the file; load_weights and "
-        "load_checkpoint_into put weights into a model)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return read_checkpoint(source)

@@ -4,7 +4,6 @@ import copy
 import difflib
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ from torch import nn
 from edgezoo import hub
 from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgezoo.errors import CheckpointMismatchError, UnknownModelError, UsageError, WeightsError
-from edgezoo.models import BUILDERS
+from edgezoo.models import BUILDERS, feature_maps
 from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import wrapper_mode
 from edgezoo.tasks import task_names
@@ -96,6 +95,8 @@ def get_model(
     progress: bool = True,
     example_input: torch.Tensor | None = None,
     config: QuantizationConfig | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model by name, load its weights, and (with qat) wrap it for quantization.
@@ -107,14 +108,31 @@ def get_model(
     into model.backbone. qat: False for the float model, True/"train", "calibrate" or "test" for
     the wrapper edgezoo.wrap_model builds (traced with example_input, default a random batch of
     the model's default input size) with `config` (a QuantizationConfig; default the
-    defaults; `quantization=` is its deprecated old name). weights_url: a mirror to download
-    from instead of the manifest's URL (default: $EDGEZOO_WEIGHTS_URL). Other kwargs go to the
-    builder.
+    defaults). weights_url: a mirror to download
+    from instead of the manifest's URL (default: $EDGEZOO_WEIGHTS_URL). features_only: the
+    backbone's feature maps instead of the classifier (edgezoo.models.FeatureMaps: a list of
+    maps, `feature_info` says what each is), loaded with the classifier's float weights, at
+    `out_indices` (default all). Other kwargs go to the builder.
     """
+    if features_only:
+        return _feature_model(
+            name,
+            out_indices,
+            qat,
+            example_input,
+            config,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            pretrained_backbone=pretrained_backbone,
+            weights_url=weights_url,
+            progress=progress,
+            **kwargs,
+        )
+    if out_indices is not None:
+        raise UsageError("out_indices picks feature maps: pass features_only=True with it")
     canonical = resolve_name(name)
     entry = _entry(canonical)
     mode = wrapper_mode(qat)
-    config = _config_argument(config, kwargs)
     _check_one_weight_source(pretrained, pretrained_backbone)
     state_dict, origin = None, ""
     if pretrained:
@@ -146,22 +164,29 @@ def get_model(
     return model if mode is None else wrap_model(model, mode, example_input, config=config)
 
 
+def _feature_model(
+    name: str,
+    out_indices: Sequence[int] | None,
+    qat: bool | str,
+    example_input: torch.Tensor | None,
+    config: QuantizationConfig | None,
+    **float_options: Any,
+) -> nn.Module:
+    """get_model(..., features_only=True): the float classifier cut to its feature maps, then
+    wrapped for quantization when asked."""
+    maps = feature_maps(get_model(name, **float_options), out_indices)
+    mode = wrapper_mode(qat)
+    if mode is None:
+        return maps
+    example = example_input if example_input is not None else _example(resolve_name(name))
+    return wrap_model(maps, mode, example, config=config)
+
+
 def _check_one_weight_source(pretrained: object, pretrained_backbone: object) -> None:
     if pretrained and pretrained_backbone:
         raise UsageError(
             "pass pretrained or pretrained_backbone, not both: full weights already hold a backbone"
         )
-
-
-def _config_argument(config: QuantizationConfig | None, kwargs: dict[str, Any]):
-    """The QuantizationConfig, also from the previous release's `quantization=` (deprecated;
-    config= is its name in wrap_model and the wrappers too)."""
-    if "quantization" not in kwargs:
-        return config
-    if config is not None:
-        raise UsageError("pass config once (quantization is its old name)")
-    warnings.warn("get_model(quantization=...) is now config=...", DeprecationWarning, stacklevel=3)
-    return kwargs.pop("quantization")
 
 
 def _example(canonical: str) -> torch.Tensor:

@@ -105,18 +105,25 @@ def test_the_engine_sits_above_export_and_simulation_and_applications_on_top():
             assert not imported & applications, package
 
 
-def test_the_top_level_api_is_small_and_moved_errors_still_import_with_a_warning():
+def test_the_top_level_api_is_small_and_has_no_deprecated_names():
     import pytest
-
-    from edgezoo import errors
 
     exported_errors = [n for n in edgezoo.__all__ if n.endswith("Error")]
     assert exported_errors == ["EdgezooError", "UsageError"]
     assert len(edgezoo.__all__) <= 35
-    with pytest.warns(DeprecationWarning, match="edgezoo.errors.WeightsError"):
-        assert edgezoo.WeightsError is errors.WeightsError
-    with pytest.raises(AttributeError):
-        edgezoo.NotAThing  # noqa: B018
+    for gone in ("WeightsError", "unfreeze_bn", "unfreeze_quant_range", "NotAThing"):
+        with pytest.raises(AttributeError):
+            getattr(edgezoo, gone)
+
+
+def test_no_deprecation_shims_are_left():
+    """0.x: old spellings are removed, not kept behind a DeprecationWarning."""
+    shims = [
+        module
+        for module, path in MODULES.items()
+        if "warnings.warn(" in (text := path.read_text()) and "DeprecationWarning" in text
+    ]
+    assert shims == []
 
 
 def _task_name_tests(path: Path) -> list[int]:

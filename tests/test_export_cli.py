@@ -138,19 +138,14 @@ def test_a_checkpoint_from_before_the_scheme_flags_still_exports(tmp_path, capsy
     assert main([*args, "32", "32", "-o", str(tmp_path / "out")]) == 0
 
 
-def test_export_options_go_by_keyword_and_the_old_forms_warn(tmp_path):
+def test_export_options_go_by_keyword(tmp_path):
     import edgezoo
-    from edgezoo.errors import UsageError
 
     model = BUILDERS["resnet18"](num_classes=3)
     example = torch.rand(1, 3, 32, 32)
-    with pytest.warns(DeprecationWarning, match="by keyword"):
-        old = edgezoo.export_onnx(model, tmp_path / "a.onnx", example, 11, write_configs=False)
-    with pytest.warns(DeprecationWarning, match="export_format"):
-        edgezoo.export_onnx(
-            model, tmp_path / "b.onnx", example_input=example, format=None, write_configs=False
-        )
+    with pytest.raises(TypeError, match="positional"):
+        edgezoo.export_onnx(model, tmp_path / "a.onnx", example, 11, write_configs=False)
+    with pytest.raises(TypeError, match="format"):
+        edgezoo.export_onnx(model, tmp_path / "b.onnx", example_input=example, format="clip")
     new = edgezoo.export_onnx(model, tmp_path / "c.onnx", example_input=example, opset=11)
-    assert old.ok and new.ok and old.opset == new.opset == 11
-    with pytest.raises(UsageError, match="both by position and by keyword"):
-        edgezoo.export_onnx(model, tmp_path / "d.onnx", example, example_input=example)
+    assert new.ok and new.opset == 11

@@ -1,6 +1,5 @@
 """The one graph model (onnxgraph.IndexedGraph) and the small shared helpers of this release."""
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,29 +85,22 @@ def test_kept_modes_restores_mixed_modes_also_on_error():
     assert [m.training for m in model.modules()] == [True, True, False, True]
 
 
-def test_renamed_spellings_warn_and_still_answer():
+def test_renamed_spellings_are_gone():
+    import edgezoo.engine
+
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     q = edgezoo.QuantTrainModule(model, torch.randn(1, 3, 8, 8))
     settings = graph_quantization(q)
     pact = next(m for m in q.modules() if isinstance(m, PACT2))
     config = QuantizationConfig()
-    with pytest.warns(DeprecationWarning, match="bitwidth_weights"):
-        assert settings.weight_bits == settings.bitwidth_weights == 8
-    with pytest.warns(DeprecationWarning, match="bitwidth_activations"):
-        assert settings.activation_bits == 8
-    with pytest.warns(DeprecationWarning, match="rounding_mode"):
-        assert config.rounding == config.rounding_mode
-    with pytest.warns(DeprecationWarning, match="rounding_enabled"):
-        assert pact.rounding is True
+    assert settings.bitwidth_weights == settings.bitwidth_activations == 8
+    for owner, old in (
+        (settings, "weight_bits"),
+        (settings, "activation_bits"),
+        (config, "rounding"),
+        (pact, "rounding"),
+        (edgezoo.engine, "load_checkpoint"),
+    ):
+        assert not hasattr(owner, old), old
     pact.enable_rounding(False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert pact.rounding_enabled is False and "rounding_enabled=False" in repr(pact)
-
-
-def test_load_checkpoint_is_read_checkpoint_with_a_warning(tmp_path):
-    from edgezoo.engine import load_checkpoint, read_checkpoint
-
-    torch.save({"epoch": 3}, tmp_path / "c.pth")
-    with pytest.warns(DeprecationWarning, match="read_checkpoint"):
-        assert load_checkpoint(tmp_path / "c.pth") == read_checkpoint(tmp_path / "c.pth")
+    assert pact.rounding_enabled is False and "rounding_enabled=False" in repr(pact)

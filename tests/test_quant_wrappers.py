@@ -471,16 +471,9 @@ def test_in_place_rounding_equals_round_half_away_formula():
     assert torch.equal(round_half_away(x), torch.sign(x) * torch.floor(torch.abs(x) + 0.5))
 
 
-def test_deprecated_unfreeze_functions_warn_and_still_unfreeze():
-    """unfreeze_* are freeze_*(frozen=False) with a DeprecationWarning, for one release."""
-    import edgezoo
-    from edgezoo.quantization import unfreeze_bn
-
+def test_freezing_is_undone_with_frozen_false():
     q = QuantTrainModule(tiny_net(), images())
     freeze_bn(q)
     freeze_quant_range(q)
-    with pytest.warns(DeprecationWarning, match="freeze_bn"):
-        assert unfreeze_bn(q) > 0
-    with pytest.warns(DeprecationWarning, match="freeze_quant_range"):
-        assert edgezoo.unfreeze_quant_range(q) > 0
-    assert "unfreeze_bn" not in edgezoo.__all__
+    assert freeze_bn(q, frozen=False) > 0
+    assert freeze_quant_range(q, frozen=False) > 0

@@ -234,16 +234,17 @@ def test_cli_info_unknown_name_fails_with_close_matches(capsys):
     assert "did you mean resnet18" in capsys.readouterr().err
 
 
-def test_one_spelling_for_the_config_and_the_example_input_with_the_old_ones_warning():
+def test_one_spelling_for_the_config_and_the_example_input():
+    from edgezoo.errors import QuantizationConfigError
     from edgezoo.quantization import QuantizationConfig, QuantTrainModule
 
     config = QuantizationConfig(bitwidth_activations=8)
     example = torch.rand(1, 3, 32, 32)
     q = get_model("resnet18", num_classes=3, qat=True, config=config, example_input=example)
-    with pytest.warns(DeprecationWarning, match="config="):
-        old = get_model("resnet18", num_classes=3, qat=True, quantization=config)
-    assert q.config == old.config == config
-    with pytest.warns(DeprecationWarning, match="example_input="):
+    assert q.config == config
+    with pytest.raises(TypeError, match="quantization"):
+        get_model("resnet18", num_classes=3, qat=True, quantization=config)
+    with pytest.raises(QuantizationConfigError, match="dummy_input"):
         QuantTrainModule(BUILDERS["resnet18"](num_classes=3), dummy_input=example)
     with pytest.raises(UsageError, match="pass example_input"):
         QuantTrainModule(BUILDERS["resnet18"](num_classes=3))

@@ -18,7 +18,7 @@ from edgezoo.engine.trainer import (
     resume_differences,
     weights_module,
 )
-from edgezoo.hub import load_checkpoint, read_checkpoint
+from edgezoo.hub import read_checkpoint
 
 __all__ = [
     "BEST",
@@ -37,7 +37,6 @@ __all__ = [
     "cleanup_distributed",
     "evaluate",
     "fit",
-    "load_checkpoint",
     "load_run_config",
     "prepare_run_dir",
     "read_checkpoint",

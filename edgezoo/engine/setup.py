@@ -12,7 +12,6 @@ from edgezoo.engine.rng import seed_everything
 from edgezoo.quantization import QuantizationConfig, wrap_model
 from edgezoo.quantization.modes import FLOAT_RUN, RUN_WRAPPER_MODES
 from edgezoo.registry import get_model, model_info
-from edgezoo.registry import preprocessing as preprocessing  # moved there; kept one release
 from edgezoo.weights import load_checkpoint_into, read_state_dict
 
 logger = logging.getLogger(__name__)

@@ -10,11 +10,9 @@ TIDL files (tidl_config.py). Nothing is written unless every check passes (stric
 """
 
 import dataclasses
-import functools
 import logging
 import os
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,42 +64,7 @@ __all__ = ["ExportPlan", "export_onnx", "export_plan", "int8_agreement", "onnxru
 
 logger = logging.getLogger(__name__)
 
-_LEGACY_POSITIONAL = ("example_input", "opset", "simplify", "argmax", "input_size", "strict")
 
-
-def _keyword_options(export: Callable[..., ExportReport]) -> Callable[..., ExportReport]:
-    """export_onnx's options go by keyword after `path`; the positional form and `format=`
-    (now export_format=) of the previous release still work, with a DeprecationWarning."""
-
-    @functools.wraps(export)
-    def call(model: nn.Module, path: str | os.PathLike, *positional: Any, **options: Any):
-        if len(positional) > len(_LEGACY_POSITIONAL):
-            raise UsageError(
-                f"export_onnx takes model and path by position, its options by keyword "
-                f"({', '.join(_LEGACY_POSITIONAL)}, ...); got {2 + len(positional)} positional"
-            )
-        for name, value in zip(_LEGACY_POSITIONAL, positional, strict=False):
-            if name in options:
-                raise UsageError(f"export_onnx got {name} both by position and by keyword")
-            options[name] = value
-        if positional:
-            warnings.warn(
-                "pass export_onnx's options by keyword after path (example_input=..., "
-                "opset=...); positional options are deprecated",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-        if "format" in options:
-            warnings.warn(
-                "export_onnx(format=...) is now export_format=...", DeprecationWarning, stacklevel=2
-            )
-            options["export_format"] = options.pop("format")
-        return export(model, path, **options)
-
-    return call
-
-
-@_keyword_options
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,

@@ -18,19 +18,13 @@ from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.verify_context import CheckedGraph
 from edgezoo.export.verify_graph import check_graph, metadata_problems
 from edgezoo.export.verify_ops import check_nodes
-from edgezoo.export.verify_ranges import (
-    check_calibrated,
-    check_input_clipped,
-    check_ranges,
-    input_range,
-    normalised_input_range,
-)
+from edgezoo.export.verify_ranges import check_calibrated, check_input_clipped, check_ranges
 from edgezoo.onnxgraph.indexed import IndexedGraph
 from edgezoo.onnxgraph.io import load_onnx
 from edgezoo.onnxgraph.tools import order_problem
 from edgezoo.tidl import rules
 
-__all__ = ["input_range", "load_onnx", "normalised_input_range", "verify_onnx"]
+__all__ = ["verify_onnx"]
 
 
 def verify_onnx(

@@ -12,12 +12,13 @@ from edgezoo.models.converted import (
 )
 from edgezoo.models.deeplabv3plus import (
     DeepLabV3Plus,
-    MobileNetV2Backbone,
-    ResNetBackbone,
     SeparableASPP,
     deeplabv3plus_mobilenetv2,
     deeplabv3plus_resnet50,
+    mobilenetv2_backbone,
+    resnet_backbone,
 )
+from edgezoo.models.features import FeatureInfo, FeatureMaps, FeaturePlan, feature_maps
 from edgezoo.models.mobilenetv2 import InvertedResidual, MobileNetV2, mobilenetv2
 from edgezoo.models.resnet import (
     BasicBlock,
@@ -61,20 +62,24 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "DeepLabV3Plus",
+    "FeatureInfo",
+    "FeatureMaps",
+    "FeaturePlan",
     "InvertedResidual",
     "MobileNetV2",
-    "MobileNetV2Backbone",
     "ResNet",
-    "ResNetBackbone",
     "SeparableASPP",
     "deeplabv3plus_mobilenetv2",
     "deeplabv3plus_resnet50",
+    "feature_maps",
     "mobilenetv2",
+    "mobilenetv2_backbone",
     "resnet18",
     "resnet34",
     "resnet50",
     "resnet101",
     "resnet152",
+    "resnet_backbone",
     "resnext50_32x4d",
     "resnext101_32x8d",
     "resnext101_64x4d",

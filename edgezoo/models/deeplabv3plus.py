@@ -14,79 +14,40 @@ from torch import Tensor, nn
 
 from edgezoo.errors import InputShapeError
 from edgezoo.layers import CatBlock, ConvNormAct, ResizeWith
+from edgezoo.models.features import FeatureMaps, feature_maps
 from edgezoo.models.mobilenetv2 import DEFAULT_SETTING, MobileNetV2
 from edgezoo.models.resnet import ResNet, resnet50
 
 __all__ = [
     "DEFAULT_INPUT_SIZE",
     "DeepLabV3Plus",
-    "MobileNetV2Backbone",
-    "ResNetBackbone",
     "SeparableASPP",
     "deeplabv3plus_mobilenetv2",
     "deeplabv3plus_resnet50",
+    "mobilenetv2_backbone",
+    "resnet_backbone",
 ]
 
 DEFAULT_INPUT_SIZE = (384, 768)
 """(H, W) of TI's Cityscapes 768x384 setting; any multiple of the output stride (16) works."""
 
 
-class MobileNetV2Backbone(nn.Module):
-    """MobileNetV2 trunk returning (stride-4 24-ch feature, 320-ch feature) at output stride 16.
+def mobilenetv2_backbone(**kwargs: object) -> FeatureMaps:
+    """MobileNetV2's feature maps at strides 4 (features.3, 24 ch) and 16 (features.17, 320 ch).
 
     The last stride-2 stage (160 ch, features.14) runs at stride 1 without dilation, as in TI's
     edgeailite model; strides are not parameters, so torchvision weights still fit. The 1x1
-    320->1280 conv (features.18) and the classifier only serve classification and are left out,
-    so a torchvision checkpoint leaves `unused_checkpoint_prefixes` over. kwargs go to
-    MobileNetV2 (e.g. width_mult).
+    320->1280 conv (features.18) and the classifier only serve classification and are left out
+    (`unused_checkpoint_prefixes`). kwargs go to MobileNetV2 (e.g. width_mult).
     """
-
-    unused_checkpoint_prefixes: tuple[str, ...] = ("features.18.", "classifier.")
-    low_level_stride = 4
-    output_stride = 16
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__()
-        setting = [list(row) for row in DEFAULT_SETTING]
-        setting[5][3] = 1  # the 160-ch stage: stride 2 -> 1 gives output stride 16
-        trunk = MobileNetV2(inverted_residual_setting=setting, **kwargs)
-        self.features = trunk.features[:-1]
-        self.low_level_index = 3  # features.3 closes the stride-4 stage (24 ch at width 1.0)
-        self.low_level_channels = self.features[self.low_level_index].out_channels
-        self.out_channels = self.features[-1].out_channels
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        low_level = x
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index == self.low_level_index:
-                low_level = x
-        return low_level, x
+    setting = [list(row) for row in DEFAULT_SETTING]
+    setting[5][3] = 1  # the 160-ch stage: stride 2 -> 1 gives output stride 16
+    return feature_maps(MobileNetV2(inverted_residual_setting=setting, **kwargs), (1, -1))
 
 
-class ResNetBackbone(nn.Module):
-    """ResNet trunk (no pool/fc) returning (layer1 feature at stride 4, layer4 feature)."""
-
-    unused_checkpoint_prefixes: tuple[str, ...] = ("fc.",)
-    low_level_stride = 4
-
-    def __init__(self, resnet: ResNet) -> None:
-        super().__init__()
-        self.conv1 = resnet.conv1
-        self.bn1 = resnet.bn1
-        self.relu = resnet.relu
-        self.maxpool = resnet.maxpool
-        self.layer1 = resnet.layer1
-        self.layer2 = resnet.layer2
-        self.layer3 = resnet.layer3
-        self.layer4 = resnet.layer4
-        self.low_level_channels = resnet.layer2[0].conv1.in_channels  # layer1's output width
-        self.out_channels = resnet.fc.in_features
-        self.output_stride = 32 // resnet.dilation
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        low_level = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
-        return low_level, self.layer4(self.layer3(self.layer2(low_level)))
+def resnet_backbone(resnet: ResNet) -> FeatureMaps:
+    """A ResNet's feature maps after layer1 (stride 4) and layer4 (no pool, no fc)."""
+    return feature_maps(resnet, (1, -1))
 
 
 class SeparableASPP(nn.Module):
@@ -120,9 +81,10 @@ class SeparableASPP(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """DeepLabV3+ lite: backbone, separable ASPP, stride-4 shortcut, x4 / x4 bilinear decoder.
 
-    `backbone(x)` must return (low_level, high_level) features and expose `low_level_channels`,
-    `out_channels`, `low_level_stride` and `output_stride`. Both resize factors must be powers of
-    two. Returns logits (N, num_classes, H, W) at the input resolution.
+    `backbone(x)` returns the (low_level, high_level) feature maps and describes them in its
+    `feature_info` (edgezoo.models.features: channels and reduction of each), as
+    `feature_maps(classifier, out_indices)` does. Both resize factors must be powers of two.
+    Returns logits (N, num_classes, H, W) at the input resolution.
     """
 
     def __init__(
@@ -135,11 +97,12 @@ class DeepLabV3Plus(nn.Module):
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
-        self.output_stride: int = backbone.output_stride
-        low_level_stride: int = backbone.low_level_stride
+        low_level, high_level = backbone.feature_info
+        self.output_stride: int = high_level.reduction
+        low_level_stride = low_level.reduction
         self.backbone = backbone
-        self.aspp = SeparableASPP(backbone.out_channels, aspp_channels, aspp_dilations, dropout)
-        self.shortcut = ConvNormAct(backbone.low_level_channels, shortcut_channels, 1)
+        self.aspp = SeparableASPP(high_level.channels, aspp_channels, aspp_dilations, dropout)
+        self.shortcut = ConvNormAct(low_level.channels, shortcut_channels, 1)
         self.upsample_context = ResizeWith(self.output_stride // low_level_stride, "bilinear")
         self.cat = CatBlock()
         merged = aspp_channels + shortcut_channels
@@ -190,7 +153,7 @@ def deeplabv3plus_mobilenetv2(num_classes: int = 21, **kwargs: object) -> DeepLa
     feature; shortcut from features.3 (24 ch, stride 4) -> 48; both resizes x4 bilinear.
     kwargs go to DeepLabV3Plus (aspp_channels, aspp_dilations, shortcut_channels, dropout).
     """
-    return DeepLabV3Plus(MobileNetV2Backbone(), num_classes=num_classes, **kwargs)
+    return DeepLabV3Plus(mobilenetv2_backbone(), num_classes=num_classes, **kwargs)
 
 
 def deeplabv3plus_resnet50(num_classes: int = 21, **kwargs: object) -> DeepLabV3Plus:
@@ -202,4 +165,4 @@ def deeplabv3plus_resnet50(num_classes: int = 21, **kwargs: object) -> DeepLabV3
     kwargs go to DeepLabV3Plus (aspp_channels, aspp_dilations, shortcut_channels, dropout).
     """
     trunk = resnet50(replace_stride_with_dilation=[False, False, True])
-    return DeepLabV3Plus(ResNetBackbone(trunk), num_classes=num_classes, **kwargs)
+    return DeepLabV3Plus(resnet_backbone(trunk), num_classes=num_classes, **kwargs)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from edgezoo.errors import UsageError
 from edgezoo.layers import AddBlock, ConvNormAct
+from edgezoo.models.features import FeaturePlan
 
 __all__ = ["DEFAULT_INPUT_SIZE", "InvertedResidual", "MobileNetV2", "make_divisible", "mobilenetv2"]
 
@@ -132,6 +133,18 @@ class MobileNetV2(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+
+    def feature_plan(self) -> FeaturePlan:
+        """The trunk without the 1x1 conv to 1280 (features.N-1, which only serves the
+        classifier, as timm's conv_head); a feature map closes every stage whose next block
+        downsamples, and the trunk's end (reductions 2, 4, 8, 16, 32 with the default setting)."""
+        trunk = range(len(self.features) - 1)
+        downsamples = [i for i in trunk if i > 0 and getattr(self.features[i], "stride", 1) == 2]
+        taps = [i - 1 for i in downsamples] + [trunk[-1]]
+        return FeaturePlan(
+            steps=tuple(f"features.{i}" for i in trunk),
+            taps=tuple(f"features.{i}" for i in taps),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.flatten(self.avgpool(self.features(x))))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from edgezoo.errors import UsageError
 from edgezoo.layers import AddBlock
+from edgezoo.models.features import FeaturePlan
 
 __all__ = [
     "DEFAULT_INPUT_SIZE",
@@ -234,6 +235,13 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.bn3.weight)
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
+
+    def feature_plan(self) -> FeaturePlan:
+        """The trunk in execution order; feature maps after the stem's ReLU and each layer
+        (reductions 2, 4, 8, 16, 32 without dilation), as timm's ResNets."""
+        stem = ("conv1", "bn1", "relu", "maxpool")
+        layers = ("layer1", "layer2", "layer3", "layer4")
+        return FeaturePlan(steps=stem + layers, taps=("relu", *layers))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -28,8 +28,6 @@ from edgezoo.quantization.freeze import (
     clip_only,
     freeze_bn,
     freeze_quant_range,
-    unfreeze_bn,
-    unfreeze_quant_range,
     write_back_quantized_weights,
 )
 from edgezoo.quantization.grid import (
@@ -94,8 +92,6 @@ __all__ = [
     "layer_report",
     "learned_range_parameters",
     "named_activation_ranges",
-    "unfreeze_bn",
-    "unfreeze_quant_range",
     "weight_scale",
     "wrap_model",
     "write_back_quantized_weights",

@@ -1,7 +1,6 @@
 """QuantizationConfig: how a model is quantized, given once to whichever wrapper quantizes it."""
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +112,6 @@ class QuantizationConfig:
         if self.activation_rounding is not None:
             return self.activation_rounding
         return HALF_EVEN if self.for_qdq else DEFAULT_ACTIVATION_ROUNDING
-
-    @property
-    def rounding(self) -> str:
-        """Deprecated spelling of rounding_mode (PACT2's)."""
-        warnings.warn(
-            "QuantizationConfig.rounding is now .rounding_mode", DeprecationWarning, stacklevel=2
-        )
-        return self.rounding_mode
 
     @property
     def biases(self) -> str:

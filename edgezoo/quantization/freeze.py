@@ -4,7 +4,6 @@ Freezing is an explicit state, set only by these functions: train() and eval() n
 unfreeze anything, so validating between epochs does not stop range learning.
 """
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,28 +49,12 @@ def write_back_quantized_weights(model: nn.Module) -> int:
     return len(units)
 
 
-def unfreeze_bn(model: nn.Module) -> int:
-    """Deprecated: freeze_bn(model, frozen=False)."""
-    _deprecated("unfreeze_bn(model)", "freeze_bn(model, frozen=False)")
-    return freeze_bn(model, frozen=False)
-
-
 def freeze_quant_range(model: nn.Module, frozen: bool = True) -> int:
     """Stop (or resume) activation-range updates; clipping and quantization go on."""
     ranges = activation_ranges(model)
     before = [pact.range_frozen for pact in ranges]
     model.apply(lambda m: m.freeze_range(frozen) if isinstance(m, PACT2) else None)
     return sum(old != pact.range_frozen for old, pact in zip(before, ranges, strict=True))
-
-
-def unfreeze_quant_range(model: nn.Module) -> int:
-    """Deprecated: freeze_quant_range(model, frozen=False)."""
-    _deprecated("unfreeze_quant_range(model)", "freeze_quant_range(model, frozen=False)")
-    return freeze_quant_range(model, frozen=False)
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"{old} is deprecated: call {new}", DeprecationWarning, stacklevel=3)
 
 
 class QATSchedule:

@@ -11,7 +11,6 @@ QuantizeLinear grid of affine.py, with a zero point where the range is asymmetri
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import ClassVar
 
 import torch
@@ -313,16 +312,6 @@ class PACT2(SavedFlagsMixin, nn.Module):
         """Round onto the grid (the QAT forward), or with False only clip (the exported float
         graph's arithmetic, for comparisons)."""
         self.rounding_enabled = enabled
-
-    @property
-    def rounding(self) -> bool:
-        """Deprecated spelling of rounding_enabled (rounding_mode is the mode)."""
-        warnings.warn(
-            "PACT2.rounding is now .rounding_enabled (switch it with enable_rounding())",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.rounding_enabled
 
     def clip_range(self) -> tuple[float, float]:
         """Current (clip min, clip max) as Python floats."""

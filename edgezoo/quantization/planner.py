@@ -20,7 +20,6 @@ name). No hook runs in the training path.
 """
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -413,22 +412,6 @@ class GraphQuantization:
     @property
     def activation_scales(self) -> str:
         return AFFINE_SCALES if self.affine else POWER_OF_TWO_SCALES
-
-    @property
-    def weight_bits(self) -> int:
-        """Deprecated spelling of bitwidth_weights (QuantizationConfig's)."""
-        _renamed("weight_bits", "bitwidth_weights")
-        return self.bitwidth_weights
-
-    @property
-    def activation_bits(self) -> int:
-        """Deprecated spelling of bitwidth_activations (QuantizationConfig's)."""
-        _renamed("activation_bits", "bitwidth_activations")
-        return self.bitwidth_activations
-
-
-def _renamed(old: str, new: str) -> None:
-    warnings.warn(f"GraphQuantization.{old} is now .{new}", DeprecationWarning, stacklevel=3)
 
 
 def graph_quantization(model: nn.Module) -> GraphQuantization:

@@ -11,7 +11,6 @@ is a QuantizationConfig (`config=`), or its fields as keyword arguments.
 
 import dataclasses
 import logging
-import warnings
 from typing import Any
 
 import torch
@@ -66,8 +65,8 @@ class _QuantWrapper(nn.Module):
                 f"{type(module).__name__} is already a quantization wrapper: wrap the float "
                 f"model (or use its .module with a fresh float model's checkpoint)"
             )
-        example_input = _example_input(example_input, settings)
         self.config = QuantizationConfig.resolve(config, **settings)
+        example_input = _example_input(example_input)
         refuse_quantized(module)
         module = _check_before_wrapping(module, example_input, tidl_rules, convert)
         self.module = insert_quantization(
@@ -87,18 +86,8 @@ class _QuantWrapper(nn.Module):
         return _in_float64(self.module, args, kwargs)
 
 
-def _example_input(example_input: ExampleInput | None, settings: dict[str, Any]) -> ExampleInput:
-    """The example input, also from the previous release's `dummy_input=` (deprecated)."""
-    legacy = settings.pop("dummy_input", None)
-    if legacy is not None:
-        if example_input is not None:
-            raise UsageError("pass example_input once (dummy_input is its old name)")
-        warnings.warn(
-            "dummy_input= is now example_input= (one spelling across edgezoo)",
-            DeprecationWarning,
-            stacklevel=4,
-        )
-        example_input = legacy
+def _example_input(example_input: ExampleInput | None) -> ExampleInput:
+    """The example input the wrapper traces with; UsageError when it is missing."""
     if example_input is None:
         raise UsageError(
             "the wrapper traces the model once: pass example_input, a batch of the size the "
