@@ -19,6 +19,7 @@ from torch import Tensor, fx, nn
 from torch.overrides import TorchFunctionMode
 
 import edgezoo.layers
+from edgezoo.conversion.inplace import inplace_dependent_modules
 from edgezoo.conversion.norm_act import is_norm_act
 from edgezoo.conversion.training_branches import user_call_site
 from edgezoo.errors import ModuleOnlyViolationError, TIDLRuleError
@@ -191,9 +192,36 @@ def check_model(
         for handle in handles:
             handle.remove()
     tracer.report_reused_modules()
+    _check_inplace_modules(model, inputs, tracer.first_call_site, collector)
     if tidl_rules:
         _check_depthwise_convs(model, names, tracer.first_call_site, collector)
     return CheckReport(collector.violations(), type(model).__name__, tidl_rules)
+
+
+INPLACE_RULE = "inplace-read"
+
+
+def _check_inplace_modules(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    call_site: Callable[[nn.Module], str | None],
+    collector: "_Collector",
+) -> None:
+    """In-place modules a later read of their input depends on (the model's output changes when
+    one computes out of place, as its quantized replacement does)."""
+
+    def run() -> object:
+        with kept_modes(model), torch.no_grad():
+            model.eval()
+            return model(*inputs)
+
+    for name in inplace_dependent_modules(model, run):
+        message = (
+            f"{name} computes in place and a later read of its input depends on it; its "
+            "quantized replacement computes out of place: read its output instead (or let "
+            "make_module_only point those reads at it)"
+        )
+        collector.add(INPLACE_RULE, name, message, call_site(model.get_submodule(name)))
 
 
 class _Collector:

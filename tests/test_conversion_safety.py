@@ -11,7 +11,12 @@ import torchvision
 from torch import nn
 
 import edgezoo
-from edgezoo.errors import ConversionError, ExportVerificationError, ModuleOnlyViolationError
+from edgezoo.errors import (
+    ConversionError,
+    ExportVerificationError,
+    InputShapeError,
+    ModuleOnlyViolationError,
+)
 from edgezoo.quantization import wrap_model
 
 IMAGE = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -287,3 +292,69 @@ def test_a_model_returning_a_dict_of_one_tensor_exports_and_verifies(tmp_path):
             q.eval(), tmp_path / "two.onnx", example_input=IMAGE[:1], write_configs=False
         )
     assert not (tmp_path / "two.onnx").exists()
+
+
+def test_a_resize_to_a_fixed_size_refuses_inputs_it_would_resize_otherwise():
+    class FixedSize(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(self.conv(x), size=(32, 32), mode="nearest")
+
+    model = FixedSize().eval()
+    x = torch.rand(1, 3, 16, 16)
+    converted = edgezoo.make_module_only(model, x)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+        for other in (converted, edgezoo.QuantTrainModule(model, x).eval()):
+            # The original gives 32x32 at any input; x2 would give 16x16 here: refused.
+            with pytest.raises(InputShapeError, match=r"fixed size 32x32.*8x8 input would give"):
+                other(torch.rand(1, 3, 8, 8))
+
+
+class _FrozenBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.training:
+            y = y * 2
+        return torch.relu(y)
+
+
+class _DropoutBlock(_FrozenBlock):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(F.dropout(self.conv(x), 0.5, self.training))
+
+
+class _WithBlock(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.stem, self.block, self.head = nn.Conv2d(3, 4, 1), block, nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+def test_a_mode_branch_in_a_child_left_in_eval_while_its_parent_trains_is_seen():
+    model = _WithBlock(_FrozenBlock()).train()
+    model.block.eval()  # a frozen block: both traces used to see it in eval
+    with pytest.raises(ConversionError, match=r"depends on train/eval mode at .*y = y \* 2"):
+        edgezoo.make_module_only(model, torch.rand(1, 3, 8, 8))
+    # A dropout there stays a live dropout, and the frozen block keeps it off.
+    model = _WithBlock(_DropoutBlock()).train()
+    model.block.eval()
+    converted = edgezoo.make_module_only(model, torch.rand(1, 3, 8, 8))
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+        converted.train()
+        model.train()  # now the block trains too: both drop the same way from the same seed
+        torch.manual_seed(1)
+        expected = model(x)
+        torch.manual_seed(1)
+        assert torch.equal(converted(x), expected)

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import inspect
 import logging
-import operator
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,13 +23,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import edgezoo.layers
 from edgezoo.conversion.equivalence import check_equivalent
+from edgezoo.conversion.inplace import redirect_later_reads, rewire_inplace_modules
 from edgezoo.conversion.norm_act import is_frozen_batch_norm, is_norm_act
 from edgezoo.conversion.plain_layers import plain_base
 from edgezoo.conversion.rewrites import Rewrite, find_rewrite
 from edgezoo.conversion.training_branches import (
     mode_dependent_calls,
     source_line,
-    trace_in_other_mode,
+    trace_in_both_modes,
 )
 from edgezoo.errors import ConversionError, SharedModuleError, TIDLRuleError
 from edgezoo.module_state import kept_modes
@@ -207,67 +207,7 @@ def _free_name(module: fx.GraphModule, owner: str, kind: str) -> str:
     return f"{owner}.{leaf}".lstrip(".")
 
 
-_VIEW_METHODS = frozenset(
-    {
-        "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "t",
-        "permute", "narrow", "select", "unsqueeze", "squeeze", "expand", "expand_as", "chunk",
-        "split", "tensor_split", "unbind", "movedim", "as_strided", "diagonal", "unfold",
-        "contiguous", "detach", "__getitem__",
-    }
-)  # fmt: skip
-_VIEW_FUNCTIONS = frozenset(
-    {
-        operator.getitem, torch.reshape, torch.flatten, torch.transpose, torch.permute,
-        torch.narrow, torch.select, torch.unsqueeze, torch.squeeze, torch.chunk, torch.split,
-        torch.tensor_split, torch.unbind, torch.movedim, torch.detach,
-    }
-)  # fmt: skip
-
-
-def _is_view(node: fx.Node) -> bool:
-    """A call whose result may share memory with its first argument (conservatively)."""
-    if node.op == "call_method":
-        return node.target in _VIEW_METHODS
-    return node.op == "call_function" and node.target in _VIEW_FUNCTIONS
-
-
-def _aliases(value: fx.Node) -> set[fx.Node]:
-    """value and every traced value that may share its memory: views of it, what it is a view
-    of, and so on (an in-place change to one is seen through all of them)."""
-    found, pending = set(), [value]
-    while pending:
-        current = pending.pop()
-        if current in found:
-            continue
-        found.add(current)
-        pending += [user for user in current.users if _is_view(user) and user.args[0] is current]
-        source = current.args[0] if _is_view(current) and current.args else None
-        if isinstance(source, fx.Node):
-            pending.append(source)
-    return found
-
-
-def _read_after(node: fx.Node, value: fx.Node) -> fx.Node | None:
-    """A node after `node` that reads `value` or a view sharing its memory (it would see the
-    in-place change), or None."""
-    later, seen = set(), False
-    for other in node.graph.nodes:
-        if other is node:
-            seen = True
-        elif seen:
-            later.add(other)
-    readers = (user for alias in _aliases(value) for user in alias.users)
-    return next((user for user in readers if user in later and user is not node), None)
-
-
 def _apply(module: fx.GraphModule, node: fx.Node, rewrite: Rewrite, report: ConversionReport):
-    reader = None if rewrite.mutates is None else _read_after(node, rewrite.mutates)
-    if reader is not None:
-        raise ConversionError(
-            f"an in-place {rewrite.kind} at {source_line(node)} changes a tensor that is read "
-            f"again later (directly or through a view, at {source_line(reader)}); rewrite it "
-            "out of place (y = a + b) so the converted model computes the same"
-        )
     name = _free_name(module, _owner(node), rewrite.kind)
     module.add_submodule(name, rewrite.module)
     with module.graph.inserting_after(node):
@@ -275,6 +215,8 @@ def _apply(module: fx.GraphModule, node: fx.Node, rewrite: Rewrite, report: Conv
     replacement.meta = dict(node.meta)
     node.replace_all_uses_with(replacement)
     module.graph.erase_node(node)
+    if rewrite.mutates is not None:
+        redirect_later_reads(replacement, rewrite.mutates, rewrite.kind)
     report.changes[rewrite.kind] += 1
     report.modules.append(name)
 
@@ -346,14 +288,14 @@ def make_module_only(
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     report = ConversionReport()
     with _state_preserved(model):
-        module, kept_whole = _trace(model)
-        flipped = trace_in_other_mode(lambda m: _trace(m)[0], model)
+        (module, kept_whole), (flipped, _) = trace_in_both_modes(_trace, model)
         _report_kept_whole(kept_whole, report)
         live = mode_dependent_calls(type(model).__name__, module, flipped)
         _split_norm_acts(module, report)
         _propagate_shapes(module, inputs)
         _keep_dropouts_live(module, live, report)
         _rewrite_calls(module, tidl_rules, report)
+        rewire_inplace_modules(module, report.changes)
         _split_shared_modules(module, report)
         module.graph.lint()
         module.recompile()

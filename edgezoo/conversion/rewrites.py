@@ -107,7 +107,10 @@ def _cat(site: Site) -> Rewrite | None:
 def _activation(kind: str, build: Callable[..., nn.Module], *keys: str) -> Callable:
     def rewrite(site: Site) -> Rewrite:
         options = {key: site.arguments[key] for key in keys if key in site.arguments}
-        return Rewrite(kind, build(**options), (site.arguments["input"],))
+        module = build(**options)
+        x = site.arguments["input"]
+        mutates = x if getattr(module, "inplace", False) is True else None
+        return Rewrite(kind, module, (x,), mutates=mutates)
 
     return rewrite
 
@@ -168,6 +171,7 @@ def _resize(site: Site) -> Rewrite:
     x = site.arguments["input"]
     scale = site.arguments.get("scale_factor")
     size = site.arguments.get("size")
+    fixed = _fixed_size(size) if scale is None else None
     if scale is None and size is not None:
         in_shape, out_shape = site.shape(x), site.shape(site.node)
         ratios = {o / i for o, i in zip(out_shape[2:], in_shape[2:], strict=True)}
@@ -178,7 +182,16 @@ def _resize(site: Site) -> Rewrite:
         scale = int(scale)
     mode = site.arguments.get("mode", "nearest")
     factor = validate_resize(scale, mode, site.arguments.get("align_corners"))
-    return Rewrite("resize", ResizeWith(factor, mode), (x,))
+    return Rewrite("resize", ResizeWith(factor, mode, output_size=fixed), (x,))
+
+
+def _fixed_size(size: object) -> tuple[int, int] | None:
+    """A resize's size argument as (H, W) when it is a constant (not read from a tensor)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return (size, size)
+    if isinstance(size, Sequence) and len(size) == 2 and all(type(v) is int for v in size):
+        return (size[0], size[1])
+    return None
 
 
 _INPUT = ("input",)

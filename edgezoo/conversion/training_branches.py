@@ -10,7 +10,9 @@ source line that branches.
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +21,14 @@ from torch import fx, nn
 from edgezoo.errors import ConversionError
 from edgezoo.module_state import kept_modes
 
+T = TypeVar("T")
+
 __all__ = [
     "ModeDependentCall",
     "dropout_module",
     "mode_dependent_calls",
     "source_line",
-    "trace_in_other_mode",
+    "trace_in_both_modes",
 ]
 
 _DROPOUTS = {
@@ -134,8 +138,13 @@ def _branch_error(model_name: str, node: fx.Node, mode: bool) -> ConversionError
     )
 
 
-def trace_in_other_mode(trace, model: nn.Module) -> fx.GraphModule:
-    """trace(model) with every module's training flag inverted, restored afterwards."""
+def trace_in_both_modes(trace: Callable[[nn.Module], T], model: nn.Module) -> tuple[T, T]:
+    """trace(model) with every module in the model's own mode, then every module in the other
+    mode; modes restored afterwards. A child left in eval while its parent trains (a frozen
+    block) is traced in both modes too, so a branch on its mode is seen."""
+    mode = model.training
     with kept_modes(model):
-        model.train(not model.training)
-        return trace(model)
+        model.train(mode)
+        ours = trace(model)
+        model.train(not mode)
+        return ours, trace(model)

@@ -1,9 +1,10 @@
 """ResizeWith: upsampling restricted to what TIDL's Resize accepts."""
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgezoo.errors import TIDLRuleError
+from edgezoo.errors import InputShapeError, TIDLRuleError
 
 TIDL_RESIZE_MODES = ("nearest", "bilinear")
 
@@ -45,15 +46,40 @@ def resize_with(x: Tensor, scale_factor: int, mode: str = "bilinear") -> Tensor:
 
 
 class ResizeWith(nn.Module):
-    """Parameter-free upsampling module with a TIDL-legal power-of-two scale factor."""
+    """Parameter-free upsampling module with a TIDL-legal power-of-two scale factor.
 
-    def __init__(self, scale_factor: int = 2, mode: str = "bilinear") -> None:
+    output_size: the (H, W) the resize must produce, where it stands for a resize to a fixed
+    size (F.interpolate(size=...) converted at one input size): an input that the scale does not
+    take to that size raises InputShapeError instead of giving another size than the original.
+    """
+
+    def __init__(
+        self,
+        scale_factor: int = 2,
+        mode: str = "bilinear",
+        output_size: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.scale_factor = validate_resize(scale_factor, mode)
         self.mode = mode
+        self.output_size = None if output_size is None else tuple(int(v) for v in output_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.output_size is not None and not torch.jit.is_tracing():
+            self._check_size(tuple(x.shape[-2:]))
         return resize_with(x, self.scale_factor, self.mode)
 
+    def _check_size(self, size: tuple[int, int]) -> None:
+        produced = tuple(v * self.scale_factor for v in size)
+        if produced != self.output_size:
+            h, w = self.output_size
+            raise InputShapeError(
+                f"this resize stands for a resize to the fixed size {h}x{w} (converted at an "
+                f"input where that is x{self.scale_factor}); a {size[0]}x{size[1]} input would "
+                f"give {produced[0]}x{produced[1]}: feed the input size the model was converted "
+                "at, or convert (wrap) it again at the size you deploy"
+            )
+
     def extra_repr(self) -> str:
-        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
+        fixed = "" if self.output_size is None else f", output_size={self.output_size}"
+        return f"scale_factor={self.scale_factor}, mode={self.mode!r}{fixed}"
