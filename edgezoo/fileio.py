@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgezoo.errors import DiskFullError
+from edgezoo.errors import DiskFullError, RunExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +78,18 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def is_disk_full(err: BaseException, folder: str | os.PathLike) -> bool:
+def is_disk_full(err: BaseException, folder: str | os.PathLike, needed_bytes: int = 0) -> bool:
     """Whether a failed write was (most likely) the disk running full.
 
     torch.save reports a full disk as a RuntimeError ("unexpected pos ..."), so besides
-    ENOSPC/EDQUOT a write error on a folder with (almost) no space left counts too.
+    ENOSPC/EDQUOT a write error counts when the folder has less room than the file needs (or
+    under 1 MB). The free space is measured after the partial file was deleted, which gives
+    back what it held: a few MB free then still cannot hold a file of tens of MB.
     """
     if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
         return True
     if isinstance(err, OSError | RuntimeError):
-        return free_bytes(folder) < 1 << 20
+        return free_bytes(folder) < max(1 << 20, needed_bytes)
     return False
 
 
@@ -121,7 +123,7 @@ def atomic_write(path: Path, write: Any, needed_bytes: int) -> None:
             f.flush()
             os.fsync(f.fileno())
     except (OSError, RuntimeError) as err:
-        if not is_disk_full(err, path.parent):
+        if not is_disk_full(err, path.parent, needed_bytes):
             raise
         kept = (
             f"the previous {path.name} is intact (continue with --resume once there is room)"
@@ -140,3 +142,47 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+LOCK_NAME = ".edgezoo.lock"
+"""The file that marks a folder as being written by one edgezoo process."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold `folder` for one writer: a second edgezoo process writing there is refused (naming
+    the holder) instead of silently replacing its files. A lock whose process is gone (killed)
+    is stale and taken over. The folder is created if needed; the lock is removed on exit."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    record = {"pid": os.getpid(), "host": os.uname().nodename, "what": what}
+    while True:
+        try:
+            with open(lock, "x", encoding="utf-8") as handle:
+                json.dump(record, handle)
+            break
+        except FileExistsError:
+            _refuse_or_clear(lock, folder)
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _refuse_or_clear(lock: Path, folder: Path) -> None:
+    """A live holder of `lock` is refused with its pid and task; a dead one's lock is removed."""
+    try:
+        holder = json.loads(lock.read_text("utf-8"))
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        holder, pid, host = {}, None, None
+    if pid is not None and host == os.uname().nodename and not _is_running(pid):
+        logger.warning("removing the stale lock %s of process %d, which is gone", lock, pid)
+        lock.unlink(missing_ok=True)
+        return
+    who = f"process {pid} on {host} ({holder.get('what', 'edgezoo')})" if pid else "another process"
+    raise RunExistsError(
+        f"{folder} is being written by {who}: wait for it to finish, or choose another output "
+        f"folder. If no such process runs, delete {lock}"
+    )

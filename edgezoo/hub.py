@@ -4,6 +4,7 @@ Files land in torch.hub's checkpoint cache ($TORCH_HOME/hub/checkpoints) under t
 names, so a file torchvision already downloaded is reused and vice versa.
 """
 
+import contextlib
 import functools
 import hashlib
 import http.client
@@ -279,7 +280,8 @@ def fetch_weights(
     aside to `<name>.bad`, saying where, and the file is downloaded again.
     """
     path = cache_path(record["file_name"])
-    remove_stale_partials(path.parent, {path.name})
+    with contextlib.suppress(OSError):  # a read-only cache has none of ours to remove
+        remove_stale_partials(path.parent, {path.name})
     expected = expected_sha256(record)
     if path.is_file():
         actual = _sha256_of(path)
@@ -287,6 +289,7 @@ def fetch_weights(
             logger.debug("using cached %s", path)
             _pin_sha256(record["file_name"], actual)
             return path
+        _refuse_against_pin(record, path, actual, expected)
         bad = path.with_name(path.name + ".bad")
         os.replace(path, bad)
         logger.warning(
@@ -310,12 +313,28 @@ def pinned_hashes_path() -> Path:
 
 
 def _pinned_hashes() -> dict[str, str]:
+    """The pins recorded so far; WeightsError naming the file when it is not a JSON object of
+    file name -> sha256 (it is never silently ignored or rewritten with the other pins lost)."""
     path = pinned_hashes_path()
+    if not path.exists():
+        return {}
+    fix = "repair it, or delete it to pin every file again at its next use"
     try:
         pins = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return pins if isinstance(pins, dict) else {}
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"the sha256 pin file {path} cannot be read ({err}): {fix}") from err
+    if not isinstance(pins, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _is_sha256(v) for k, v in pins.items()
+    ):
+        raise WeightsError(
+            f"the sha256 pin file {path} must map weights file names to 64-digit sha256 "
+            f"strings: {fix}"
+        )
+    return pins
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def expected_sha256(record: Mapping[str, Any]) -> str:
@@ -328,6 +347,21 @@ def expected_sha256(record: Mapping[str, Any]) -> str:
     return pinned if pinned.startswith(record["sha256_prefix"]) else record["sha256_prefix"]
 
 
+def _refuse_against_pin(record: Mapping[str, Any], path: Path, actual: str, expected: str) -> None:
+    """A cached file that matches the published prefix but not the full hash pinned earlier:
+    another file than the one verified before. Say so, naming the pin file (moving the file
+    aside and downloading again would meet the same pin)."""
+    prefix = record.get("sha256_prefix", "")
+    if "sha256" in record or expected == prefix or not actual.startswith(prefix):
+        return
+    raise HashMismatchError(
+        f"{path} has sha256 {actual}: it matches the published prefix {prefix}, but not the "
+        f"full hash {expected} pinned in {pinned_hashes_path()} when a copy was first "
+        "verified, so it is another file. If you trust this copy, delete its entry "
+        f"({record['file_name']}) from the pin file; else replace the file with the one pinned"
+    )
+
+
 def _pin_sha256(file_name: str, digest: str) -> None:
     """Record a verified file's full hash, so a later copy must match all 256 bits."""
     pins = _pinned_hashes()
@@ -335,9 +369,18 @@ def _pin_sha256(file_name: str, digest: str) -> None:
         return
     pins[file_name] = digest
     path = pinned_hashes_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as partial:
-        partial.write_text(json.dumps(pins, indent=1, sort_keys=True), "utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as partial:
+            partial.write_text(json.dumps(pins, indent=1, sort_keys=True), "utf-8")
+    except OSError as err:  # a read-only cache still serves files verified by their prefix
+        logger.warning(
+            "%s matched its published hash, but its full sha256 could not be pinned in %s "
+            "(%s); it stays verified by the published 8-digit prefix only",
+            file_name,
+            path,
+            err.strerror or err,
+        )
 
 
 def cache_path(file_name: str) -> Path:

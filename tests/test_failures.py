@@ -207,6 +207,20 @@ def test_a_full_disk_names_the_folder_and_keeps_the_last_checkpoint(tmp_path, mo
     assert not list((tmp_path / "second").glob(".*.partial"))
 
 
+def test_a_full_disk_with_a_few_mb_left_is_still_a_full_disk(tmp_path, monkeypatch):
+    """torch.save's raw RuntimeError on a disk with 5 MB free: the partial file was deleted
+    before the free space was measured, so a small free space alone is not the test."""
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 18")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    free = SimpleNamespace(free=5 * 2**20)
+    monkeypatch.setattr("edgezoo.fileio.shutil.disk_usage", lambda path: free)
+    with pytest.raises(DiskFullError, match=r"is full \(5 MB free\)"):
+        _fit_tiny(tmp_path / "run", epochs=1)
+
+
 def test_resume_after_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _fit_tiny(out, epochs=1)

@@ -1,5 +1,10 @@
 """No user file is replaced or deleted without --overwrite, and exports are written atomically."""
 
+import json
+import os
+import subprocess
+import sys
+
 import onnx
 import pytest
 
@@ -86,3 +91,50 @@ def test_demo_refuses_to_replace_its_files_without_overwrite(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--max-batches", "1", "--no-progress"]) == 2
     assert "accuracy.png" in capsys.readouterr().err
     assert (tmp_path / "accuracy.png").read_bytes() == b"mine"
+
+
+def test_a_folder_held_by_a_live_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
+    from edgezoo.errors import RunExistsError
+    from edgezoo.fileio import LOCK_NAME, folder_lock
+
+    folder = tmp_path / "out"
+    with folder_lock(folder, "first") as lock:
+        assert json.loads(lock.read_text())["what"] == "first"
+        busy = r"being written by process \d+ .*\(first\)"
+        with pytest.raises(RunExistsError, match=busy), folder_lock(folder, "second"):
+            pass
+    assert not (folder / LOCK_NAME).exists()
+    # A lock left by a killed process is stale: the next writer takes it over.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (folder / LOCK_NAME).write_text(
+        json.dumps({"pid": int(gone.stdout), "host": os.uname().nodename, "what": "killed"})
+    )
+    with folder_lock(folder, "third") as lock:
+        assert json.loads(lock.read_text())["what"] == "third"
+
+
+def test_a_second_train_or_export_into_a_busy_folder_is_refused(tmp_path, capsys):
+    from edgezoo.fileio import LOCK_NAME
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for command in (
+            ["train", "--model", "resnet18", "--max-batches", "1", "--out"],
+            ["export", "resnet18", "--input-size", "32", "32", "-o"],
+        ):
+            folder = tmp_path / command[0]
+            folder.mkdir()
+            (folder / LOCK_NAME).write_text(
+                json.dumps({"pid": holder.pid, "host": os.uname().nodename, "what": "other"})
+            )
+            assert main([*command, str(folder)]) == 2
+            assert f"being written by process {holder.pid}" in capsys.readouterr().err
+            assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,6 +1,7 @@
 """Download, verification, cache and offline use of weights, against a local HTTP server."""
 
 import copy
+import errno
 import hashlib
 import io
 import json
@@ -331,12 +332,55 @@ def test_the_full_hash_is_pinned_on_first_verify_and_every_later_copy_must_match
     pins = json.loads(hub.pinned_hashes_path().read_text())
     assert pins == {name: hashlib.sha256(data).hexdigest()}
     assert _files(cache) == [name], "the pins live beside torch.hub's cache, not in it"
-    # A copy that matches the 8-digit prefix but not the recorded 256 bits is refused.
+    # A copy that matches the 8-digit prefix but not the recorded 256 bits is refused, naming
+    # the pin file and what to do; the copy is left where it is (a download would meet the
+    # same pin).
     forged = pins[name][:8] + "0" * 56
     hub.pinned_hashes_path().write_text(json.dumps({name: forged}))
-    with pytest.raises(HashMismatchError, match=f"expected a hash starting with {forged}"):
+    pattern = f"not the full hash {forged} pinned in .*edgezoo_sha256.json.*delete its entry"
+    with pytest.raises(HashMismatchError, match=pattern):
         get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
-    assert (cache / f"{name}.bad").read_bytes() == data
+    assert (cache / name).read_bytes() == data and not (cache / f"{name}.bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "cannot be read"),
+        ('{"resnet18.pth": 5}', "64-digit sha256 strings"),
+        ("[1, 2]", "64-digit sha256 strings"),
+        (None, "cannot be read"),  # a directory in its place
+    ],
+)
+def test_a_broken_pin_file_is_named_never_ignored_or_rewritten(cache, server, content, problem):
+    pins = hub.pinned_hashes_path()
+    pins.parent.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        pins.mkdir()
+    else:
+        pins.write_text(content)
+    with pytest.raises(WeightsError, match=f"pin file .*edgezoo_sha256.json.*{problem}"):
+        get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    assert pins.is_dir() if content is None else pins.read_text() == content
+
+
+def test_a_read_only_cache_serves_a_verified_file_it_cannot_pin(
+    cache, server, resnet18_file, monkeypatch, caplog
+):
+    name, _ = resnet18_file
+    get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    hub.pinned_hashes_path().unlink()
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(hub, "atomic_path", read_only)
+    with caplog.at_level("WARNING", logger="edgezoo.hub"):
+        model = get_model("resnet18", pretrained=True, weights_url=server.base_url, progress=False)
+    assert model is not None and not hub.pinned_hashes_path().exists()
+    assert f"{name} matched its published hash, but its full sha256 could not be pinned" in (
+        caplog.text
+    )
 
 
 def test_a_full_hash_in_the_manifest_is_checked_in_full(cache, server):

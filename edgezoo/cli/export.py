@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from edgezoo.cli.arguments import (
     add_input_size_hw,
@@ -20,6 +21,7 @@ from edgezoo.cli.arguments import (
 from edgezoo.errors import ExportVerificationError, RunExistsError, UsageError
 from edgezoo.export import export_onnx, verify_onnx
 from edgezoo.export.tidl_config import tidl_config_paths
+from edgezoo.fileio import folder_lock
 from edgezoo.targets import EXPORT_FORMATS
 from edgezoo.tidl.rules import EXPORT_OPSETS
 
@@ -126,8 +128,6 @@ def _register_verify(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export one model; print the report; 0 when TIDL-ready, 1 when a rule is broken."""
-    import torch
-
     from edgezoo.registry import default_input_size, get_model, resolve_name
 
     name = resolve_name(args.name)
@@ -149,12 +149,20 @@ def run_export(args: argparse.Namespace) -> int:
     if args.input_size:
         height, width = args.input_size
     path = args.output_dir / f"{name}{'_qat' if args.qat else ''}.onnx"
-    _refuse_to_replace([path, *tidl_config_paths(path)], args.overwrite)
+    with folder_lock(args.output_dir, "edgezoo export"):
+        _refuse_to_replace([path, *tidl_config_paths(path)], args.overwrite)
+        return _export(args, model, path, name, (channels, height, width))
+
+
+def _export(args: argparse.Namespace, model: Any, path: Path, name: str, shape: tuple) -> int:
+    """Export and print the report (the output folder is held by this process)."""
+    import torch
+
     try:
         report = export_onnx(
             model,
             path,
-            example_input=torch.randn(1, channels, height, width),
+            example_input=torch.randn(1, *shape),
             opset=args.opset,
             simplify=not args.no_simplify,
             argmax=args.argmax,

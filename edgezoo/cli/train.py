@@ -3,6 +3,7 @@ shell, on one process or under torchrun."""
 
 import argparse
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -422,14 +423,29 @@ def _prepare_out(args: argparse.Namespace, ctx: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train (float or QAT) or calibrate; print the final and best validation metrics."""
-    from edgezoo.engine import fit, setup_distributed
-    from edgezoo.engine.setup import build_model, model_task
+    """Train (float or QAT) or calibrate in --out, held for this run alone (rank 0 holds its
+    lock: a second run into the same folder is refused)."""
+    from edgezoo.engine import setup_distributed
+    from edgezoo.fileio import folder_lock
     from edgezoo.registry import resolve_name
 
     name = resolve_name(args.model)
     _keep_inputs(args)
     ctx = setup_distributed(args.device)
+    held = (
+        folder_lock(args.out, f"edgezoo {getattr(args, 'command', 'train')}")
+        if ctx.is_main
+        else nullcontext()
+    )
+    with held:
+        return _train(args, ctx, name)
+
+
+def _train(args: argparse.Namespace, ctx: Any, name: str) -> int:
+    """The run itself: its settings and data, the model, fit, the final test figure."""
+    from edgezoo.engine import fit
+    from edgezoo.engine.setup import build_model, model_task
+
     _prepare_out(args, ctx)
     if args.resume:
         config = _resumed_config(args, name)
