@@ -5,6 +5,7 @@ it as its child `bn`; a BatchNorm anywhere else stays in its slot as a unit of i
 ranges of its input and output as children.
 """
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -73,6 +74,10 @@ class QuantBatchNormMixin(SavedFlagsMixin):
             x = F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
+        elif not self.training and x.dtype != self.running_mean.dtype:
+            # Exact (float64) eval of a float32 layer: its statistics read in x's dtype.
+            stats = (self.running_mean, self.running_var, self.weight, self.bias)
+            x = F.batch_norm(x, *(_as(t, x.dtype) for t in stats), False, 0.0, self.eps)
         else:
             x = super().forward(x)
         if self.output_quant is not None:
@@ -81,6 +86,10 @@ class QuantBatchNormMixin(SavedFlagsMixin):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bn_frozen={self.bn_frozen}"
+
+
+def _as(tensor: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if tensor is None else tensor.to(dtype)
 
 
 class QuantBatchNorm1d(QuantBatchNormMixin, nn.BatchNorm1d):

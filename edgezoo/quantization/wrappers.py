@@ -28,6 +28,7 @@ from edgezoo.errors import (
 )
 from edgezoo.quantization.bias_calibration import BiasCalibration
 from edgezoo.quantization.config import QuantizationConfig
+from edgezoo.quantization.float_islands import float_islands
 from edgezoo.quantization.freeze import QATSchedule
 from edgezoo.quantization.freeze import freeze_bn as _freeze_bn
 from edgezoo.quantization.freeze import freeze_quant_range as _freeze_quant_range
@@ -97,8 +98,10 @@ def _example_input(example_input: ExampleInput | None) -> ExampleInput:
 
 
 def _in_float64(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """module(*args) with float inputs in float64; its outputs stay float64 (exact values)."""
-    return module(*_floats_to(args, torch.float64), **_floats_to(kwargs, torch.float64))
+    """module(*args) with float inputs in float64; its outputs stay float64 (exact values).
+    Layers left in float compute in their own dtype (float_islands)."""
+    with float_islands(module):
+        return module(*_floats_to(args, torch.float64), **_floats_to(kwargs, torch.float64))
 
 
 def _floats_to(value: Any, dtype: torch.dtype) -> Any:
