@@ -320,3 +320,25 @@ def test_cli_train_with_a_validation_split_records_it_and_tests_once(tmp_path, c
     assert "--validation-split 200 (the run uses 300)" in capsys.readouterr().err
     assert main(["train", *common, "--out", str(out), "--resume", "--epochs", "2"]) == 0
     assert json.loads((out / "test_metrics.json").read_text())["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--distill"], "--distill only act in QAT: add --qat"),
+        (["--freeze-bn-epoch", "0"], "only act in QAT"),
+        (["--qat", "--distill-temperature", "3"], "only act with --distill"),
+        (["--qat", "--distill-weight", "0.3"], "only act with --distill"),
+        (["--qat", "--distill", "--no-labels", "--distill-weight", "0"], "drop --distill-weight"),
+        (["--qat", "--range-lr", "0.1"], "add --learn-ranges"),
+        (["--qat", "--epochs", "2", "--freeze-ranges-epoch", "2"], "never reached"),
+    ],
+)
+def test_options_that_would_do_nothing_are_refused_before_out_exists(
+    tmp_path, capsys, options, message
+):
+    out = tmp_path / "run"
+    common = ["train", "--model", "mobilenetv2", "--max-batches", "1", "--no-progress"]
+    assert main([*common, *options, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

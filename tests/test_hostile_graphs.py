@@ -243,7 +243,11 @@ def test_simulate_refuses_a_bitwidth_the_graph_was_not_exported_with(tmp_path, c
     path = tmp_path / "tiny.onnx"
     onnx.save(exported(tmp_path, qdq=False), path)
     assert main(["simulate", str(path), "--bitwidth", "16", "--batches", "1"]) == 2
-    assert "drop --bitwidth" in capsys.readouterr().err
+    assert "a bit width of 16 would simulate another model" in capsys.readouterr().err
+    # The library refuses it too (it simulated 16-bit weights of an 8-bit export before).
+    with pytest.raises(SimulationError, match="exported with 8-bit weights and 8-bit"):
+        simulate_tidl(path, np.zeros((1, 3, 8, 8), np.float32), bitwidth=16)
+    assert simulate_tidl(path, np.zeros((1, 3, 8, 8), np.float32), bitwidth=8)
 
 
 def test_evaluate_says_what_onnx_needs_and_refuses_a_nan_checkpoint(tmp_path, capsys):

@@ -47,28 +47,12 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     _check_save_layers(args)
     proto = load_onnx(args.path)
-    _check_bitwidth(proto, args.bitwidth)
     batches = list(graph_batches(proto, args.data, args.batches, args.batch_size))
     report = parity_report(proto, batches, bitwidth=args.bitwidth)
     print(report)
     if args.save_layers:
         _save_layers(proto, batches[0], args.bitwidth, args.save_layers)
     return 0 if report.exact else 1
-
-
-def _check_bitwidth(proto, bitwidth: int | None) -> None:
-    """--bitwidth must be the graph's own: a graph exported at 8 bits is not a 16-bit one."""
-    from edgezoo.errors import SimulationError
-    from edgezoo.tidl.rules import WEIGHT_BITS_PROP, graph_bits, graph_properties
-
-    if bitwidth is None or WEIGHT_BITS_PROP not in graph_properties(proto):
-        return
-    recorded = graph_bits(proto)
-    if any(bits != bitwidth for bits in recorded):
-        raise SimulationError(
-            f"the graph was exported with {recorded[0]}-bit weights and {recorded[1]}-bit "
-            f"activations; --bitwidth {bitwidth} would simulate another model: drop --bitwidth"
-        )
 
 
 def _check_save_layers(args: argparse.Namespace) -> None:

@@ -258,12 +258,6 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
     from edgezoo.engine.setup import model_task
 
     mode = args.mode or (QAT_RUN if args.qat else FLOAT_RUN)
-    if mode != QAT_RUN and (
-        getattr(args, "learn_ranges", False) or getattr(args, "range_lr", None)
-    ):
-        raise UsageError(
-            "--learn-ranges and --range-lr train quantization ranges by gradient: add --qat"
-        )
     optimizer = _or(getattr(args, "optimizer", None), "adamw")
     return TrainConfig(
         task=model_task(name),
@@ -395,6 +389,44 @@ def _resumed_config(args: argparse.Namespace, name: str):
     return config
 
 
+_QAT_ONLY = {
+    "freeze_bn_epoch": "--freeze-bn-epoch",
+    "freeze_ranges_epoch": "--freeze-ranges-epoch",
+    "distill": "--distill",
+    "no_labels": "--no-labels",
+    "distill_temperature": "--distill-temperature",
+    "distill_weight": "--distill-weight",
+    "learn_ranges": "--learn-ranges",
+    "range_lr": "--range-lr",
+}
+
+
+def _refuse_idle_options(args: argparse.Namespace) -> None:
+    """Refuse options that would do nothing in this run, before anything is written."""
+    values = {flag: getattr(args, key, None) for key, flag in _QAT_ONLY.items()}
+    given = {flag for flag, value in values.items() if value is not None and value is not False}
+    if given and not args.resume and args.mode is None and not args.qat:
+        raise UsageError(f"{', '.join(sorted(given))} only act in QAT: add --qat")
+    lone = given & {"--distill-temperature", "--distill-weight", "--no-labels"}
+    if lone and "--distill" not in given:
+        raise UsageError(f"{', '.join(sorted(lone))} only act with --distill: add it or drop them")
+    if {"--no-labels", "--distill-weight"} <= given:
+        raise UsageError(
+            "--distill-weight mixes the distillation term with the labels' loss; with "
+            "--no-labels the loss is the distillation term alone: drop --distill-weight"
+        )
+    if "--range-lr" in given and "--learn-ranges" not in given:
+        raise UsageError("--range-lr is the learned ranges' learning rate: add --learn-ranges")
+    epochs = args.epochs or args.default_epochs
+    for key in () if args.resume else ("freeze_bn_epoch", "freeze_ranges_epoch"):
+        epoch = getattr(args, key, None)
+        if epoch is not None and epoch >= epochs:
+            raise UsageError(
+                f"{_QAT_ONLY[key]} {epoch} is never reached in a run of {epochs} epochs "
+                "(counted from 0): lower it, or raise --epochs"
+            )
+
+
 def _keep_inputs(args: argparse.Namespace) -> None:
     """Refuse an --overwrite that would delete the --checkpoint the run starts from."""
     from edgezoo.engine.run_dir import RUN_FILES
@@ -430,6 +462,7 @@ def run_train(args: argparse.Namespace) -> int:
     from edgezoo.registry import resolve_name
 
     name = resolve_name(args.model)
+    _refuse_idle_options(args)
     _keep_inputs(args)
     ctx = setup_distributed(args.device)
     held = (

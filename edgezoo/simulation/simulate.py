@@ -8,6 +8,7 @@ import onnx
 import torch
 from torch import Tensor
 
+from edgezoo.errors import SimulationError
 from edgezoo.onnxgraph import load_onnx
 from edgezoo.quantization.grid import (
     BIAS_JOINT,
@@ -20,9 +21,11 @@ from edgezoo.simulation.arithmetic import Bits, FloatArithmetic, IntegerArithmet
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.values import IntegerValue
 from edgezoo.tidl.rules import (
+    ACTIVATION_BITS_PROP,
     BIAS_RULE_PROP,
     EVAL_PRECISION_PROP,
     ROUNDING_PROP,
+    WEIGHT_BITS_PROP,
     graph_bits,
     graph_properties,
 )
@@ -62,10 +65,21 @@ def graph_bias_rule(proto: onnx.ModelProto) -> str:
 
 
 def _graph_bits(proto: onnx.ModelProto, bitwidth: int | None) -> Bits:
+    """The widths to simulate: the graph's recorded ones; `bitwidth` only for a graph that
+    records none (an export recorded its widths: another one would simulate another model)."""
     weights, activations = graph_bits(proto)
-    if bitwidth is not None:
-        weights = activations = check_bitwidth(bitwidth)
-    return Bits(weights, activations)
+    if bitwidth is None:
+        return Bits(weights, activations)
+    check_bitwidth(bitwidth)
+    recorded = graph_properties(proto)
+    has_widths = WEIGHT_BITS_PROP in recorded or ACTIVATION_BITS_PROP in recorded
+    if has_widths and (weights, activations) != (bitwidth, bitwidth):
+        raise SimulationError(
+            f"the graph was exported with {weights}-bit weights and {activations}-bit "
+            f"activations; a bit width of {bitwidth} would simulate another model: leave it "
+            "out (bitwidth= / --bitwidth)"
+        )
+    return Bits(bitwidth, bitwidth)
 
 
 def _qat_dtype(proto: onnx.ModelProto) -> torch.dtype:
