@@ -358,3 +358,22 @@ def test_a_mode_branch_in_a_child_left_in_eval_while_its_parent_trains_is_seen()
         expected = model(x)
         torch.manual_seed(1)
         assert torch.equal(converted(x), expected)
+
+
+def test_a_module_the_forward_never_calls_is_kept_unused_with_its_keys():
+    class SpareHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1)
+            self.spare = nn.Conv2d(4, 7, 1)  # another head, not used in forward
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.conv(x)))
+
+    model = SpareHead().eval()
+    x = torch.rand(1, 3, 8, 8)
+    converted, report = edgezoo.make_module_only(model, x, return_report=True)
+    assert list(converted.state_dict()) == list(model.state_dict())
+    assert converted.spare is model.spare and report.changes["kept unused"] == 1
+    q = edgezoo.QuantTrainModule(model, x)  # was refused: "would drop state_dict entries"
+    assert set(model.state_dict()) <= set(q.module.state_dict())

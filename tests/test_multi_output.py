@@ -108,3 +108,21 @@ def test_an_output_an_activation_also_reads_is_simulated_unclipped(tmp_path):
     assert (p6 < 0).any()  # the output keeps its negatives; the Clip after it is the ReLU's
     simulated = simulate_tidl(tmp_path / "m.onnx", images(1))[0]
     assert torch.equal(torch.as_tensor(simulated), p6)
+
+
+class NumberKeys(Pyramid):
+    """A dict of heads keyed by numbers (the tracer turned its keys into graph values before)."""
+
+    def forward(self, x):
+        return dict(enumerate(super().forward(x)))
+
+
+def test_a_dict_with_number_keys_exports_each_value_as_output_key(tmp_path):
+    torch.manual_seed(0)
+    q = QuantTrainModule(make_module_only(NumberKeys(), images(1)), images(1))
+    q.train()(images(4))
+    report = export_onnx(
+        q.eval(), tmp_path / "n.onnx", example_input=images(1), write_configs=False
+    )
+    assert report.ok and report.output_names == ("output_0", "output_1", "output_2")
+    assert report.integer_max_steps == 0

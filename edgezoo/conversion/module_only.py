@@ -299,6 +299,7 @@ def make_module_only(
         _split_shared_modules(module, report)
         module.graph.lint()
         module.recompile()
+        _keep_unused_modules(model, module, report)
         _keep_registration_order(model, module)
         _check_state_keys(model, module)
         if check_equivalent(model, module, inputs) is OrderedDict:
@@ -443,6 +444,26 @@ def _keep_dropouts_live(module: fx.GraphModule, live: list, report: ConversionRe
         node = nodes[call.node_name]
         source = node.args[0] if node.args else node.kwargs["input"]
         _apply(module, node, Rewrite("dropout", call.module, (source,)), report)
+
+
+def _keep_unused_modules(model: nn.Module, converted: nn.Module, report: ConversionReport) -> None:
+    """Modules the forward never calls (a spare head) are kept, unused, under their names: fx
+    copies only what the traced forward reaches, which would drop their state_dict entries."""
+    for name, original in model.named_modules():
+        parent_name, _, leaf = name.rpartition(".")
+        if not name or _has_submodule(converted, name):
+            continue
+        if _has_submodule(converted, parent_name) and any(True for _ in original.state_dict()):
+            converted.get_submodule(parent_name).add_module(leaf, original)
+            report.changes["kept unused"] += 1
+
+
+def _has_submodule(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _keep_registration_order(model: nn.Module, converted: nn.Module) -> None:

@@ -36,7 +36,7 @@ from edgezoo.export.graph_passes import (
     torchscript_export,
 )
 from edgezoo.export.metadata import input_spec, record_normalisation, stamp
-from edgezoo.export.outputs import output_tensors
+from edgezoo.export.outputs import output_tensors, traceable_outputs
 from edgezoo.export.plan import ExportPlan, export_plan
 from edgezoo.export.qdq import to_qdq
 from edgezoo.export.report import ExportReport, VerifyReport
@@ -290,8 +290,9 @@ def _reference_and_graph(
                 deploy = convert_to_deploy(model)
             else:
                 deploy = model
-            names, reference = output_tensors(deploy(example))
-        proto = torchscript_export(deploy, example, opset, names)
+            output = deploy(example)
+            names, reference = output_tensors(output)
+        proto = torchscript_export(traceable_outputs(deploy, output), example, opset, names)
     return names, reference, quantized, proto
 
 

@@ -9,12 +9,12 @@ name the exporter accepts, so it becomes output_<key>.
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from edgezoo.errors import ExportVerificationError
 from edgezoo.export.graph_passes import OUTPUT_NAME
 
-__all__ = ["output_tensors"]
+__all__ = ["output_tensors", "traceable_outputs"]
 
 
 def output_tensors(output: Any) -> tuple[tuple[str, ...], list[Tensor]]:
@@ -46,6 +46,26 @@ def output_tensors(output: Any) -> tuple[tuple[str, ...], list[Tensor]]:
             "an earlier output): a graph output is one value; return it once"
         )
     return tuple(names), tensors
+
+
+def traceable_outputs(model: nn.Module, output: Any) -> nn.Module:
+    """The model to trace for export: itself, or for a dict output with keys that are not
+    strings (which the tracer turns into graph values and then fails on) a wrapper returning
+    the dict's values as a tuple, in output_tensors' order (node names gain a `model` scope)."""
+    if isinstance(output, dict) and not all(isinstance(key, str) for key in output):
+        return _ValuesOf(model)
+    return model
+
+
+class _ValuesOf(nn.Module):
+    """A model whose dict output is returned as the tuple of its values."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model(x).values())
 
 
 def _key_name(key: object) -> str:
