@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgezoo.errors import DiskFullError, RunExistsError
+from edgezoo.errors import DiskFullError, RunExistsError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,23 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def writable_destination(path: str | os.PathLike) -> Path:
+    """path as the file an export writes, checked before any work: not a folder, and in a
+    folder this process may write (UsageError naming it, never a raw OSError later)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: give the file to write, e.g. {path / 'model.onnx'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{folder} cannot be written (read-only or no permission): choose another path for "
+            f"{path.name}"
+        )
+    return path
+
+
 LOCK_NAME = ".edgezoo.lock"
 """The file that marks a folder as being written by one edgezoo process."""
 
@@ -154,7 +171,14 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     the holder) instead of silently replacing its files. A lock whose process is gone (killed)
     is stale and taken over. The folder is created if needed; the lock is removed on exit."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"cannot create the output folder {folder} ({err.strerror or err}): choose another"
+        ) from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{folder} cannot be written (read-only or no permission): choose another")
     lock = folder / LOCK_NAME
     record = {"pid": os.getpid(), "host": os.uname().nodename, "what": what}
     while True:

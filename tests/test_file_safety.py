@@ -30,7 +30,7 @@ def test_export_refuses_to_replace_files_without_overwrite(tmp_path, capsys):
     assert user_file.read_text() != "mine"
 
 
-def test_a_failed_export_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+def test_a_failed_export_write_leaves_the_previous_file_intact(tmp_path, monkeypatch, capsys):
     assert main([*EXPORT, "-o", str(tmp_path)]) == 0
     onnx_path = tmp_path / "mobilenetv2.onnx"
     before = onnx_path.read_bytes()
@@ -41,8 +41,8 @@ def test_a_failed_export_write_leaves_the_previous_file_intact(tmp_path, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(onnx, "save_model", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        main([*EXPORT, "-o", str(tmp_path), "--overwrite"])
+    assert main([*EXPORT, "-o", str(tmp_path), "--overwrite"]) == 2
+    assert "the previous mobilenetv2.onnx is intact" in capsys.readouterr().err
     assert onnx_path.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
@@ -138,3 +138,48 @@ def test_a_second_train_or_export_into_a_busy_folder_is_refused(tmp_path, capsys
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_exports_to_a_folder_or_a_read_only_place_are_refused_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    import edgezoo
+    from edgezoo.errors import UsageError
+    from edgezoo.models import BUILDERS
+
+    model = BUILDERS["resnet18"](num_classes=3)
+    example = torch.rand(1, 3, 32, 32)
+    with pytest.raises(UsageError, match=r"is a folder: give the file to write"):
+        edgezoo.export_onnx(model, tmp_path, example_input=example, write_configs=False)
+    monkeypatch.setattr("edgezoo.fileio.os.access", lambda *_: False)  # a read-only mount
+    with pytest.raises(UsageError, match=r"cannot be written \(read-only or no permission\)"):
+        edgezoo.export_onnx(model, tmp_path / "m.onnx", example_input=example)
+    out = tmp_path / "ro"
+    assert main(["export", "resnet18", "--input-size", "32", "32", "-o", str(out)]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+    assert not list(out.iterdir())
+
+
+def test_an_export_on_a_full_disk_is_disk_full_error(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    import edgezoo
+    from edgezoo.errors import DiskFullError
+    from edgezoo.models import BUILDERS
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edgezoo.export.onnx_export.onnx.save_model", no_space)
+    with pytest.raises(DiskFullError, match=r"while writing m\.onnx.*nothing written"):
+        edgezoo.export_onnx(
+            BUILDERS["resnet18"](num_classes=3),
+            tmp_path / "m.onnx",
+            example_input=torch.rand(1, 3, 32, 32),
+            write_configs=False,
+        )
+    assert not list(tmp_path.iterdir())

@@ -43,7 +43,7 @@ from edgezoo.export.report import ExportReport, VerifyReport
 from edgezoo.export.session import onnxruntime_session
 from edgezoo.export.tidl_config import TIDLCompilation, write_tidl_configs
 from edgezoo.export.verify import verify_onnx
-from edgezoo.fileio import atomic_path
+from edgezoo.fileio import atomic_path, disk_full_error, is_disk_full, writable_destination
 from edgezoo.module_state import kept_modes
 from edgezoo.quantization import (
     QUANT_WRAPPERS,
@@ -101,7 +101,7 @@ def export_onnx(
     assumed). Untrained ranges raise UncalibratedRangesError unless allow_uncalibrated (the
     graph records how many). Several output tensors: one named graph output each. Modes kept.
     """
-    path = Path(path)
+    path = writable_destination(path)
     wrapped, settings, quantized = _model_kind(model)
     plan = export_plan(settings, target, export_format, opset)
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
@@ -242,8 +242,15 @@ def _write(proto: onnx.ModelProto, report: ExportReport, strict: bool) -> None:
     if strict and not report.ok:
         raise ExportVerificationError(_failure_message(report), report.verification)
     # Atomic: a full disk or a kill leaves the previous file intact, never a broken one.
-    with atomic_path(report.path) as partial:
-        onnx.save_model(proto, partial, save_as_external_data=False)
+    path = report.path
+    try:
+        with atomic_path(path) as partial:
+            onnx.save_model(proto, partial, save_as_external_data=False)
+    except OSError as err:
+        if is_disk_full(err, path.parent, proto.ByteSize()):
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing written"
+            raise disk_full_error(path, proto.ByteSize(), kept) from err
+        raise
 
 
 def _refuse_non_finite(model: nn.Module) -> None:
