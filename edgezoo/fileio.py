@@ -7,6 +7,7 @@ remove_stale_partials deletes the ones whose writing process no longer runs.
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -142,6 +143,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def writable_destination(path: str | os.PathLike) -> Path:

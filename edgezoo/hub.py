@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from edgezoo.errors import DownloadError, HashMismatchError, WeightsError
-from edgezoo.fileio import atomic_path, remove_stale_partials
+from edgezoo.fileio import atomic_path, file_sha256, remove_stale_partials
 from edgezoo.tasks import task_names
 
 logger = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def fetch_weights(
         remove_stale_partials(path.parent, {path.name})
     expected = expected_sha256(record)
     if path.is_file():
-        actual = _sha256_of(path)
+        actual = file_sha256(path)
         if actual.startswith(expected):
             logger.debug("using cached %s", path)
             _pin_sha256(record["file_name"], actual)
@@ -449,14 +449,6 @@ def _copy_url(url: str, out, *, progress: bool, timeout: float, desc: str) -> st
                 bar.update(len(chunk))
     if total is not None and received != total:
         raise OSError(f"connection closed after {received} of {total} bytes")
-    return digest.hexdigest()
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

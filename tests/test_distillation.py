@@ -180,3 +180,34 @@ def test_writing_the_quantized_weights_back_keeps_what_qat_computes():
         assert float((new != old).double().mean()) < 0.01
         folded, _ = unit.folded_weight_bias()
         assert torch.allclose(folded, new, rtol=0, atol=1e-6)  # the float weights are the grid
+
+
+def test_resuming_a_distilling_run_refuses_a_changed_teacher(tmp_path, capsys):
+    quick = ["--model", "mobilenetv2", "--batch-size", "8", "--max-batches", "1", "--no-progress"]
+    assert main(["train", *quick, "--epochs", "1", "--out", str(tmp_path / "float")]) == 0
+    teacher = tmp_path / "float" / "last.pth"
+    out = str(tmp_path / "q")
+    qat = ["train", *quick, "--qat", "--checkpoint", str(teacher), "--distill"]
+    assert main([*qat, "--epochs", "1", "--out", out]) == 0
+    saved = json.loads((tmp_path / "q" / "metrics.json").read_text())["config"]["metadata"]
+    assert len(saved["teacher_sha256"]) == 64
+    # Another float model in the teacher's place: resuming would distil from it silently.
+    assert (
+        main(
+            [
+                "train",
+                *quick,
+                "--epochs",
+                "1",
+                "--seed",
+                "5",
+                "--out",
+                str(tmp_path / "float"),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    resume = ["train", *quick, "--out", out, "--resume", "--epochs", "2"]
+    assert main(resume) == 2
+    assert "has changed since it started" in capsys.readouterr().err

@@ -587,6 +587,8 @@ def _teacher(name: str, config: Any):
             "--distill learns from the float model the run starts from: give its weights with "
             "--checkpoint FILE (or --pretrained)"
         )
+    if meta.get("checkpoint"):
+        _same_teacher(meta)
     return build_model(
         name,
         config.num_classes,
@@ -595,6 +597,22 @@ def _teacher(name: str, config: Any):
         pretrained_backbone=meta.get("pretrained_backbone") or False,
         checkpoint=meta.get("checkpoint"),
     )
+
+
+def _same_teacher(meta: dict[str, Any]) -> None:
+    """Record the teacher checkpoint's sha256 in a new run; a resumed run's teacher must still
+    be that file (a changed teacher would silently distil another model)."""
+    from edgezoo.fileio import file_sha256
+
+    path = meta["checkpoint"]
+    digest = file_sha256(path) if Path(path).is_file() else None
+    recorded = meta.setdefault("teacher_sha256", digest)
+    if recorded != digest:
+        raise ResumeMismatchError(
+            f"the run distils from {path}, which has changed since it started (sha256 "
+            f"{recorded} then, {digest} now): put that file back to resume, or start a new run "
+            "with --overwrite or another --out"
+        )
 
 
 def _weights(args: argparse.Namespace) -> dict[str, Any]:
