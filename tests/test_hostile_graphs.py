@@ -294,3 +294,39 @@ def test_missing_external_data_is_named_not_called_corrupt(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "external data files that are not beside it (split.onnx.data)" in err
     assert "corrupt" not in err
+
+
+def _no_outputs(proto: onnx.ModelProto) -> None:
+    del proto.graph.output[:]
+
+
+def _opset_99(proto: onnx.ModelProto) -> None:
+    proto.opset_import[0].version = 99
+
+
+def _ir_999(proto: onnx.ModelProto) -> None:
+    proto.ir_version = 999
+
+
+def _repeated_initializer(proto: onnx.ModelProto) -> None:
+    proto.graph.initializer.append(proto.graph.initializer[0])
+
+
+def _clip_upside_down(proto: onnx.ModelProto) -> None:
+    clip = [n for n in proto.graph.node if n.op_type == "Clip"][1]
+    replace_constant(proto, clip.input[1], np.asarray(4.0, np.float32))
+    replace_constant(proto, clip.input[2], np.asarray(2.0, np.float32))
+
+
+@pytest.mark.parametrize(
+    "damage", [_no_outputs, _opset_99, _ir_999, _repeated_initializer, _clip_upside_down]
+)
+def test_simulate_refuses_graphs_verify_rejects_instead_of_calling_them_exact(
+    tmp_path, capsys, damage
+):
+    proto = exported(tmp_path, qdq=False)
+    damage(proto)
+    path = tmp_path / "damaged.onnx"
+    onnx.save(proto, path)
+    assert main(["simulate", str(path), "--batches", "1", "--batch-size", "1"]) == 2
+    assert "is not a graph TIDL (or its simulation) can run as written" in capsys.readouterr().err

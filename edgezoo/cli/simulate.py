@@ -43,16 +43,34 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Print the per-layer parity report; 0 when exact, 1 when a layer differs."""
     from edgezoo.onnxgraph import load_onnx
     from edgezoo.simulation import parity_report
-    from edgezoo.simulation.inputs import graph_batches
+    from edgezoo.simulation.inputs import graph_batches, graph_input_shape
 
     _check_save_layers(args)
     proto = load_onnx(args.path)
+    graph_input_shape(proto)  # its size first: the plainest message for a graph too large
+    check_runnable_graph(proto, args.path)
     batches = list(graph_batches(proto, args.data, args.batches, args.batch_size))
     report = parity_report(proto, batches, bitwidth=args.bitwidth)
     print(report)
     if args.save_layers:
         _save_layers(proto, batches[0], args.bitwidth, args.save_layers)
     return 0 if report.exact else 1
+
+
+def check_runnable_graph(proto, path) -> None:
+    """Refuse a graph that breaks a structural rule (verify's STRUCTURAL_RULES: bad bounds, no
+    outputs, an opset or IR version nothing imports, repeated initializers, ...), which a
+    simulation would otherwise report as agreeing."""
+    from edgezoo.errors import SimulationError
+    from edgezoo.export.verify import structural_violations
+
+    broken = structural_violations(proto)
+    if broken:
+        listed = "; ".join(str(v) for v in broken[:3])
+        raise SimulationError(
+            f"{path} is not a graph TIDL (or its simulation) can run as written: {listed}. "
+            "`edgezoo verify` lists every problem; re-export the model"
+        )
 
 
 def _check_save_layers(args: argparse.Namespace) -> None:

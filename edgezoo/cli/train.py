@@ -694,11 +694,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _check_graph_model(path: Path | None, model: str) -> None:
     """Refuse a missing --onnx, or an edgezoo export of another model than the one evaluated."""
+    from edgezoo.cli.simulate import check_runnable_graph
     from edgezoo.onnxgraph import load_onnx
 
     if path is None:
         raise UsageError("--simulate evaluates the exported graph: pass --onnx FILE.onnx too")
     proto = load_onnx(path)
+    check_runnable_graph(proto, path)
     if proto.producer_name == "edgezoo" and proto.graph.name not in ("", model):
         raise UsageError(
             f"{path} is an export of {proto.graph.name}, not of {model}: pass the graph "

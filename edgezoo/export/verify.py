@@ -24,7 +24,28 @@ from edgezoo.onnxgraph.io import load_onnx
 from edgezoo.onnxgraph.tools import order_problem
 from edgezoo.tidl import rules
 
-__all__ = ["verify_onnx"]
+__all__ = ["STRUCTURAL_RULES", "structural_violations", "verify_onnx"]
+
+STRUCTURAL_RULES = frozenset(
+    {
+        "graph-order",
+        "tensor-payload",
+        "no-outputs",
+        "metadata",
+        "onnx-checker",
+        "opset",
+        "shape-inference",
+        "clip-bounds",
+    }
+)
+"""Rules whose breach makes a graph something no device (nor its simulation) runs as written,
+whatever the quantization: a simulation of such a graph would report agreement on nonsense."""
+
+
+def structural_violations(proto: onnx.ModelProto) -> list[GraphViolation]:
+    """The violations of STRUCTURAL_RULES in a graph (empty: it can be run as written)."""
+    report = verify_onnx(proto, quantized=False, input_clipped=False)
+    return [v for v in report.violations if v.rule in STRUCTURAL_RULES]
 
 
 def verify_onnx(
