@@ -325,3 +325,18 @@ def _qdq_graph(
     if dangling:
         graph.output.append(helper.make_tensor_value_info("lost", TensorProto.INT8, [1, 2, 2, 2]))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_settings_a_qdq_only_device_cannot_take_are_refused_when_training_starts(tmp_path, capsys):
+    from edgezoo.cli import main
+    from edgezoo.errors import QuantizationConfigError
+    from edgezoo.quantization import QuantizationConfig
+
+    for settings in ({"bias_rule": "ti_v1"}, {"activation_rounding": "half_up"}):
+        with pytest.raises(QuantizationConfigError, match="am67a imports only QDQ graphs"):
+            QuantizationConfig(target="am67a", **settings)
+    QuantizationConfig(target="tda4vm", bias_rule="ti_v1")  # TDA4VM takes Clip graphs
+    args = ["train", "--qat", "--model", "resnet18", "--target", "am67a", "--bias-rule", "ti_v1"]
+    assert main([*args, "--max-batches", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "would train a model nothing can export" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

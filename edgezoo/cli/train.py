@@ -463,6 +463,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     name = resolve_name(args.model)
     _refuse_idle_options(args)
+    if not args.resume:
+        quantization_config(args)  # the scheme is checked before --out exists
     _keep_inputs(args)
     ctx = setup_distributed(args.device)
     held = (

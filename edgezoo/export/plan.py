@@ -81,9 +81,12 @@ def _check_qdq_arithmetic(settings: GraphQuantization, device: TargetDevice) -> 
     if settings.bias_rule != BIAS_JOINT:
         wrong.append(f"bias rule {settings.bias_rule} (QDQ's int32 biases: joint)")
     if wrong:
+        clip = (
+            f"export_format='clip' for {device.name}, or " if CLIP_FORMAT in device.formats else ""
+        )
         raise QuantizationConfigError(
             f"this model was trained with {' and '.join(wrong)}, so a QDQ graph would not "
-            f"compute what it computes: export_format='clip' for {device.name}, or train with "
+            f"compute what it computes: {clip}train with "
             f"QuantizationConfig(target={device.name!r}, activation_rounding='half_even', "
             "bias_rule='joint')"
         )

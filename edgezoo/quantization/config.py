@@ -16,7 +16,7 @@ from edgezoo.quantization.grid import (
     check_bitwidth,
 )
 from edgezoo.quantization.pact2 import check_range_shrink, check_update_gap
-from edgezoo.targets import QDQ_FORMAT, check_scheme, resolve_target
+from edgezoo.targets import CLIP_FORMAT, QDQ_FORMAT, check_scheme, resolve_target
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class QuantizationConfig:
                 "follow bias_rule='joint' (or leave bias_rule unset)"
             )
         if self.target is not None:
-            check_scheme(
-                resolve_target(self.target), self.per_channel_weights, self.asymmetric_activations
-            )
+            device = resolve_target(self.target)
+            check_scheme(device, self.per_channel_weights, self.asymmetric_activations)
+            self._check_exportable(device)
         if self.learn_ranges and self.asymmetric_activations:
             raise QuantizationConfigError(
                 "learn_ranges trains power-of-two clips; asymmetric (affine) ranges come from "
@@ -98,6 +98,24 @@ class QuantizationConfig:
         check_bitwidth(self.bitwidth_activations)
         check_range_shrink(self.range_shrink_percentile)
         check_update_gap(self.max_range_update_gap, "max_range_update_gap")
+
+    def _check_exportable(self, device) -> None:
+        """Refuse settings a device that imports only QDQ graphs could never take (its
+        QuantizeLinear rounds half to even, its biases are int32 on the joint grid)."""
+        if CLIP_FORMAT in device.formats:
+            return
+        wrong = []
+        if self.bias_rule == BIAS_TI_V1:
+            wrong.append("bias_rule='ti_v1'")
+        if self.activation_rounding not in (None, HALF_EVEN):
+            wrong.append(f"activation_rounding={self.activation_rounding!r}")
+        if wrong:
+            raise QuantizationConfigError(
+                f"{device.name} imports only QDQ graphs (rounding half to even, int32 biases on "
+                f"the joint grid): {' and '.join(wrong)} would train a model nothing can export "
+                f"for it; leave {'them' if len(wrong) > 1 else 'it'} unset (--bias-rule / "
+                "--activation-rounding)"
+            )
 
     @property
     def evaluates_exactly(self) -> bool:
