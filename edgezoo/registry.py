@@ -101,33 +101,18 @@ def get_model(
 ) -> nn.Module:
     """Build a model by name, load its weights, and (with qat) wrap it for quantization.
 
-    pretrained: True for the manifest's default tag, a tag such as "IMAGENET1K_V2", or a local
-    path / file:// URL (a float or a QAT checkpoint). num_classes: defaults to the checkpoint's;
-    a different value loads all but the head and logs which keys were skipped.
-    pretrained_backbone (segmentation models): True or a tag loads torchvision ImageNet weights
-    into model.backbone. qat: False for the float model, True/"train", "calibrate" or "test" for
-    the wrapper edgezoo.wrap_model builds (traced with example_input, default a random batch of
-    the model's default input size) with `config` (a QuantizationConfig; default the
-    defaults). weights_url: a mirror to download
-    from instead of the manifest's URL (default: $EDGEZOO_WEIGHTS_URL). features_only: the
-    backbone's feature maps instead of the classifier (edgezoo.models.FeatureMaps: a list of
-    maps, `feature_info` says what each is), loaded with the classifier's float weights, at
-    `out_indices` (default all). Other kwargs go to the builder.
+    pretrained: True (the manifest's default tag), a tag ("IMAGENET1K_V2"), or a path / file://
+    URL of a float or QAT checkpoint. num_classes: default the checkpoint's; another value loads
+    all but the head. pretrained_backbone (segmentation): True or a tag loads ImageNet weights
+    into model.backbone. qat: False (float), True/"train", "calibrate" or "test": the wrapper
+    wrap_model builds with `config`, traced with example_input (default: a random batch at the
+    model's input size). weights_url: a mirror (default $EDGEZOO_WEIGHTS_URL). features_only:
+    the backbone's feature maps at `out_indices` (FeatureMaps). kwargs go to the builder.
     """
     if features_only:
-        return _feature_model(
-            name,
-            out_indices,
-            qat,
-            example_input,
-            config,
-            pretrained=pretrained,
-            num_classes=num_classes,
-            pretrained_backbone=pretrained_backbone,
-            weights_url=weights_url,
-            progress=progress,
-            **kwargs,
-        )
+        options = {"pretrained": pretrained, "pretrained_backbone": pretrained_backbone, **kwargs}
+        options.update(num_classes=num_classes, weights_url=weights_url, progress=progress)
+        return _feature_model(name, out_indices, qat, example_input, config, **options)
     if out_indices is not None:
         raise UsageError("out_indices picks feature maps: pass features_only=True with it")
     canonical = resolve_name(name)
@@ -139,29 +124,23 @@ def get_model(
         state_dict, origin = _pretrained_state_dict(
             canonical, entry, pretrained, weights_url, progress
         )
-        if num_classes is None:
-            num_classes = _head_classes(state_dict, entry["head"])
+        num_classes = (
+            _head_classes(state_dict, entry["head"]) if num_classes is None else num_classes
+        )
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = BUILDERS[canonical](**kwargs)
     if pretrained_backbone:
         _load_backbone(model, canonical, entry, pretrained_backbone, weights_url, progress)
-    example_input = example_input if example_input is not None else _example(canonical)
-    if state_dict is not None:
-        state_dict = _without_unused_keys(state_dict, model, entry)
-        loaded = load_checkpoint_into(
-            model,
-            state_dict,
-            mode=mode,
-            example_input=example_input,
-            origin=origin,
-            model_name=canonical,
-            head=entry["head"],
-            config=config,
-        )
-        logger.info("loaded %s", origin)
-        return loaded
-    return model if mode is None else wrap_model(model, mode, example_input, config=config)
+    example_input = _example(canonical) if example_input is None else example_input
+    if state_dict is None:
+        return model if mode is None else wrap_model(model, mode, example_input, config=config)
+    state_dict = _without_unused_keys(state_dict, model, entry)
+    logger.info("loading %s", origin)
+    return load_checkpoint_into(
+        model, state_dict, mode=mode, example_input=example_input, origin=origin,
+        model_name=canonical, head=entry["head"], config=config,
+    )  # fmt: skip
 
 
 def _feature_model(
