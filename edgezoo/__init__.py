@@ -6,6 +6,7 @@ from edgezoo.distillation import DistillationLoss
 from edgezoo.errors import EdgezooError, UsageError
 from edgezoo.export import ExportReport, GraphViolation, VerifyReport, export_onnx, verify_onnx
 from edgezoo.quantization import (
+    LayerRule,
     QATSchedule,
     QuantCalibrateModule,
     QuantizationConfig,
@@ -16,6 +17,7 @@ from edgezoo.quantization import (
     freeze_bn,
     freeze_quant_range,
     layer_report,
+    select_16bit_layers,
     wrap_model,
 )
 from edgezoo.registry import get_model, list_models, model_info
@@ -30,6 +32,7 @@ __all__ = [
     "EdgezooError",
     "ExportReport",
     "GraphViolation",
+    "LayerRule",
     "LoadReport",
     "QATSchedule",
     "QuantCalibrateModule",
@@ -52,6 +55,7 @@ __all__ = [
     "load_weights",
     "make_module_only",
     "model_info",
+    "select_16bit_layers",
     "simulate_tidl",
     "verify_onnx",
     "wrap_model",

@@ -27,11 +27,12 @@ from edgezoo.simulation import parity_report, simulate_tidl
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def harshly_trained(name: str, size: int, bits: int, rule: str, seed: int) -> QuantTrainModule:
+def harshly_trained(
+    name: str, size: int, config: QuantizationConfig, seed: int
+) -> QuantTrainModule:
     """QAT at a large learning rate (SGD 0.02, momentum 0.9), as in the independent check."""
     torch.manual_seed(seed)
     model = BUILDERS[name](num_classes=5)
-    config = QuantizationConfig(bitwidth_weights=bits, bitwidth_activations=bits, bias_rule=rule)
     q = QuantTrainModule(model, torch.rand(1, 3, size, size), config=config)
     optimizer = torch.optim.SGD(q.parameters(), lr=0.02, momentum=0.9)
     generator = torch.Generator().manual_seed(seed)
@@ -84,7 +85,8 @@ def plant_half_range_peaks(q: QuantTrainModule, bits: int) -> list[str]:
 def test_qat_equals_the_integers_on_every_layer_after_harsh_training(
     tmp_path, name, size, bits, seed, rule
 ):
-    q = harshly_trained(name, size, bits, rule, seed)
+    config = QuantizationConfig(bitwidth_weights=bits, bitwidth_activations=bits, bias_rule=rule)
+    q = harshly_trained(name, size, config, seed)
     planted = plant_half_range_peaks(q, bits)
     deploy = convert_to_deploy(q)
     units = [m for m in q.module.modules() if isinstance(m, QuantWeightMixin)]

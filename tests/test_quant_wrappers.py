@@ -358,7 +358,8 @@ def test_deploy_form_matches_clip_only_eval():
     kinds = {type(m) for m in deploy.modules()}
     assert not kinds & {PACT2, QuantConv2d, QuantBatchNorm2d, QuantizedLayer}
     assert isinstance(deploy.bn1, nn.Identity) and isinstance(deploy.relu1, Clip)
-    assert type(deploy.conv3) is nn.Conv2d and isinstance(deploy.conv1[0], Clip)
+    assert type(deploy.conv3).__mro__[1] is nn.Conv2d and isinstance(deploy.conv1[0], Clip)
+    assert deploy.conv3.bitwidth == deploy.conv1[0].bitwidth == 8  # what the export records
     x = images(8)
     with clip_only(q), torch.no_grad():
         expected = q(x)

@@ -9,7 +9,15 @@ from edgezoo.errors import EdgezooError
 
 # Each module contributes its subcommands through `register(subparsers)`; keeping the list here
 # makes the command set explicit without any import-time side effects.
-_COMMAND_MODULES: tuple[str, ...] = ("check", "models", "export", "simulate", "train", "demo")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "check",
+    "models",
+    "export",
+    "simulate",
+    "train",
+    "mixed_precision",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

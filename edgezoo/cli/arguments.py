@@ -5,6 +5,7 @@ A bad value stops the command before any work with argparse's one-line error and
 """
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -150,11 +151,48 @@ def add_quantization_scheme(parser: argparse.ArgumentParser) -> None:
         help="how activations round (default: half_up for tda4vm Clip graphs, half_even for QDQ)",
     )
     parser.add_argument(
+        "--layer-bits",
+        type=layer_bits_option,
+        metavar="NAME=BITS,...|FILE",
+        help="per-layer widths: module names or globs with 8 or 16 ('layer1.*=16,fc=16'; a "
+        "bare name means 16), or the JSON file `edgezoo mixed-precision` writes",
+    )
+    parser.add_argument(
         "--bias-rule",
         choices=BIAS_RULES,
         help="how the device holds biases (default: ti_v1 for tda4vm Clip graphs, joint for QDQ; "
         "a QDQ graph for tda4vm needs --activation-rounding half_even --bias-rule joint)",
     )
+
+
+def layer_bits_option(text: str) -> dict[str, int]:
+    """--layer-bits: 'name=16,glob.*=16' (a bare name: 16) or a JSON file holding
+    {"layer_bits": {...}} (what `edgezoo mixed-precision` writes) or the mapping itself."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise argparse.ArgumentTypeError(
+                f"{path} is not a JSON layer-bits file: {err}"
+            ) from err
+        data = data.get("layer_bits", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+            raise argparse.ArgumentTypeError(
+                f"{path} holds no mapping of module names to 8 or 16 (layer_bits)"
+            )
+        return data
+    widths = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, bits = part.partition("=")
+        if bits and not bits.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"--layer-bits {part!r}: the width after '=' is 8 or 16 ('layer1.*=16')"
+            )
+        widths[name.strip()] = int(bits) if bits else 16
+    if not widths:
+        raise argparse.ArgumentTypeError("--layer-bits needs NAME=BITS pairs or a JSON file")
+    return widths
 
 
 def quantization_config(args: argparse.Namespace, **settings):
@@ -168,5 +206,6 @@ def quantization_config(args: argparse.Namespace, **settings):
         activation_rounding=getattr(args, "activation_rounding", None),
         bias_rule=getattr(args, "bias_rule", None),
         learn_ranges=getattr(args, "learn_ranges", False),
+        layer_bits=getattr(args, "layer_bits", None),
         **settings,
     )

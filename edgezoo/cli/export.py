@@ -131,6 +131,8 @@ def run_export(args: argparse.Namespace) -> int:
     from edgezoo.registry import default_input_size, get_model, resolve_name
 
     name = resolve_name(args.name)
+    if getattr(args, "layer_bits", None) and not args.qat:
+        raise UsageError("--layer-bits gives a QAT checkpoint's layers their widths: add --qat")
     _check_checkpoint_classes(name, args)
     pretrained = args.checkpoint or args.pretrained
     if not pretrained:

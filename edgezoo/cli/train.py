@@ -43,7 +43,7 @@ _OPTIONS = {
     "max_batches": "--max-batches",
     "validation_split": "--validation-split",
     "quantization": "--target / --per-channel-weights / --asymmetric-activations / "
-    "--activation-rounding / --bias-rule / --learn-ranges",
+    "--activation-rounding / --bias-rule / --learn-ranges / --layer-bits",
     "distill": "--distill",
     "labels": "--no-labels",
     "distill_temperature": "--distill-temperature",
@@ -316,6 +316,7 @@ def _scheme(args: argparse.Namespace) -> dict[str, Any]:
         "activation_rounding": args.activation_rounding,
         "bias_rule": args.bias_rule,
         "learn_ranges": getattr(args, "learn_ranges", False),
+        "layer_bits": getattr(args, "layer_bits", None),
     }
 
 
@@ -398,6 +399,7 @@ _QAT_ONLY = {
     "distill_weight": "--distill-weight",
     "learn_ranges": "--learn-ranges",
     "range_lr": "--range-lr",
+    "layer_bits": "--layer-bits",
 }
 
 

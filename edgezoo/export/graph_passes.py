@@ -15,8 +15,8 @@ from edgezoo.errors import ExportVerificationError
 from edgezoo.export.channel_split import slices_to_splits
 from edgezoo.export.weight_grid import nudged_entries
 from edgezoo.onnxgraph.tools import infer_shapes
-from edgezoo.quantization import GraphQuantization
 from edgezoo.tidl import rules
+from edgezoo.tidl.tensor_bits import TensorBits
 
 __all__ = [
     "INPUT_NAME",
@@ -185,7 +185,7 @@ def append_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def nudged_layers(graph: onnx.GraphProto, settings: GraphQuantization) -> list[str]:
+def nudged_layers(graph: onnx.GraphProto, widths: TensorBits) -> list[str]:
     """The weight layers whose weights deploy conversion nudged so that TIDL keeps their QAT
     scale on import (grid.keep_scale_on_import)."""
     initializers = {init.name: init for init in graph.initializer}
@@ -194,6 +194,7 @@ def nudged_layers(graph: onnx.GraphProto, settings: GraphQuantization) -> list[s
         weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
         if node.op_type not in rules.QUANTIZED_WEIGHT_OPS or weight is None:
             continue
-        if nudged_entries(numpy_helper.to_array(weight), settings.bitwidth_weights):
+        bits = widths.weight_bits(node.output[0])
+        if nudged_entries(numpy_helper.to_array(weight), bits):
             nudged.append(node.name or node.input[1])
     return nudged

@@ -15,9 +15,10 @@ from edgezoo.quantization import GraphQuantization
 from edgezoo.targets import QDQ_FORMAT
 from edgezoo.tasks import task_of_graph
 from edgezoo.tidl import rules
+from edgezoo.tidl.tensor_bits import TensorBits
 from edgezoo.version import __version__
 
-__all__ = ["input_spec", "record_normalisation", "stamp"]
+__all__ = ["input_spec", "record_normalisation", "stamp", "stamp_widths"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,13 @@ def stamp(
         props[rules.BIAS_RULE_PROP] = settings.bias_rule
     if untrained:
         props[rules.UNTRAINED_RANGES_PROP] = str(untrained)
+    onnx.helper.set_model_props(proto, props)
+
+
+def stamp_widths(proto: onnx.ModelProto, widths: TensorBits) -> None:
+    """Record the graph's per-tensor bit widths (TensorBits' entries) beside the others."""
+    props = {**rules.graph_properties(proto), **widths.properties()}
+    del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 import torch
@@ -35,7 +35,8 @@ from edgezoo.export.graph_passes import (
     set_resize_nearest_modes,
     torchscript_export,
 )
-from edgezoo.export.metadata import input_spec, record_normalisation, stamp
+from edgezoo.export.layer_widths import record_widths, tidl_16bit_names, traced_widths
+from edgezoo.export.metadata import input_spec, record_normalisation, stamp, stamp_widths
 from edgezoo.export.outputs import output_tensors, traceable_outputs
 from edgezoo.export.plan import ExportPlan, export_plan
 from edgezoo.export.qdq import to_qdq
@@ -59,6 +60,7 @@ from edgezoo.targets import (
     QDQ_FORMAT,
 )
 from edgezoo.text import preview
+from edgezoo.tidl.tensor_bits import TensorBits
 
 __all__ = ["ExportPlan", "export_onnx", "export_plan", "int8_agreement", "onnxruntime_session"]
 
@@ -107,13 +109,16 @@ def export_onnx(
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
-    names, reference, qat_out, proto = _reference_and_graph(model, example, plan.opset, wrapped)
+    traced = _reference_and_graph(model, example, plan.opset, wrapped)
+    names, reference, qat_out, proto = traced.names, traced.reference, traced.qat, traced.proto
     _check_outputs(names, argmax, write_configs, plan)
-    proto, aligned, parity = _graph_for_plan(
-        proto, example, reference, simplify, argmax, settings, plan, quantized
+    proto, aligned, parity, widths = _graph_for_plan(
+        traced, example, simplify, argmax, settings, plan, quantized
     )
     spec = input_spec(example, reference[0], info, task, preprocessing, argmax)
     stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings, plan)
+    if widths is not None:
+        stamp_widths(proto, widths)
     record_normalisation(proto, spec)
     verification = verify_onnx(
         proto, quantized, wrapped and _quantizes_input(model), allow_uncalibrated
@@ -123,7 +128,8 @@ def export_onnx(
     if qat_out is not None:
         report = with_device_figures(report, proto, argmax, example, qat_out, model)
     _write(proto, report, strict)
-    compilation = plan.compilation(quantized, settings) if write_configs else None
+    names_16bit = tidl_16bit_names(proto, widths) if widths is not None else ((), ())
+    compilation = plan.compilation(quantized, settings, names_16bit) if write_configs else None
     return _with_configs(report, spec, quantized, compilation)
 
 
@@ -175,24 +181,26 @@ def _check_outputs(
 
 
 def _graph_for_plan(
-    proto: onnx.ModelProto,
+    traced: "_Traced",
     example: Tensor,
-    reference: list[Tensor],
     simplify: bool,
     argmax: bool,
-    settings,
+    settings: GraphQuantization | None,
     plan: "ExportPlan",
     quantized: bool,
-) -> tuple[onnx.ModelProto, list[str], tuple[float, float]]:
+) -> tuple[onnx.ModelProto, list[str], tuple[float, float], TensorBits | None]:
     """The finished graph in the plan's format: simplified, grid-aligned (Clip) or rewritten
-    as QDQ, with the grid-aligned layers and the onnxruntime parity."""
-    proto, parity = _finished_graph(proto, example, reference, simplify, argmax)
+    as QDQ, with the grid-aligned layers, the onnxruntime parity and the per-tensor widths
+    of a QAT graph (read on the finished graph: the cleaning passes keep node names, not
+    every tensor name)."""
+    proto, parity = _finished_graph(traced.proto, example, traced.reference, simplify, argmax)
+    if settings is None:
+        return proto, [], parity, None
+    widths = record_widths(proto, traced.widths, traced.deployed, settings)
     if plan.export_format == QDQ_FORMAT and quantized:
-        proto = record_shapes(
-            to_qdq(proto, settings.bitwidth_activations, settings.activation_scales)
-        )
-        return proto, [], parity  # the QDQ rewrite writes the QAT integers themselves
-    return proto, nudged_layers(proto.graph, settings) if settings else [], parity
+        proto = record_shapes(to_qdq(proto, widths.widest, settings.activation_scales))
+        return proto, [], parity, widths  # the QDQ rewrite writes the QAT integers themselves
+    return proto, nudged_layers(proto.graph, widths), parity, widths
 
 
 def _report(
@@ -282,12 +290,22 @@ def _untrained_ranges(model: nn.Module, allow_uncalibrated: bool) -> list[str]:
     return untrained
 
 
-def _reference_and_graph(
-    model: nn.Module, example: Tensor, opset: int, wrapped: bool
-) -> tuple[tuple[str, ...], list[Tensor], list[Tensor] | None, onnx.ModelProto]:
-    """The graph's output names, PyTorch's outputs of the model the graph is exported from (for
-    QAT its deploy form: the float graph's arithmetic), a QAT model's quantized eval outputs
-    (None for a float model) and the exported graph; modes restored."""
+class _Traced(NamedTuple):
+    """The exporter's graph and what it was traced from: the output names, PyTorch's outputs
+    of the deployed model (for QAT its deploy form: the float graph's arithmetic), a QAT
+    model's quantized eval outputs (None for a float model), and the width of each Clip /
+    weight node read on the deployed model."""
+
+    names: tuple[str, ...]
+    reference: list[Tensor]
+    qat: list[Tensor] | None
+    proto: onnx.ModelProto
+    deployed: nn.Module
+    widths: dict[str, int]
+
+
+def _reference_and_graph(model: nn.Module, example: Tensor, opset: int, wrapped: bool) -> _Traced:
+    """Trace the model's deployed form to ONNX (modes restored)."""
     quantized = None
     with kept_modes(model):
         model.eval()
@@ -299,8 +317,9 @@ def _reference_and_graph(
                 deploy = model
             output = deploy(example)
             names, reference = output_tensors(output)
-        proto = torchscript_export(traceable_outputs(deploy, output), example, opset, names)
-    return names, reference, quantized, proto
+        root = traceable_outputs(deploy, output)
+        proto = torchscript_export(root, example, opset, names)
+    return _Traced(names, reference, quantized, proto, deploy, traced_widths(proto, root))
 
 
 def _example_input(

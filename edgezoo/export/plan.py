@@ -29,11 +29,18 @@ class ExportPlan:
     export_format: str
     opset: int
 
-    def compilation(self, quantized: bool, settings: GraphQuantization | None) -> TIDLCompilation:
-        """The TIDL compile settings of this plan for the exported graph."""
+    def compilation(
+        self,
+        quantized: bool,
+        settings: GraphQuantization | None,
+        names_16bit: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    ) -> TIDLCompilation:
+        """The TIDL compile settings of this plan for the exported graph; names_16bit: the
+        (features, params) TIDL layer names of a mixed-precision graph's 16-bit layers."""
         bits = settings.bitwidth_activations if settings and quantized else 8
         affine = bool(settings and (settings.per_channel_weights or settings.affine))
-        return TIDLCompilation(self.target, quantized, self.export_format, bits, affine)
+        target, export_format = self.target, self.export_format
+        return TIDLCompilation(target, quantized, export_format, bits, affine, *names_16bit)
 
 
 def export_plan(
@@ -73,6 +80,12 @@ def export_plan(
 def _check_qdq_arithmetic(settings: GraphQuantization, device: TargetDevice) -> None:
     """Refuse a QDQ export of a model whose arithmetic a QDQ graph cannot carry: its
     QuantizeLinear rounds half to even and its biases are int32 on the joint grid."""
+    if settings.widest_bitwidth != 8:
+        raise QuantizationConfigError(
+            f"TIDL imports prequantized (QDQ) graphs at 8 bits only, and this model has "
+            f"{settings.widest_bitwidth}-bit layers: export it as a Clip graph for TDA4VM "
+            "(export_format='clip', whose TIDL files list the 16-bit layers), or train it at 8 bits"
+        )
     wrong = []
     if settings.activation_rounding != HALF_EVEN:
         wrong.append(

@@ -119,6 +119,8 @@ class TIDLCompilation:
     quantized: a QAT graph (its ranges are in the graph) or a float one (TIDL calibrates it).
     tensor_bits: the graph's bit width (8 or 16; QDQ graphs are 8-bit). affine: the graph has
     per-channel weights or affine (zero-point) activations (quantization_scale_type 4).
+    features_16bit / params_16bit: the layers (TIDL's names: output tensors) whose outputs /
+    weights a mixed-precision graph holds in 16 bits.
     """
 
     target: TargetDevice = field(default_factory=resolve_target)
@@ -126,6 +128,8 @@ class TIDLCompilation:
     export_format: str = CLIP_FORMAT
     tensor_bits: int = 8
     affine: bool = False
+    features_16bit: tuple[str, ...] = ()
+    params_16bit: tuple[str, ...] = ()
 
     @property
     def scale_type(self) -> int:
@@ -158,6 +162,12 @@ OPTION_MEANINGS = {
         "frames for calibration (used at accuracy_level 1; at least 10 recommended)"
     ),
     "advanced_options:calibration_iterations": "bias calibration iterations (accuracy_level 1)",
+    "advanced_options:output_feature_16bit_names_list": (
+        "layers (output tensor names) whose outputs TIDL computes in 16 bits"
+    ),
+    "advanced_options:params_16bit_names_list": (
+        "layers (output tensor names) whose weights and biases TIDL holds in 16 bits"
+    ),
 }
 """What each compile option edgezoo writes means (edgeai-tidl-tools, examples/osrt_python)."""
 
@@ -187,6 +197,11 @@ def compile_options(
         if compilation.export_format == QDQ_FORMAT:
             options["advanced_options:prequantized_model"] = 1
     options["advanced_options:quantization_scale_type"] = compilation.scale_type
+    if compilation.features_16bit:
+        names = ", ".join(compilation.features_16bit)
+        options["advanced_options:output_feature_16bit_names_list"] = names
+    if compilation.params_16bit:
+        options["advanced_options:params_16bit_names_list"] = ", ".join(compilation.params_16bit)
     return options
 
 
@@ -222,6 +237,10 @@ def import_config_text(
     ]
     if not quantized:
         entries.append(("biasCalibrationIterations", PTQ_CALIBRATION_ITERATIONS))
+    if compilation.features_16bit:
+        entries.append(("outFeature16bitNamesList", f'"{",".join(compilation.features_16bit)}"'))
+    if compilation.params_16bit:
+        entries.append(("params16bitNamesList", f'"{",".join(compilation.params_16bit)}"'))
     width = max(len(key) for key, _ in entries)
     lines = [
         f"# TIDL import configuration written by edgezoo {__version__} for {onnx_name}",

@@ -19,10 +19,11 @@ from edgezoo.export.verify_context import CheckedGraph
 from edgezoo.export.verify_graph import check_graph, metadata_problems
 from edgezoo.export.verify_ops import check_nodes
 from edgezoo.export.verify_ranges import check_calibrated, check_input_clipped, check_ranges
+from edgezoo.export.verify_widths import check_widths
 from edgezoo.onnxgraph.indexed import IndexedGraph
 from edgezoo.onnxgraph.io import load_onnx
 from edgezoo.onnxgraph.tools import order_problem
-from edgezoo.tidl import rules
+from edgezoo.tidl.tensor_bits import TensorBits
 
 __all__ = ["STRUCTURAL_RULES", "structural_violations", "verify_onnx"]
 
@@ -73,7 +74,7 @@ def verify_onnx(
         input_clipped=quantized if input_clipped is None else input_clipped,
         allow_uncalibrated=allow_uncalibrated,
         metadata_problems=problems,
-        bitwidth_weights=8 if problems else rules.graph_bits(proto)[0],
+        widths=TensorBits() if problems else TensorBits.of_graph(proto),
         qdq=is_qdq_graph(proto),
     )
     return VerifyReport(
@@ -98,6 +99,7 @@ def _violations(checked: CheckedGraph) -> Iterator[GraphViolation]:
         yield from check_qdq_graph(checked.graph)
     elif checked.quantized:
         yield from check_ranges(checked)
+        yield from check_widths(checked)
     if checked.quantized:
         yield from check_calibrated(checked)
     if checked.input_clipped and not checked.qdq:

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from edgezoo.onnxgraph.indexed import IndexedGraph
+from edgezoo.tidl.tensor_bits import TensorBits
 
 __all__ = ["CheckedGraph"]
 
@@ -19,6 +20,7 @@ class CheckedGraph:
     allow_uncalibrated: bool
     """Untrained ranges recorded by the export are not reported."""
     metadata_problems: tuple[str, ...]
-    bitwidth_weights: int
+    widths: TensorBits
+    """The per-tensor bit widths the export recorded (8 bits when unreadable)."""
     qdq: bool
     """The graph holds QuantizeLinear / DequantizeLinear nodes."""

@@ -11,6 +11,7 @@ from edgezoo.onnxgraph.indexed import DEFAULT_DOMAINS
 from edgezoo.onnxgraph.tools import check_model
 from edgezoo.quantization.grid import ACTIVATION_ROUNDINGS, BIAS_RULES
 from edgezoo.tidl import rules
+from edgezoo.tidl.tensor_bits import TensorBits
 
 __all__ = ["check_graph", "metadata_problems"]
 
@@ -34,7 +35,7 @@ def metadata_problems(proto) -> list[str]:
     props = rules.graph_properties(proto)
     problems = []
     try:
-        rules.graph_bits(proto)
+        TensorBits.of_graph(proto)
     except UnreadableModelError as err:
         problems.append(str(err))
     vocabularies = ((rules.ROUNDING_PROP, ACTIVATION_ROUNDINGS), (rules.BIAS_RULE_PROP, BIAS_RULES))

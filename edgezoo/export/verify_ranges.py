@@ -113,7 +113,7 @@ def _check_weight_grid(checked: CheckedGraph) -> Iterator[GraphViolation]:
         weight = graph.constants.get(node.input[1])
         if weight is None:
             continue
-        error = grid_error_steps(weight, checked.bitwidth_weights)
+        error = grid_error_steps(weight, checked.widths.weight_bits(node.output[0]))
         if error > GRID_TOLERANCE_STEPS:
             yield GraphViolation(
                 "weight-grid",

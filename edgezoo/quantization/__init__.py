@@ -37,6 +37,7 @@ from edgezoo.quantization.grid import (
     fake_quantize_weight,
     weight_scale,
 )
+from edgezoo.quantization.layer_spec import LayerRule
 from edgezoo.quantization.learned_range import learned_range_parameters
 from edgezoo.quantization.modes import WRAPPER_MODES
 from edgezoo.quantization.pact2 import PACT2
@@ -49,6 +50,7 @@ from edgezoo.quantization.planner import (
     named_activation_ranges,
 )
 from edgezoo.quantization.report import LayerReport, LayerStats, layer_report
+from edgezoo.quantization.selection import MixedPrecisionChoice, select_16bit_layers
 from edgezoo.quantization.weight_layers import QuantConv2d, QuantLinear
 from edgezoo.quantization.wrappers import (
     QUANT_WRAPPERS,
@@ -65,7 +67,9 @@ __all__ = [
     "Clip",
     "GraphQuantization",
     "LayerReport",
+    "LayerRule",
     "LayerStats",
+    "MixedPrecisionChoice",
     "QATSchedule",
     "QuantBatchNorm1d",
     "QuantBatchNorm2d",
@@ -92,6 +96,7 @@ __all__ = [
     "layer_report",
     "learned_range_parameters",
     "named_activation_ranges",
+    "select_16bit_layers",
     "weight_scale",
     "wrap_model",
     "write_back_quantized_weights",

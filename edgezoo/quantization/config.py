@@ -1,6 +1,7 @@
 """QuantizationConfig: how a model is quantized, given once to whichever wrapper quantizes it."""
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from edgezoo.quantization.grid import (
     check_bias_rule,
     check_bitwidth,
 )
+from edgezoo.quantization.layer_spec import LayerRule, layer_rules
 from edgezoo.quantization.pact2 import check_range_shrink, check_update_gap
 from edgezoo.targets import CLIP_FORMAT, QDQ_FORMAT, check_scheme, resolve_target
 
@@ -55,6 +57,11 @@ class QuantizationConfig:
     learned_range.py) once statistics have started it, instead of following statistics; the
     engine gives the thresholds their own learning rate (TrainConfig.range_lr). Calibration
     and evaluation ignore it (no gradients there); power-of-two scales only.
+    layer_bits: per-layer widths in short form, module name or glob -> 8 or 16 for its
+    weights and activations ({"layer1.*": 16, "fc": 16}); layer_rules: the full form,
+    LayerRule(match, bitwidth_weights, bitwidth_activations) by name, glob or module type.
+    The most specific rule wins (name, glob, type; later wins among equals), else the global
+    bitwidth_weights / bitwidth_activations (layer_spec.py).
     """
 
     bitwidth_weights: int = 8
@@ -71,8 +78,17 @@ class QuantizationConfig:
     target: str | None = None
     bias_rule: str | None = None
     learn_ranges: bool = False
+    layer_bits: Mapping[str, int] | None = None
+    layer_rules: tuple[LayerRule, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.layer_bits is not None and not isinstance(self.layer_bits, Mapping):
+            raise QuantizationConfigError(
+                f"layer_bits maps module names or globs to 8 or 16, got {self.layer_bits!r}"
+            )
+        # Checkpoints save the rules as dicts; they come back as LayerRules.
+        object.__setattr__(self, "layer_rules", layer_rules(None, self.layer_rules))
+        object.__setattr__(self, "layer_bits", dict(self.layer_bits) if self.layer_bits else None)
         if self.activation_rounding is not None:
             check_activation_rounding(self.activation_rounding)
         if self.bias_rule is not None:
@@ -122,7 +138,18 @@ class QuantizationConfig:
         """Whether eval runs in float64 (exact_eval, or its default by bit width)."""
         if self.exact_eval is not None:
             return self.exact_eval
-        return max(self.bitwidth_weights, self.bitwidth_activations) > 8
+        return self.widest_bitwidth > 8
+
+    @property
+    def rules(self) -> tuple[LayerRule, ...]:
+        """Every per-layer rule in order: layer_rules, then layer_bits' short form."""
+        return layer_rules(self.layer_bits, self.layer_rules)
+
+    @property
+    def widest_bitwidth(self) -> int:
+        """The widest weight or activation width any layer may get."""
+        ruled = [w for r in self.rules for w in (r.bitwidth_weights, r.bitwidth_activations)]
+        return max(self.bitwidth_weights, self.bitwidth_activations, *(w for w in ruled if w))
 
     @property
     def rounding_mode(self) -> str:
@@ -150,11 +177,6 @@ class QuantizationConfig:
     def activation_scales(self) -> str:
         """How ranges become grids: power-of-two clips, or affine (asymmetric_activations)."""
         return AFFINE_SCALES if self.asymmetric_activations else POWER_OF_TWO_SCALES
-
-    @property
-    def bias_bitwidth(self) -> int:
-        """The bias grid follows the model's widest tensors: 2*b-1 bits for b = max(w, a)."""
-        return max(self.bitwidth_weights, self.bitwidth_activations)
 
     @classmethod
     def resolve(

@@ -31,10 +31,27 @@ from edgezoo.quantization.weight_layers import (
 )
 
 
+class DeployedConv2d(nn.Conv2d):
+    """A plain Conv2d whose weights lie on a `bitwidth`-bit power-of-two grid; it exports as
+    an ordinary Conv, and the export records its width per tensor."""
+
+    def __init__(self, *args, bitwidth: int = 8, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bitwidth = bitwidth
+
+
+class DeployedLinear(nn.Linear):
+    """A plain Linear whose weights lie on a `bitwidth`-bit power-of-two grid (see above)."""
+
+    def __init__(self, *args, bitwidth: int = 8, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bitwidth = bitwidth
+
+
 def range_to_clip(pact: PACT2) -> Clip:
-    """The constant clamp an activation range applies at deployment."""
+    """The constant clamp an activation range applies at deployment, at the range's width."""
     clip_min, clip_max = pact.clip_range()
-    return Clip(clip_min, clip_max)
+    return Clip(clip_min, clip_max, pact.bitwidth)
 
 
 def _with_clips(unit: nn.Module, core: nn.Module) -> nn.Module:
@@ -50,12 +67,11 @@ def _with_clips(unit: nn.Module, core: nn.Module) -> nn.Module:
 
 def _deploy_weight_layer(layer: QuantWeightMixin) -> nn.Module:
     weight, bias = layer.deployed_weight_bias()
+    options = {"bias": bias is not None, "device": "meta", "bitwidth": layer.bitwidth}
     if isinstance(layer, QuantConv2d):
-        plain: nn.Module = conv2d_like(layer, bias=bias is not None, device="meta")
+        plain: nn.Module = conv2d_like(layer, DeployedConv2d, **options)
     elif isinstance(layer, QuantLinear):
-        plain = nn.Linear(
-            layer.in_features, layer.out_features, bias=bias is not None, device="meta"
-        )
+        plain = DeployedLinear(layer.in_features, layer.out_features, **options)
     else:
         raise QuantizationConfigError(f"no deploy form for {type(layer).__name__}")
     plain.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)

@@ -159,10 +159,13 @@ class PACT2(SavedFlagsMixin, nn.Module):
         "_rounding_index",
         "asymmetric",
         "threshold_ready",
+        "bitwidth",
     )
     SCHEME_FLAGS: ClassVar[dict[str, str]] = {
         "asymmetric": "QuantizationConfig(asymmetric_activations=...) with its target "
-        "(--asymmetric-activations --target ...)"
+        "(--asymmetric-activations --target ...)",
+        "bitwidth": "QuantizationConfig(bitwidth_activations=..., layer_bits=...) as it was "
+        "trained (CLI: --layer-bits)",
     }
 
     @property

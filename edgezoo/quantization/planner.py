@@ -38,6 +38,7 @@ from edgezoo.quantization.batch_norm import (
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.graph import LeafGraph, LeafNode, trace_leaf_graph
 from edgezoo.quantization.grid import BIAS_JOINT
+from edgezoo.quantization.layer_spec import resolve_layer_bits
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import InputGridLayer, QuantizedLayer, makes_new_values
 from edgezoo.quantization.weight_layers import (
@@ -138,17 +139,22 @@ class _Planner:
         self.kinds = {name: layer_kind(node.module) for name, node in graph.nodes.items()}
         self.bn_of_conv = self._pair_conv_bn()
         self.conv_of_bn = {bn: conv for conv, bn in self.bn_of_conv.items()}
+        leaves = {name: node.module for name, node in graph.nodes.items()}
+        self.bits = resolve_layer_bits(
+            config.rules, leaves, config.bitwidth_weights, config.bitwidth_activations
+        )
         self.activations: dict[str, PACT2] = {}
         self.output_ranges: dict[str, PACT2] = {}
         self.input_ranges: dict[str, PACT2] = {}
 
     def new_range(self, signed: bool | None, like: nn.Module, reader: str | None) -> PACT2:
-        """A range for the output of `reader` (None: the model input)."""
+        """A range for the output of `reader` (None: the model input), at its layer's width."""
         config = self.config
         affine = config.activation_scales == AFFINE_SCALES
+        bits = config.bitwidth_activations if reader is None else self.activation_bits(reader)
         pact = PACT2(
             signed=signed,
-            bitwidth=config.bitwidth_activations,
+            bitwidth=bits,
             range_shrink_percentile=config.range_shrink_percentile,
             keep_when_missing=self.keep_missing_ranges,
             max_update_gap=self.range_update_gap,
@@ -159,6 +165,23 @@ class _Planner:
         ).to(self.device)
         pact.train(like.training)
         return pact
+
+    def activation_bits(self, name: str) -> int:
+        """The width of the output of `name`: its rule's, else, for a layer TIDL runs at its
+        input's precision (activation, gate, max pool, pass-through, a folded BatchNorm: the
+        layer it merges into), its producer's, else the global width."""
+        own = self.bits[name]
+        if own.ruled:
+            return own.activations
+        if name in self.conv_of_bn:
+            return self.activation_bits(self.conv_of_bn[name])
+        module, node = self.graph.nodes[name].module, self.graph.nodes[name]
+        inherits = self.kinds[name] in (ACTIVATION, GATE, PASSTHROUGH) or isinstance(
+            module, nn.MaxPool2d | nn.AdaptiveMaxPool2d
+        )
+        if inherits and node.inputs and node.inputs[0] in self.graph.nodes:
+            return self.activation_bits(node.inputs[0])
+        return own.activations
 
     def _feeds_symmetric_op(self, name: str) -> bool:
         """Whether the output of `name` reaches a pool or resize (looking through flatten and
@@ -287,11 +310,15 @@ class _Planner:
         if bn_name is not None:
             bn = (bn_name.rpartition(".")[2], self.graph.nodes[bn_name].module)
         grid = self.range_of_output(node.inputs[0]) if node.inputs else None
+        weight_bits = self.bits[name].weights
+        # The bias grid follows the layer's widest operand: 2*b-1 bits, b = max(w, input).
+        source = self.input_ranges.get(name) or grid
+        input_bits = source.bitwidth if source is not None else self.activation_bits(name)
         return _QUANT_WEIGHT_LAYERS[plain_base(module)].from_float(
             module,
-            bitwidth=config.bitwidth_weights,
+            bitwidth=weight_bits,
             per_channel=per_channel,
-            bias_bitwidth=config.bias_bitwidth,
+            bias_bitwidth=max(weight_bits, input_bits),
             bias_rule=config.biases,
             bn=bn,
             input_quant=self.input_ranges.get(name),
@@ -395,14 +422,18 @@ def activation_ranges(model: nn.Module) -> list[PACT2]:
 class GraphQuantization:
     """How a quantized model's deployed graph is quantized (recorded in its export).
 
-    per_channel_weights: some non-depthwise layer has per-channel weight scales. affine: the
-    ranges are affine (float scales, zero points). target: the device its config names.
-    bias_rule: how the device holds the biases (grid.BIAS_RULES).
+    bitwidth_weights / bitwidth_activations: the narrowest widths (the graph's base widths;
+    the export records the wider layers of a mixed-precision model per tensor).
+    widest_bitwidth: the widest weight or activation width of any layer. per_channel_weights:
+    some non-depthwise layer has per-channel weight scales. affine: the ranges are affine
+    (float scales, zero points). target: the device its config names. bias_rule: how the
+    device holds the biases (grid.BIAS_RULES).
     """
 
     bitwidth_weights: int
     bitwidth_activations: int
     activation_rounding: str
+    widest_bitwidth: int = 8
     exact_eval: bool = False
     per_channel_weights: bool = False
     affine: bool = False
@@ -427,10 +458,13 @@ def graph_quantization(model: nn.Module) -> GraphQuantization:
     per_channel = any(
         u.per_channel and not (isinstance(u, nn.Conv2d) and is_depthwise(u)) for u in units
     )
+    weight_widths = [u.bitwidth for u in units] or [8]
+    activation_widths = [p.bitwidth for p in ranges]
     return GraphQuantization(
-        bitwidth_weights=max((u.bitwidth for u in units), default=8),
-        bitwidth_activations=max(p.bitwidth for p in ranges),
+        bitwidth_weights=min(weight_widths),
+        bitwidth_activations=min(activation_widths),
         activation_rounding=ranges[0].rounding_mode,
+        widest_bitwidth=max(*weight_widths, *activation_widths),
         exact_eval=wrapper and config.evaluates_exactly,
         per_channel_weights=per_channel,
         affine=any(p.scales == AFFINE_SCALES for p in ranges),

@@ -89,10 +89,21 @@ class QuantWeightMixin(InputGridMixin, SavedFlagsMixin):
     whether weights are per-channel are saved with the model.
     """
 
-    FLAGS = ("quantize_weights", "outlier_check_pending", "bias_rule_index", "per_channel")
+    FLAGS = (
+        "quantize_weights",
+        "outlier_check_pending",
+        "bias_rule_index",
+        "per_channel",
+        "bitwidth",
+        "bias_bitwidth",
+    )
     SCHEME_FLAGS: ClassVar[dict[str, str]] = {
         "per_channel": "QuantizationConfig(per_channel_weights=...) with its target "
-        "(--per-channel-weights --target ...)"
+        "(--per-channel-weights --target ...)",
+        "bitwidth": "QuantizationConfig(bitwidth_weights=..., layer_bits=...) as it was trained "
+        "(CLI: --layer-bits)",
+        "bias_bitwidth": "QuantizationConfig(bitwidth_*=..., layer_bits=...) as it was trained "
+        "(CLI: --layer-bits)",
     }
     weight: nn.Parameter
     bias: nn.Parameter | None

@@ -255,7 +255,7 @@ class QuantCalibrateModule(_QuantWrapper):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
             if not (self.training and self.bias_calibration):
-                return self.module(*args, **kwargs)
+                return super().forward(*args, **kwargs)  # in eval, exact when it must be
             return self._calibration.step(args, kwargs, self.epoch)
 
 

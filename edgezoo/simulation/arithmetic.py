@@ -38,8 +38,9 @@ from edgezoo.simulation.integer_kernels import (
     integer_linear,
 )
 from edgezoo.simulation.values import FloatValue, Grid, IntegerValue
+from edgezoo.tidl.tensor_bits import TensorBits
 
-__all__ = ["Bits", "ConvSpec", "FloatArithmetic", "IntegerArithmetic", "PoolSpec"]
+__all__ = ["ConvSpec", "FloatArithmetic", "IntegerArithmetic", "PoolSpec"]
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,10 @@ def _exponent(scale: Tensor) -> int:
     return exponent - 1 if mantissa == 0.5 else exponent
 
 
-@dataclass(frozen=True)
-class Bits:
-    """The bit widths of a graph's weights and activations (biases: 2 x the wider)."""
-
-    weights: int = 8
-    activations: int = 8
-
-    @property
-    def bias(self) -> int:
-        return max(self.weights, self.activations)
+def bias_bits(weight_bits: int, value: IntegerValue | FloatValue) -> int:
+    """The bias grid follows the layer's widest operand: 2*b-1 bits for b = max(weights,
+    input) (QuantWeightMixin's bias_bitwidth, as the planner sets it)."""
+    return max(weight_bits, value.grid.bitwidth)
 
 
 class IntegerArithmetic:
@@ -93,12 +88,12 @@ class IntegerArithmetic:
 
     def __init__(
         self,
-        bits: Bits = Bits(),
+        bits: TensorBits | None = None,
         rounding_mode: str = "half_up",
         input_dtype: torch.dtype = torch.float32,
         bias_rule: str = BIAS_JOINT,
     ) -> None:
-        self.bits = bits
+        self.bits = bits or TensorBits()
         self.rounding_mode = rounding_mode
         self.input_dtype = input_dtype
         self.bias_rule = bias_rule
@@ -106,9 +101,7 @@ class IntegerArithmetic:
 
     def quantize_input(self, x: Tensor, grid: Grid) -> IntegerValue:
         """The float graph input through its Clip, rounded as the QAT forward rounds it."""
-        values = _fake_quantize(
-            x.to(self.input_dtype), grid, self.bits.activations, self.rounding_mode
-        )
+        values = _fake_quantize(x.to(self.input_dtype), grid, self.rounding_mode)
         data = values.float() * 2.0**grid.exponent
         # Channels-last runs PyTorch's CPU convolutions and pools several times faster.
         if data.dim() == 4:
@@ -136,35 +129,39 @@ class IntegerArithmetic:
         """A pending value materialised onto its input's grid."""
         return self.clip(value, grid)
 
-    def _weights(self, weight: Tensor, bias: Tensor | None, value: IntegerValue):
-        """TIDL's integer weights (per-tensor scale from max|w|) and the integer bias its
-        rule gives on the joint grid."""
-        integers, w_exponent = self._integer_weights(weight)
+    def _weights(self, weight: Tensor, bias: Tensor | None, value: IntegerValue, bits: int):
+        """TIDL's integer weights (per-tensor scale from max|w|, `bits` wide) and the integer
+        bias its rule gives on the joint grid."""
+        integers, w_exponent = self._integer_weights(weight, bits)
         if bias is None:
             return integers, None, w_exponent
         joint = 2.0 ** (value.exponent + w_exponent)
         signed = value.grid.low < 0
-        bias_int = imported_bias_integers(bias, joint, self.bits.bias, self.bias_rule, signed)
-        return integers, bias_int, w_exponent
+        rule = (bias_bits(bits, value), self.bias_rule, signed)
+        return integers, imported_bias_integers(bias, joint, *rule), w_exponent
 
-    def _integer_weights(self, weight: Tensor) -> tuple[IntegerWeights, int]:
+    def _integer_weights(self, weight: Tensor, bits: int) -> tuple[IntegerWeights, int]:
         """The weight's integers and scale exponent, computed once per graph constant."""
         cached = self._weights_of.get(id(weight))
         if cached is None or cached[0] is not weight:
-            scale = weight_scale(weight, self.bits.weights)
-            integers = weight_integers(weight.double(), scale.double(), self.bits.weights)
+            scale = weight_scale(weight, bits)
+            integers = weight_integers(weight.double(), scale.double(), bits)
             cached = (weight, IntegerWeights.of(integers), _exponent(scale))
             self._weights_of[id(weight)] = cached
         return cached[1], cached[2]
 
-    def conv(self, value: IntegerValue, weight: Tensor, bias: Tensor | None, spec: ConvSpec):
-        integers, bias_int, w_exponent = self._weights(weight, bias, value)
+    def conv(
+        self, value: IntegerValue, weight: Tensor, bias: Tensor | None, spec: ConvSpec, bits: int
+    ) -> IntegerValue:
+        integers, bias_int, w_exponent = self._weights(weight, bias, value, bits)
         options = (spec.stride, spec.padding, spec.dilation, spec.groups)
         acc = integer_conv2d(value.data, integers, bias_int, *options, peak=_peak(value))
         return IntegerValue(acc, value.exponent + w_exponent)
 
-    def gemm(self, value: IntegerValue, weight: Tensor, bias: Tensor | None) -> IntegerValue:
-        integers, bias_int, w_exponent = self._weights(weight, bias, value)
+    def gemm(
+        self, value: IntegerValue, weight: Tensor, bias: Tensor | None, bits: int
+    ) -> IntegerValue:
+        integers, bias_int, w_exponent = self._weights(weight, bias, value, bits)
         acc = integer_linear(value.data, integers, bias_int, peak=_peak(value))
         return IntegerValue(acc, value.exponent + w_exponent)
 
@@ -185,7 +182,7 @@ class IntegerArithmetic:
     def gate(self, value: IntegerValue, function, grid: Grid) -> IntegerValue:
         """function of the dequantized values in QAT's precision, rounded onto grid."""
         x = value.dequantize().to(self.input_dtype)
-        rounded = _fake_quantize(function(x), grid, self.bits.activations, self.rounding_mode)
+        rounded = _fake_quantize(function(x), grid, self.rounding_mode)
         data = (rounded.double() * 2.0**grid.exponent).float()
         return IntegerValue(data, grid.exponent, grid)
 
@@ -252,31 +249,33 @@ class FloatArithmetic:
 
     def __init__(
         self,
-        bits: Bits = Bits(),
+        bits: TensorBits | None = None,
         rounding_mode: str = "half_up",
         dtype: torch.dtype | None = None,
         bias_rule: str = BIAS_JOINT,
     ) -> None:
-        self.bits = bits
+        self.bits = bits or TensorBits()
         self.rounding_mode = rounding_mode
         self.bias_rule = bias_rule
-        wide = max(bits.weights, bits.activations) > 8
+        wide = self.bits.widest > 8
         self.dtype = dtype or (torch.float64 if wide else torch.float32)
 
     def quantize_input(self, x: Tensor, grid: Grid) -> FloatValue:
-        data = _fake_quantize(x.to(self.dtype), grid, self.bits.activations, self.rounding_mode)
+        data = _fake_quantize(x.to(self.dtype), grid, self.rounding_mode)
         return FloatValue(data, grid)
 
     def clip(self, value: FloatValue, grid: Grid, owned: bool = False) -> FloatValue:
-        data = _fake_quantize(value.data, grid, self.bits.activations, self.rounding_mode)
+        data = _fake_quantize(value.data, grid, self.rounding_mode)
         return FloatValue(data, grid)
 
     def settle(self, value: FloatValue, grid: Grid) -> FloatValue:
         return self.clip(value, grid)
 
-    def conv(self, value: FloatValue, weight: Tensor, bias: Tensor | None, spec: ConvSpec):
-        bias = self._qat_bias(value, weight, bias)
-        weight = _qat_weights(weight, self.bits.weights)
+    def conv(
+        self, value: FloatValue, weight: Tensor, bias: Tensor | None, spec: ConvSpec, bits: int
+    ) -> FloatValue:
+        bias = self._qat_bias(value, weight, bias, bits)
+        weight = _qat_weights(weight, bits)
         conv = exact_conv2d if self.dtype == torch.float64 else F.conv2d
         out = conv(
             value.data,
@@ -289,20 +288,22 @@ class FloatArithmetic:
         )
         return FloatValue(out)
 
-    def gemm(self, value: FloatValue, weight: Tensor, bias: Tensor | None) -> FloatValue:
-        bias = self._qat_bias(value, weight, bias)
-        weight = _qat_weights(weight, self.bits.weights).to(self.dtype)
+    def gemm(self, value: FloatValue, weight: Tensor, bias: Tensor | None, bits: int) -> FloatValue:
+        bias = self._qat_bias(value, weight, bias, bits)
+        weight = _qat_weights(weight, bits).to(self.dtype)
         return FloatValue(F.linear(value.data, weight, bias))
 
-    def _qat_bias(self, value: FloatValue, weight: Tensor, bias: Tensor | None) -> Tensor | None:
+    def _qat_bias(
+        self, value: FloatValue, weight: Tensor, bias: Tensor | None, bits: int
+    ) -> Tensor | None:
         """The bias QAT added: the exported one as the device reads it, in QAT's precision."""
         if bias is None:
             return None
-        joint = 2.0 ** (value.grid.exponent + _exponent(weight_scale(weight, self.bits.weights)))
+        joint = 2.0 ** (value.grid.exponent + _exponent(weight_scale(weight, bits)))
         signed = value.grid.low < 0
         read = bias.to(self.dtype)
         joint_scale = torch.tensor(joint, dtype=torch.float64)
-        args = (self.bits.bias, self.bias_rule, signed)
+        args = (bias_bits(bits, value), self.bias_rule, signed)
         return fake_quantize_bias(read, joint_scale, *args, imported=True)
 
     def add(self, a: FloatValue, b: FloatValue) -> FloatValue:
@@ -349,9 +350,11 @@ class FloatArithmetic:
         return value.data.argmax(dim=axis, keepdim=True)
 
 
-def _fake_quantize(data: Tensor, grid: Grid, bitwidth: int, rounding: str) -> Tensor:
+def _fake_quantize(data: Tensor, grid: Grid, rounding: str) -> Tensor:
     """QAT's fake quantization onto a grid, in the data's precision (what a PACT2 computes)."""
-    return fake_quantize_activation(data, grid.clip_min, grid.clip_max, bitwidth, True, rounding)
+    return fake_quantize_activation(
+        data, grid.clip_min, grid.clip_max, grid.bitwidth, True, rounding
+    )
 
 
 def _to(tensor: Tensor | None, dtype: torch.dtype) -> Tensor | None:

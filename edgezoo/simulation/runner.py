@@ -112,7 +112,7 @@ class _Runner:
 
     def __init__(self, program: GraphProgram, arithmetic: Any) -> None:
         self.arithmetic = arithmetic
-        self.bitwidth = arithmetic.bits.activations
+        self.bits = arithmetic.bits
         self.opset = program.opset
         self.constants = program.constants
         self.graph = program.graph
@@ -180,7 +180,7 @@ class _Runner:
 
     def _clip(self, node: onnx.NodeProto, name: str) -> Value:
         low, high = self._clip_bounds(node, name)
-        grid = Grid.of_clip(low, high, self.bitwidth)
+        grid = Grid.of_clip(low, high, self.bits.activation_bits(node.output[0]))
         value = self.values[node.input[0]]
         if isinstance(value, Tensor):
             return self.arithmetic.quantize_input(value, grid)
@@ -206,7 +206,8 @@ class _Runner:
             attrs.get("group", 1),
         )
         weight, bias = self._weight_and_bias(node, name)
-        return self.arithmetic.conv(value, weight, bias, spec)
+        bits = self.bits.weight_bits(node.output[0])
+        return self.arithmetic.conv(value, weight, bias, spec, bits)
 
     def _gemm(self, node: onnx.NodeProto, name: str) -> Value:
         value = self._ranged(node, name)
@@ -220,7 +221,7 @@ class _Runner:
         weight, bias = self._weight_and_bias(node, name)
         if not attrs.get("transB", 0):
             weight = weight.t()
-        return self.arithmetic.gemm(value, weight, bias)
+        return self.arithmetic.gemm(value, weight, bias, self.bits.weight_bits(node.output[0]))
 
     def _add(self, node: onnx.NodeProto, name: str) -> Value:
         return self.arithmetic.add(self._ranged(node, name, 0), self._ranged(node, name, 1))
@@ -249,7 +250,8 @@ class _Runner:
                 f"node {name} ({node.op_type}) is not followed by a Clip: its output has no "
                 "range; export the QAT model with edgezoo.export_onnx, which gives it one"
             )
-        grid = Grid.of_clip(*self._clip_bounds(readers[0], name), self.bitwidth)
+        bits = self.bits.activation_bits(readers[0].output[0])
+        grid = Grid.of_clip(*self._clip_bounds(readers[0], name), bits)
         return self.arithmetic.gate(value, function, grid)
 
     def _leakyrelu(self, node: onnx.NodeProto, name: str) -> Value:

@@ -17,7 +17,7 @@ from edgezoo.quantization.grid import (
     check_bias_rule,
     check_bitwidth,
 )
-from edgezoo.simulation.arithmetic import Bits, FloatArithmetic, IntegerArithmetic
+from edgezoo.simulation.arithmetic import FloatArithmetic, IntegerArithmetic
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.values import IntegerValue
 from edgezoo.tidl.rules import (
@@ -26,9 +26,9 @@ from edgezoo.tidl.rules import (
     EVAL_PRECISION_PROP,
     ROUNDING_PROP,
     WEIGHT_BITS_PROP,
-    graph_bits,
     graph_properties,
 )
+from edgezoo.tidl.tensor_bits import TensorBits
 
 __all__ = [
     "SimulatedTensor",
@@ -64,22 +64,31 @@ def graph_bias_rule(proto: onnx.ModelProto) -> str:
     return check_bias_rule(graph_properties(proto).get(BIAS_RULE_PROP, BIAS_JOINT))
 
 
-def _graph_bits(proto: onnx.ModelProto, bitwidth: int | None) -> Bits:
-    """The widths to simulate: the graph's recorded ones; `bitwidth` only for a graph that
-    records none (an export recorded its widths: another one would simulate another model)."""
-    weights, activations = graph_bits(proto)
+def _graph_bits(proto: onnx.ModelProto, bitwidth: int | None) -> TensorBits:
+    """The widths to simulate: the graph's recorded ones (per tensor); `bitwidth` only for a
+    graph that records none (an export recorded its widths: others would simulate another
+    model)."""
+    recorded = TensorBits.of_graph(proto)
     if bitwidth is None:
-        return Bits(weights, activations)
+        return recorded
     check_bitwidth(bitwidth)
-    recorded = graph_properties(proto)
-    has_widths = WEIGHT_BITS_PROP in recorded or ACTIVATION_BITS_PROP in recorded
-    if has_widths and (weights, activations) != (bitwidth, bitwidth):
-        raise SimulationError(
-            f"the graph was exported with {weights}-bit weights and {activations}-bit "
-            f"activations; a bit width of {bitwidth} would simulate another model: leave it "
-            "out (bitwidth= / --bitwidth)"
+    props = graph_properties(proto)
+    has_widths = WEIGHT_BITS_PROP in props or ACTIVATION_BITS_PROP in props
+    uniform = (recorded.bitwidth_weights, recorded.bitwidth_activations) == (bitwidth, bitwidth)
+    if has_widths and (recorded.mixed or not uniform):
+        widths = (
+            "mixed 8/16-bit layers"
+            if recorded.mixed
+            else (
+                f"{recorded.bitwidth_weights}-bit weights and {recorded.bitwidth_activations}-bit "
+                "activations"
+            )
         )
-    return Bits(bitwidth, bitwidth)
+        raise SimulationError(
+            f"the graph was exported with {widths}; a bit width of {bitwidth} would simulate "
+            "another model: leave it out (bitwidth= / --bitwidth)"
+        )
+    return TensorBits(bitwidth, bitwidth)
 
 
 def _qat_dtype(proto: onnx.ModelProto) -> torch.dtype:

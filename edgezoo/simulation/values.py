@@ -18,13 +18,15 @@ from edgezoo.quantization.grid import activation_grid
 
 @dataclass(frozen=True)
 class Grid:
-    """An activation range's grid: value = integer * 2^-exponent, integers in [low, high]."""
+    """An activation range's grid: value = integer * 2^-exponent, integers in [low, high] (a
+    `bitwidth`-bit grid)."""
 
     exponent: int
     low: int
     high: int
     clip_min: float
     clip_max: float
+    bitwidth: int = 8
 
     @classmethod
     def of_clip(cls, clip_min: float, clip_max: float, bitwidth: int) -> "Grid":
@@ -37,7 +39,7 @@ class Grid:
                 f"Clip({clip_min:g}, {clip_max:g}) has no power-of-two grid: TIDL's Clip "
                 "ranges are (0, 2^k) or (-2^k, 2^k); export the QAT model with edgezoo.export_onnx"
             )
-        return cls(exponent - 1, int(low), int(high), clip_min, clip_max)
+        return cls(exponent - 1, int(low), int(high), clip_min, clip_max, bitwidth)
 
 
 @dataclass(frozen=True)

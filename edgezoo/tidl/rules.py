@@ -38,6 +38,7 @@ __all__ = [
     "INPUT_STD_PROP",
     "LINT_TIDL_RULES",
     "MAX_STRIDE2_KERNEL",
+    "PRECISION_CHANGING_OPS",
     "QUANTIZED_WEIGHT_OPS",
     "RANGE_CONSUMERS",
     "RANGE_PRODUCERS",
@@ -129,6 +130,25 @@ RANGE_PRODUCERS: frozenset[str] = frozenset(
 
 RANGE_CONSUMERS: frozenset[str] = RANGE_PRODUCERS
 """Ops at which an unclipped range has been used: reaching one before a Clip is a violation."""
+
+PRECISION_CHANGING_OPS: frozenset[str] = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "BatchNormalization",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Add",
+        "Mul",
+        "Concat",
+    }
+)
+"""Layers whose output TIDL may hold at another width than their inputs in a mixed-precision
+graph (Conv, BN, non-max pools and eltwise layers in TIDL's docs; Concat requantizes each input
+onto its output's scale, so edgezoo counts it too). Every other layer inherits its input's
+width, so a Clip after one cannot change it."""
 
 QUANTIZED_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm"})
 """Ops whose weights TIDL re-quantizes per tensor with a power-of-two scale."""
