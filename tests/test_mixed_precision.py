@@ -207,3 +207,78 @@ def test_qat_and_ptq_wrappers_train_a_mixed_model():
     loss = q.train()(torch.randn(2, 3, 32, 32)).square().mean()
     loss.backward()
     assert q.module.fc.weight.grad is not None
+
+
+class TwoConvs(nn.Module):
+    """A conv half of whose channels are 512 times smaller than the others (a per-tensor
+    8-bit grid rounds them away) while the head reads them 512 times larger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.spread = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.head = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.spread.weight[:4].div_(512.0)
+            self.spread.bias[:4].div_(512.0)
+            self.head.weight[:, :4].mul_(512.0)
+
+    def forward(self, x):
+        return self.head(self.relu2(self.spread(self.relu1(self.plain(x)))))
+
+
+def test_selection_measures_each_layer_and_keeps_to_the_budget():
+    torch.manual_seed(0)
+    model = TwoConvs()
+    data = [torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    macs = edgezoo.quantization.selection.layer_macs(model, data[0])
+    assert macs == {"plain": 16 * 16 * 8 * 27, "spread": 16 * 16 * 8 * 72, "head": 16 * 16 * 4 * 8}
+    choice = edgezoo.select_16bit_layers(model, data, budget=1.0, progress=False)
+    assert max(choice.gains_db, key=choice.gains_db.get) == "spread"
+    assert "spread" in choice.layer_bits and choice.sqnr_selected_db > choice.sqnr_8bit_db
+    assert sum(choice.macs_share.values()) == pytest.approx(1.0)
+    cheap = edgezoo.select_16bit_layers(model, data, budget=0.3, progress=False)
+    assert "spread" not in cheap.layer_bits and cheap.used <= 0.3  # 'spread' is 67 % of MACs
+    assert model.training  # the caller's model is left as it was
+    none = edgezoo.select_16bit_layers(model, data, budget=0.0, progress=False)
+    assert none.layer_bits == {} and none.sqnr_selected_db == none.sqnr_8bit_db
+
+
+def test_the_cli_chooses_layers_that_train_and_export_read(tmp_path, capsys):
+    from edgezoo.cli import main
+
+    choice = tmp_path / "bits.json"
+    args = ["mixed-precision", "resnet18", "--input-size", "32", "32", "--batches", "1"]
+    args += ["--batch-size", "4", "--budget", "0.2", "--no-progress", "-o", str(choice)]
+    assert main(args) == 0
+    chosen = json.loads(choice.read_text())["layer_bits"]
+    assert chosen and set(chosen.values()) == {16}
+    assert "of MACs" in capsys.readouterr().out
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # nothing replaced
+    config = QuantizationConfig(layer_bits=chosen)
+    q = QuantTrainModule(
+        edgezoo.get_model("resnet18", num_classes=10), torch.rand(1, 3, 32, 32), config=config
+    )
+    q.train()(torch.randn(4, 3, 32, 32))
+    checkpoint = tmp_path / "qat.pth"
+    torch.save(q.module.state_dict(), checkpoint)
+    export = ["export", "resnet18", "--qat", "--input-size", "32", "32", "--checkpoint"]
+    export += [str(checkpoint), "--allow-uncalibrated", "-o", str(tmp_path / "out")]
+    assert main(export) == 2  # trained with 16-bit layers: refused without them
+    assert "--layer-bits" in capsys.readouterr().err
+    assert main([*export, "--layer-bits", str(choice)]) == 0
+    files = list((tmp_path / "out").glob("*_compile_options.json"))
+    options = json.loads(files[0].read_text())["provider_options"]
+    assert "advanced_options:params_16bit_names_list" in options
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("fc", {"fc": 16}), ("layer1.*=16, fc=8", {"layer1.*": 16, "fc": 8})],
+)
+def test_layer_bits_option_reads_pairs(text, expected):
+    from edgezoo.cli.arguments import layer_bits_option
+
+    assert layer_bits_option(text) == expected
