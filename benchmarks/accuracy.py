@@ -293,8 +293,9 @@ def bootstrap_miou(first: np.ndarray, second: np.ndarray, rounds: int = 1000) ->
 class Results:
     """docs/accuracy.json: every finished run by model and run name, saved after each."""
 
-    def __init__(self, path: Path, lock: Path) -> None:
+    def __init__(self, path: Path, lock: Path, describe=None) -> None:
         self.path, self.lock = path, lock
+        self.describe = describe or summary
         self.data = json.loads(path.read_text()) if path.exists() else {"models": {}}
 
     def get(self, model: str, run: str) -> dict[str, Any] | None:
@@ -312,7 +313,7 @@ class Results:
             self.data.setdefault("machines", {})[model] = machine_description()
             with atomic_path(self.path) as partial:
                 partial.write_text(json.dumps(self.data, indent=1))
-        print(f"{model} {run}: {summary(record)}", flush=True)
+        print(f"{model} {run}: {self.describe(record)}", flush=True)
 
 
 def summary(record: dict[str, Any]) -> str:

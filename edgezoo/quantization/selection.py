@@ -53,6 +53,10 @@ class MixedPrecisionChoice:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def within(self, budget: float) -> dict[str, int]:
+        """The layers this measurement chooses for another budget (no new measurement)."""
+        return {name: 16 for name in _fit_budget(self.gains_db, self.macs_share, budget)}
+
 
 def layer_macs(model: nn.Module, example: Tensor) -> dict[str, int]:
     """Multiply-accumulates per image of every Conv2d / Linear leaf, from one forward."""
@@ -107,17 +111,14 @@ def select_16bit_layers(
     for name in tqdm(list(macs), desc="16-bit sensitivity", disable=not progress):
         widened = dataclasses.replace(base, layer_bits={name: 16})
         gains[name] = _calibrated_sqnr(model, widened, images, reference) - sqnr_8bit
-    chosen = _fit_budget(gains, share, budget)
-    layer_bits = {name: 16 for name in chosen}
+    layer_bits = {name: 16 for name in _fit_budget(gains, share, budget)}
     selected = sqnr_8bit
     if layer_bits:
         widened = dataclasses.replace(base, layer_bits=layer_bits)
         selected = _calibrated_sqnr(model, widened, images, reference)
-    used = sum(share[name] for name in chosen)
+    used = sum(share[name] for name in layer_bits)
     seconds = time.perf_counter() - started
-    logger.info(
-        "chose %d 16-bit layers (%.1f%% of MACs) in %.1f s", len(chosen), used * 100, seconds
-    )
+    logger.info("%d 16-bit layers (%.1f%% of MACs) in %.1f s", len(layer_bits), used * 100, seconds)
     return MixedPrecisionChoice(
         layer_bits, gains, share, budget, used, sqnr_8bit, selected, seconds
     )
