@@ -219,6 +219,27 @@ def test_crafted_tensors_and_missing_opsets_are_violations_not_tracebacks(tmp_pa
     assert "opset" in rules_broken(proto)
 
 
+def test_a_constant_node_bomb_is_a_violation_not_a_traceback(tmp_path, capsys):
+    bomb = TensorProto(name="c", data_type=TensorProto.FLOAT, dims=[10**5, 10**5, 100])
+    bomb.raw_data = b"\0" * 4  # four bytes claiming 4 TB
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=bomb),
+        helper.make_node("Add", ["x", "c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
+    path = tmp_path / "bomb.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), path)
+    assert "tensor-payload" in rules_broken(onnx.load(path))
+    assert main(["verify", str(path)]) == 1
+    assert main(["simulate", str(path)]) == 2
+    assert "Constant node 'c' holds 4 bytes" in capsys.readouterr().err
+
+
 def test_a_vector_clip_bound_is_refused(tmp_path):
     proto = exported(tmp_path, qdq=False)
     clip = [n for n in proto.graph.node if n.op_type == "Clip"][1]

@@ -176,7 +176,7 @@ def _check_outputs(
     if plan.export_format == QDQ_FORMAT:
         raise UsageError(
             "a QDQ export is checked on one output; export a model with several outputs as a "
-            "Clip graph (export_format='clip')"
+            "Clip graph (export_format='clip', CLI: --format clip)"
         )
 
 
@@ -371,6 +371,6 @@ def _failure_message(report: ExportReport) -> str:
     if not report.integer_ok:
         parts.append(report.integer_failure())
     return (
-        f"the export to {report.path} is not TIDL-ready (nothing written; pass strict=False "
-        "to write it anyway):\n" + "\n".join(parts)
+        f"the export to {report.path} is not TIDL-ready (nothing written; pass strict=False, "
+        "CLI: --no-strict, to write it anyway):\n" + "\n".join(parts)
     )

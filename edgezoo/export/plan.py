@@ -84,7 +84,8 @@ def _check_qdq_arithmetic(settings: GraphQuantization, device: TargetDevice) -> 
         raise QuantizationConfigError(
             f"TIDL imports prequantized (QDQ) graphs at 8 bits only, and this model has "
             f"{settings.widest_bitwidth}-bit layers: export it as a Clip graph for TDA4VM "
-            "(export_format='clip', whose TIDL files list the 16-bit layers), or train it at 8 bits"
+            "(export_format='clip' / --format clip, whose TIDL files list the 16-bit layers), or "
+            "train it at 8 bits"
         )
     wrong = []
     if settings.activation_rounding != HALF_EVEN:
@@ -95,13 +96,16 @@ def _check_qdq_arithmetic(settings: GraphQuantization, device: TargetDevice) -> 
         wrong.append(f"bias rule {settings.bias_rule} (QDQ's int32 biases: joint)")
     if wrong:
         clip = (
-            f"export_format='clip' for {device.name}, or " if CLIP_FORMAT in device.formats else ""
+            f"export_format='clip' (--format clip) for {device.name}, or "
+            if CLIP_FORMAT in device.formats
+            else ""
         )
         raise QuantizationConfigError(
             f"this model was trained with {' and '.join(wrong)}, so a QDQ graph would not "
             f"compute what it computes: {clip}train with "
             f"QuantizationConfig(target={device.name!r}, activation_rounding='half_even', "
-            "bias_rule='joint')"
+            f"bias_rule='joint') (CLI: --target {device.name} --activation-rounding half_even "
+            "--bias-rule joint)"
         )
 
 

@@ -230,7 +230,8 @@ def to_qdq(proto: onnx.ModelProto, bitwidth: int, scales: str) -> onnx.ModelProt
     if bitwidth != 8:
         raise ExportVerificationError(
             f"TIDL imports prequantized (QDQ) graphs at 8 bits only, the model is {bitwidth}-bit; "
-            "export it as a Clip graph for TDA4VM (export_format='clip'), or train it at 8 bits"
+            "export it as a Clip graph for TDA4VM (export_format='clip' / --format clip), or train "
+            "it at 8 bits"
         )
     qdq = onnx.ModelProto()
     qdq.CopyFrom(proto)

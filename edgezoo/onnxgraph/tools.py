@@ -101,25 +101,50 @@ def read_constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], list[
     a crafted or damaged file)."""
     constants, problems = {}, []
     for init in graph.initializer:
-        expected = math.prod(init.dims)
-        if init.raw_data:
-            itemsize = helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-            if len(init.raw_data) != expected * itemsize:
-                problems.append(
-                    f"initializer {init.name!r} holds {len(init.raw_data)} bytes, but its shape "
-                    f"{list(init.dims)} needs {expected * itemsize}"
-                )
-                continue
-        try:
-            constants[init.name] = numpy_helper.to_array(init)
-        except (ValueError, TypeError) as err:
-            problems.append(f"initializer {init.name!r} cannot be read: {err}")
+        problem = _payload_problem(init, f"initializer {init.name!r}")
+        if problem is None:
+            problem = _read_into(constants, init.name, init, f"initializer {init.name!r}")
+        if problem is not None:
+            problems.append(problem)
     for node in graph.node:  # opset-11 exports (TI's v1 among them) hold Clip bounds this way
         if node.op_type == "Constant" and node.output:
-            value = _constant_node_value(node)
-            if value is not None:
-                constants[node.output[0]] = value
+            tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+            label = f"Constant node {node.name or node.output[0]!r}"
+            problem = _payload_problem(tensor, label) if tensor is not None else None
+            if problem is None:
+                problem = _read_into(constants, node.output[0], node, label)
+            if problem is not None:
+                problems.append(problem)
     return constants, problems
+
+
+def _payload_problem(tensor: onnx.TensorProto, label: str) -> str | None:
+    """What is wrong with a tensor whose raw payload does not fit its declared shape (a crafted
+    'bomb' declaring billions of elements over a few bytes), before anything is allocated."""
+    if not tensor.raw_data:
+        return None
+    expected = math.prod(tensor.dims)
+    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    if len(tensor.raw_data) != expected * itemsize:
+        return (
+            f"{label} holds {len(tensor.raw_data)} bytes, but its shape {list(tensor.dims)} "
+            f"needs {expected * itemsize}"
+        )
+    return None
+
+
+def _read_into(constants: dict, name: str, source, label: str) -> str | None:
+    """Read an initializer or Constant node into `constants`; the problem when it cannot be."""
+    try:
+        if isinstance(source, onnx.TensorProto):
+            constants[name] = numpy_helper.to_array(source)
+        else:
+            value = _constant_node_value(source)
+            if value is not None:
+                constants[name] = value
+    except (ValueError, TypeError) as err:
+        return f"{label} cannot be read: {err}"
+    return None
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
