@@ -12,6 +12,7 @@ __all__ = [
     "ExportVerificationError",
     "HashMismatchError",
     "InputShapeError",
+    "MemoryBudgetError",
     "ModelFileNotFoundError",
     "ModuleOnlyViolationError",
     "QuantizationConfigError",
@@ -121,6 +122,11 @@ class DiskFullError(EdgezooError, OSError):
 
 class SimulationError(EdgezooError, ValueError):
     """A graph the TIDL integer simulation cannot run (an unsupported op, a missing Clip)."""
+
+
+class MemoryBudgetError(EdgezooError, MemoryError):
+    """Work whose estimated memory exceeds what the machine has free, refused before it
+    allocates (a smaller batch or input fits)."""
 
 
 class DataError(EdgezooError, ValueError):

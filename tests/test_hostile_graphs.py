@@ -10,9 +10,9 @@ from torch import nn
 
 import edgezoo
 from edgezoo.cli import main
-from edgezoo.errors import SimulationError
+from edgezoo.errors import MemoryBudgetError, SimulationError
 from edgezoo.quantization import QuantizationConfig, QuantTrainModule
-from edgezoo.simulation import parity_report, simulate_tidl
+from edgezoo.simulation import memory, parity_report, simulate_tidl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -195,6 +195,21 @@ def test_simulate_refuses_an_input_it_cannot_allocate(tmp_path, capsys):
     onnx.save(proto, path)
     assert main(["simulate", str(path)]) == 2
     assert "values per image" in capsys.readouterr().err
+
+
+def test_simulation_beyond_the_free_memory_is_refused_before_it_allocates(
+    tmp_path, monkeypatch, capsys
+):
+    proto = exported(tmp_path, qdq=False)
+    path = tmp_path / "tiny.onnx"
+    images = np.zeros((64, 3, 8, 8), np.float32)
+    simulate_tidl(path, images)  # fits in what this machine has free
+    monkeypatch.setattr(memory, "available_memory", lambda: 200_000)
+    with pytest.raises(MemoryBudgetError, match="smaller batch"):
+        simulate_tidl(proto, images)
+    simulate_tidl(proto, images[:1])  # one image still fits in 200 kB
+    assert main(["simulate", str(path), "--batch-size", "64"]) == 2  # a resource, not "differs"
+    assert "GiB is available" in capsys.readouterr().err
 
 
 def test_sizes_and_seeds_beyond_reason_are_refused_when_parsed(capsys):

@@ -49,11 +49,17 @@ def run_simulate(args: argparse.Namespace) -> int:
     proto = load_onnx(args.path)
     graph_input_shape(proto)  # its size first: the plainest message for a graph too large
     check_runnable_graph(proto, args.path)
-    batches = list(graph_batches(proto, args.data, args.batches, args.batch_size))
-    report = parity_report(proto, batches, bitwidth=args.bitwidth)
+    first = []  # batches stream through; the first is kept for --save-layers
+
+    def streamed():
+        for batch in graph_batches(proto, args.data, args.batches, args.batch_size):
+            first[:] = first or [batch]
+            yield batch
+
+    report = parity_report(proto, streamed(), bitwidth=args.bitwidth)
     print(report)
     if args.save_layers:
-        _save_layers(proto, batches[0], args.bitwidth, args.save_layers)
+        _save_layers(proto, first[0], args.bitwidth, args.save_layers)
     return 0 if report.exact else 1
 
 

@@ -10,6 +10,7 @@ import onnx
 from torch import Tensor
 
 from edgezoo.onnxgraph import load_onnx
+from edgezoo.simulation.memory import check_simulation_memory
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.simulate import device_arithmetic, qat_arithmetic
 from edgezoo.simulation.values import FloatValue, IntegerValue
@@ -82,6 +83,7 @@ def parity_report(
     report = ParityReport()
     layers: dict[str, LayerParity] = {}
     for batch in batches:
+        check_simulation_memory(program.graph, len(batch), recorded=True, arithmetics=2)
         integer_run = program.run(batch, device, record=True)
         float_run = program.run(batch, qat, record=True)
         for name, (op, value) in integer_run.nodes.items():

@@ -18,6 +18,7 @@ from edgezoo.quantization.grid import (
     check_bitwidth,
 )
 from edgezoo.simulation.arithmetic import FloatArithmetic, IntegerArithmetic
+from edgezoo.simulation.memory import check_simulation_memory
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.values import IntegerValue
 from edgezoo.tidl.rules import (
@@ -124,6 +125,7 @@ class TIDLSimulator:
     def __call__(
         self, inputs: Tensor | np.ndarray, return_integers: bool = False
     ) -> list[np.ndarray] | list[SimulatedTensor]:
+        check_simulation_memory(self.program.graph, len(inputs))
         outputs = self.program.run(inputs, self.arithmetic).outputs
         if return_integers:
             return [_integers(value) for value in outputs]
@@ -133,6 +135,7 @@ class TIDLSimulator:
         """Every tensor the device holds on an activation grid (each Clip's output, and ops
         that keep their input's grid), by ONNX tensor name: what TIDL's fixed-point layer
         traces record, to compare with them (docs/integer_simulation.md)."""
+        check_simulation_memory(self.program.graph, len(inputs), recorded=True)
         run = self.program.run(inputs, self.arithmetic, record=True)
         return {
             output: _integers(value)
