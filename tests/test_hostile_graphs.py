@@ -11,6 +11,7 @@ from torch import nn
 import edgezoo
 from edgezoo.cli import main
 from edgezoo.errors import MemoryBudgetError, SimulationError
+from edgezoo.export import memory as export_memory
 from edgezoo.quantization import QuantizationConfig, QuantTrainModule
 from edgezoo.simulation import memory, parity_report, simulate_tidl
 
@@ -210,6 +211,20 @@ def test_simulation_beyond_the_free_memory_is_refused_before_it_allocates(
     simulate_tidl(proto, images[:1])  # one image still fits in 200 kB
     assert main(["simulate", str(path), "--batch-size", "64"]) == 2  # a resource, not "differs"
     assert "GiB is available" in capsys.readouterr().err
+
+
+def test_an_export_beyond_the_free_memory_is_refused_before_it_traces(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(export_memory, "available_memory", lambda: 2**30)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3))
+    path = tmp_path / "big.onnx"
+    with pytest.raises(MemoryBudgetError, match=r"exporting at 2048x2048 would need about \d+"):
+        edgezoo.export_onnx(model, path, input_size=(2048, 2048), write_configs=False)
+    assert not path.exists()
+    args = ["export", "resnet18", "--input-size", "4096", "4096", "-o", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "smaller input size" in capsys.readouterr().err
 
 
 def test_sizes_and_seeds_beyond_reason_are_refused_when_parsed(capsys):

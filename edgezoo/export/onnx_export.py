@@ -36,6 +36,7 @@ from edgezoo.export.graph_passes import (
     torchscript_export,
 )
 from edgezoo.export.layer_widths import record_widths, tidl_16bit_names, traced_widths
+from edgezoo.export.memory import check_export_memory
 from edgezoo.export.metadata import input_spec, record_normalisation, stamp, stamp_widths
 from edgezoo.export.outputs import output_tensors, traceable_outputs
 from edgezoo.export.plan import ExportPlan, export_plan
@@ -109,6 +110,7 @@ def export_onnx(
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
+    check_export_memory(model, example)
     traced = _reference_and_graph(model, example, plan.opset, wrapped)
     names, reference, qat_out, proto = traced.names, traced.reference, traced.qat, traced.proto
     _check_outputs(names, argmax, write_configs, plan)
