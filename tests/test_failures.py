@@ -330,3 +330,14 @@ def test_the_library_and_the_cli_resume_under_one_rule(tmp_path):
         _fit_tiny(out, epochs=2, resume=True, lr=1e-2)
     _fit_tiny(out, epochs=2, resume=True)  # more epochs: allowed
     assert read_checkpoint(out / LAST)["epoch"] == 2
+
+
+def test_a_scheme_that_differs_on_resume_is_named_option_by_option():
+    from edgezoo.cli.train import _described_difference
+
+    saved = {"target": "am67a", "asymmetric_activations": True, "bias_rule": None}
+    given = {"target": "am67a", "asymmetric_activations": False, "bias_rule": "joint"}
+    assert _described_difference("quantization", saved, given) == [
+        "--asymmetric-activations not given (the run was started with it)",
+        "--bias-rule joint (the run uses the default)",
+    ]

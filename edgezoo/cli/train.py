@@ -368,8 +368,9 @@ def _resumed_config(args: argparse.Namespace, name: str):
     config = load_run_config(args.out)
     differences = resume_differences(config.to_dict(), _given_on_resume(args, name))
     differ = [
-        f"{_OPTIONS[key]} {value} (the run uses {saved})"
+        text
         for key, (saved, value) in differences.items()
+        for text in _described_difference(key, saved, value)
     ]
     if differ:
         raise ResumeMismatchError(
@@ -401,6 +402,38 @@ _QAT_ONLY = {
     "range_lr": "--range-lr",
     "layer_bits": "--layer-bits",
 }
+
+
+_SCHEME_FLAGS = {
+    "target": "--target",
+    "per_channel_weights": "--per-channel-weights",
+    "asymmetric_activations": "--asymmetric-activations",
+    "activation_rounding": "--activation-rounding",
+    "bias_rule": "--bias-rule",
+    "learn_ranges": "--learn-ranges",
+    "layer_bits": "--layer-bits",
+}
+
+
+def _described_difference(key: str, saved: Any, value: Any) -> list[str]:
+    """One setting that differs on resume, in the command line's words (a quantization scheme
+    option by option)."""
+    if not (isinstance(saved, dict) and isinstance(value, dict)):
+        return [f"{_OPTIONS[key]} {value} (the run uses {saved})"]
+    texts = []
+    for field in sorted(set(saved) | set(value)):
+        before, now = saved.get(field), value.get(field)
+        if before == now:
+            continue
+        flag = _SCHEME_FLAGS.get(field, field)
+        if isinstance(before, bool) or isinstance(now, bool):
+            used = "the run was started with it" if before else "the run was started without it"
+            texts.append(f"{flag} {'given' if now else 'not given'} ({used})")
+        else:
+            texts.append(
+                f"{flag} {now if now is not None else '(default)'} (the run uses {before})"
+            )
+    return texts
 
 
 def _refuse_idle_options(args: argparse.Namespace) -> None:
