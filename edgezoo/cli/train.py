@@ -430,9 +430,8 @@ def _described_difference(key: str, saved: Any, value: Any) -> list[str]:
             used = "the run was started with it" if before else "the run was started without it"
             texts.append(f"{flag} {'given' if now else 'not given'} ({used})")
         else:
-            texts.append(
-                f"{flag} {now if now is not None else '(default)'} (the run uses {before})"
-            )
+            used = "the default" if before is None else before
+            texts.append(f"{flag} {'its default' if now is None else now} (the run uses {used})")
     return texts
 
 
