@@ -43,6 +43,17 @@ from edgezoo.tasks import build_task_data
 MODELS = ("resnet18", "mobilenetv2", "deeplabv3plus_mobilenetv2")
 THROUGHPUT_SIZES = {"resnet18": (224, 224), "mobilenetv2": (224, 224)}
 THROUGHPUT_SIZES["deeplabv3plus_mobilenetv2"] = (384, 768)
+MIXED = "mixed"
+MIXED_LAYERS = {  # 16-bit layers of the "mixed" rows: adds and concats of 8- and 16-bit inputs
+    "resnet18": {"layer1.0.conv1": 16, "layer2.*": 16, "fc": 16},
+    "mobilenetv2": {"features.2.*": 16, "features.5.conv.0.*": 16, "classifier.*": 16},
+    "deeplabv3plus_mobilenetv2": {
+        "shortcut.*": 16,
+        "cat": 16,
+        "predictor.*": 16,
+        "aspp.project.*": 16,
+    },
+}
 
 
 def task_data(name: str, size: int):
@@ -51,10 +62,16 @@ def task_data(name: str, size: int):
     return build_task_data("embedded", task, size, mean, std, composite_scenes=(64, 256))
 
 
-def harsh_qat(name: str, data, size: int, bits: int, rule: str, seed: int, steps: int):
-    """QAT with a large learning rate from random weights, then planted half-range peaks."""
+def harsh_qat(name: str, data, size: int, bits: int | str, rule: str, seed: int, steps: int):
+    """QAT with a large learning rate from random weights, then planted half-range peaks.
+    bits: 8, 16 or "mixed" (MIXED_LAYERS at 16 bits, the rest at 8)."""
     torch.manual_seed(seed)
-    config = QuantizationConfig(bitwidth_weights=bits, bitwidth_activations=bits, bias_rule=rule)
+    if bits == MIXED:
+        config = QuantizationConfig(layer_bits=MIXED_LAYERS[name], bias_rule=rule)
+    else:
+        config = QuantizationConfig(
+            bitwidth_weights=bits, bitwidth_activations=bits, bias_rule=rule
+        )
     model = BUILDERS[name](num_classes=data.num_classes)
     q = QuantTrainModule(model, torch.rand(1, 3, size, size), config=config)
     optimizer = torch.optim.SGD(q.parameters(), lr=0.02, momentum=0.9)
@@ -64,14 +81,15 @@ def harsh_qat(name: str, data, size: int, bits: int, rule: str, seed: int, steps
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    plant_half_range_peaks(q, bits)
+    plant_half_range_peaks(q)
     return q.eval()
 
 
 @torch.no_grad()
-def plant_half_range_peaks(q: QuantTrainModule, bits: int) -> None:
+def plant_half_range_peaks(q: QuantTrainModule) -> None:
     units = [m for m in q.module.modules() if isinstance(m, QuantWeightMixin)]
     for unit, sign in zip(units[1:3], (-1.0, 1.0), strict=True):
+        bits = unit.bitwidth
         s = bn_scale(unit.bn) if unit.bn is not None else torch.ones(unit.weight.shape[0])
         s = s.reshape(unit._channel_shape)
         folded = (unit.weight * s).clamp(-0.24, 0.24)
@@ -114,6 +132,7 @@ def agreement_row(name: str, bits: int, rule: str, seed: int, args) -> dict:
         "max_output_steps": max_steps,
         "prediction_agreement": agree / total,
         "images": seen,
+        "measured": measured(),
     }
 
 
@@ -147,7 +166,8 @@ def throughput_row(name: str, args) -> dict:
             seconds["onnxruntime"] += time.perf_counter() - clock
     path.unlink()
     rates = {f"{k}_images_per_s": len(images) / v for k, v in seconds.items()}
-    return {"model": name, "input": [height, width], "images": len(images), **rates}
+    record = {"model": name, "input": [height, width], "images": len(images), **rates}
+    return {**record, "measured": measured()}
 
 
 def agreement_table(rows: list[dict]) -> list[str]:
@@ -185,19 +205,39 @@ def throughput_table(rows: list[dict]) -> list[str]:
 DOC_SECTION = "## Measured agreement"
 
 
+def measured() -> dict:
+    """Where and when one row was measured (rows of one table may come from several runs)."""
+    machine = machine_description()
+    return {"cpu": machine["cpu"], "cores": machine["cores"], "date": time.strftime("%Y-%m-%d")}
+
+
+def contexts(rows: list[dict]) -> str:
+    """The machines and dates the rows were measured on, in words."""
+    seen: dict[tuple, list[str]] = {}
+    for row in rows:
+        context = row["measured"]
+        key = (context["date"], context["cores"], context["cpu"])
+        label = f"{row['model']} {row.get('bits', '')}".strip()
+        seen.setdefault(key, [])
+        if label not in seen[key]:
+            seen[key].append(label)
+    return "; ".join(
+        f"{', '.join(labels)} on {date} on a shared {cores}-core {cpu}"
+        for (date, cores, cpu), labels in seen.items()
+    )
+
+
 def write_doc(doc: Path, data: dict) -> None:
     """Replace docs/integer_simulation.md's measured section with the tables of `data`."""
-    machine = data["machine"]
     rows = data["agreement"]
     differing = sum(r["layers_differing"] for r in rows)
     steps = max((r["max_output_steps"] for r in rows), default=0.0)
     failed = sum(1 for r in rows if not r["export_ok"])
-    date = data.get("date", "the date in the json")
     text = f"""{DOC_SECTION}
 
 `python benchmarks/integer_simulation.py` (results:
-[integer_simulation.json](integer_simulation.json)), measured on a shared
-{machine["cores"]}-core {machine["cpu"]}, torch {machine["torch"]}, one thread, on {date}.
+[integer_simulation.json](integer_simulation.json)), torch {data["machine"]["torch"]}, one
+thread. Agreement rows measured: {contexts(rows)}. Speed: {contexts(data["throughput"])}.
 
 **Agreement under harsh training** (the setting that exposed the negative-peak bug): each model
 wrapped for QAT, trained 20 SGD steps at lr 0.02, momentum 0.9, batch 8 on the embedded
@@ -206,6 +246,8 @@ planted half-range weight peaks (k = -2^(b-2) in one layer, +2^(b-2) in another)
 (strict: the export fails if its own integer check disagrees), and compared with the
 simulation of its own export: every layer (parity_report, 2 batches of 8), the output in steps
 on 64 test images, the predicted class on the first 1000 test images (256 composite scenes).
+Bits "mixed": the layers of MIXED_LAYERS at 16 bits (weights and outputs) and the rest at 8, so
+8/16-bit joints, adds and concats of mixed widths and 16-bit heads are all exercised.
 "weights nudged": layers whose peak entries deploy conversion moved so TIDL keeps the QAT scale
 (the two planted ones, and any that training produced). Over all {len(rows)} rows: {failed}
 exports failed, {differing} layers differ, largest difference {steps:g} output steps.
@@ -258,11 +300,17 @@ def save(path: Path, results: dict) -> None:
         partial.write_text(json.dumps(record, indent=2))
 
 
+def _bits(text: str) -> int | str:
+    return text if text == MIXED else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("agreement", "throughput", "both"), default="both")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--bits", nargs="+", type=int, default=[8, 16])
+    parser.add_argument(
+        "--bits", nargs="+", type=_bits, default=[8, 16, MIXED], help="8, 16 or mixed"
+    )
     parser.add_argument("--rules", nargs="+", default=list(BIAS_RULES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=20, help="QAT steps at lr 0.02")
