@@ -115,6 +115,10 @@ def test_a_checkpoint_is_exported_only_as_it_was_trained(tmp_path, capsys):
     scheme = ["--per-channel-weights", "--target", "am68a"]
     assert main([*base, str(checkpoint), *scheme, *out]) == 0
 
+    default = _qat_checkpoint(tmp_path, "ti_v1.pth")  # TDA4VM's default bias rule
+    assert main([*base, str(default), "--bias-rule", "joint", "-o", str(tmp_path / "o2")]) == 2
+    assert "trained with bias_rule_index=ti_v1" in capsys.readouterr().err
+
 
 def test_a_float_checkpoint_is_not_exported_as_qat_even_when_uncalibrated_is_allowed(
     tmp_path, capsys

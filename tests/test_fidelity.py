@@ -11,7 +11,11 @@ import torch
 from torch import nn
 
 import edgezoo
-from edgezoo.errors import ExportVerificationError, QuantizationConfigError
+from edgezoo.errors import (
+    CheckpointMismatchError,
+    ExportVerificationError,
+    QuantizationConfigError,
+)
 from edgezoo.models import BUILDERS
 from edgezoo.quantization import QuantizationConfig, QuantTrainModule, convert_to_deploy
 from edgezoo.quantization.grid import (
@@ -198,8 +202,12 @@ def test_the_bias_rule_is_saved_with_the_model_and_recorded_in_the_export(tmp_pa
     state = copy.deepcopy(q.module.state_dict())
     other = resnet(QuantizationConfig())
     assert other.module.conv1.bias_rule == "ti_v1"  # the default for TDA4VM's Clip graphs
-    other.module.load_state_dict(state)
-    assert other.module.conv1.bias_rule == "joint"
+    # Another rule would export another model: refused, naming the option, never adopted.
+    with pytest.raises(CheckpointMismatchError, match=r"bias_rule_index=joint.*--bias-rule"):
+        other.module.load_state_dict(state)
+    alike = resnet(QuantizationConfig(bias_rule="joint"))
+    alike.module.load_state_dict(state)
+    assert alike.module.conv1.bias_rule == "joint"
     with torch.no_grad():
         q(torch.randn(2, 3, 32, 32))
     path = tmp_path / "m.onnx"

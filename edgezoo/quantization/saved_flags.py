@@ -24,6 +24,8 @@ class SavedFlagsMixin:
     SCHEME_FLAGS: ClassVar[dict[str, str]] = {}
     """Flags fixed by how the model was wrapped (the quantization scheme): a checkpoint with
     another value is refused, with the option that wraps it alike, instead of loaded."""
+    FLAG_NAMES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Flags that index a vocabulary, shown by name in messages."""
 
     def _init_saved_flags(self) -> None:
         # Runs after the attributes are set; a load without the key keeps the current values.
@@ -40,16 +42,27 @@ class SavedFlagsMixin:
                 f"the checkpoint holds {len(values)}: it was written by another version of this "
                 "layer; load it with the edgezoo version that wrote it"
             )
-        for name, value in zip(self.FLAGS, values, strict=False):
-            current = getattr(self, name)
-            value = type(current)(value)
-            if name in self.SCHEME_FLAGS and value != current:
-                raise CheckpointMismatchError(
-                    f"{type(self).__name__}: the checkpoint was trained with {name}={value}, "
-                    f"this model is wrapped with {name}={current}; wrap it as it was trained: "
-                    f"{self.SCHEME_FLAGS[name]}"
-                )
+        loaded = {
+            name: type(getattr(self, name))(value)
+            for name, value in zip(self.FLAGS, values, strict=False)
+        }
+        mismatched = [n for n in self.SCHEME_FLAGS if n in loaded and loaded[n] != getattr(self, n)]
+        if mismatched:
+            raise CheckpointMismatchError(
+                f"{type(self).__name__}: the checkpoint was trained with "
+                + ", ".join(f"{n}={self._shown(n, loaded[n])}" for n in mismatched)
+                + ", this model is wrapped with "
+                + ", ".join(f"{n}={self._shown(n, getattr(self, n))}" for n in mismatched)
+                + "; wrap it as it was trained: "
+                + "; ".join(self.SCHEME_FLAGS[n] for n in mismatched)
+            )
+        for name, value in loaded.items():
             setattr(self, name, value)
+
+    def _shown(self, name: str, value: int) -> object:
+        """A flag's value as messages show it (a vocabulary index by its name)."""
+        names = self.FLAG_NAMES.get(name)
+        return names[value] if names is not None else value
 
 
 def _keep_flags_when_missing(module: SavedFlagsMixin, state_dict: dict, prefix: str, *_) -> None:

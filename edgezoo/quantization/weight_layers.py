@@ -104,7 +104,10 @@ class QuantWeightMixin(InputGridMixin, SavedFlagsMixin):
         "(CLI: --layer-bits)",
         "bias_bitwidth": "QuantizationConfig(bitwidth_*=..., layer_bits=...) as it was trained "
         "(CLI: --layer-bits)",
+        "bias_rule_index": "QuantizationConfig(bias_rule=...) as it was trained (CLI: "
+        "--bias-rule; the default is ti_v1 for TDA4VM Clip graphs, joint for QDQ)",
     }
+    FLAG_NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"bias_rule_index": BIAS_RULES}
     weight: nn.Parameter
     bias: nn.Parameter | None
     bn: QuantBatchNorm2d | None
