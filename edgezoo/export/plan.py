@@ -4,7 +4,6 @@ refused early when the device, the format or the model's quantization scheme rul
 from dataclasses import dataclass
 
 from edgezoo.errors import QuantizationConfigError, TIDLRuleError
-from edgezoo.export.qdq import QDQ_MIN_OPSET
 from edgezoo.export.tidl_config import TIDLCompilation
 from edgezoo.quantization import GraphQuantization
 from edgezoo.quantization.grid import BIAS_JOINT, HALF_EVEN
@@ -67,11 +66,12 @@ def export_plan(
         if export_format == QDQ_FORMAT:
             _check_qdq_arithmetic(settings, device)
     if opset is None:
-        opset = QDQ_MIN_OPSET if export_format == QDQ_FORMAT else rules.EXPORT_OPSETS[0]
+        opset = rules.QDQ_MIN_OPSET if export_format == QDQ_FORMAT else rules.EXPORT_OPSETS[0]
     check_opset(opset)
-    if export_format == QDQ_FORMAT and opset < QDQ_MIN_OPSET:
+    if export_format == QDQ_FORMAT and opset < rules.QDQ_MIN_OPSET:
         raise TIDLRuleError(
-            f"a QDQ export needs opset {QDQ_MIN_OPSET} or later (per-channel DequantizeLinear), "
+            f"a QDQ export needs opset {rules.QDQ_MIN_OPSET} or later (per-channel "
+            "DequantizeLinear), "
             f"got {opset}"
         )
     return ExportPlan(device, export_format, opset)

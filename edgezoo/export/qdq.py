@@ -22,23 +22,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import torch
 from onnx import helper, numpy_helper
 
 from edgezoo.errors import ExportVerificationError
 from edgezoo.export.weight_grid import GRID_TOLERANCE_STEPS
 from edgezoo.onnxgraph.indexed import DEFAULT_DOMAINS, IndexedGraph
 from edgezoo.quantization.affine import AFFINE_SCALES, AffineGrid, affine_grid
-from edgezoo.quantization.grid import ceil2
+from edgezoo.quantization.grid import clip_step, import_weight_scale
+from edgezoo.tidl import rules
 
-__all__ = ["GRID_KEEPING_OPS", "QDQ_AFTER_OPS", "QDQ_MIN_OPSET", "clip_grid", "to_qdq"]
+__all__ = ["clip_grid", "to_qdq"]
 
-QDQ_MIN_OPSET = 13
-QDQ_AFTER_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Resize"})
-"""Ops whose output keeps its input's grid and that TIDL needs a Q/DQ pair after."""
-GRID_KEEPING_OPS = QDQ_AFTER_OPS | {"Flatten", "Reshape"}
-"""Ops whose output lies on their input's grid (Flatten and Reshape need no Q/DQ: TIDL passes
-the zero point through)."""
-_WEIGHT_OPS = frozenset({"Conv", "Gemm"})
 _BIAS_TOLERANCE_STEPS = 0.05
 """How far from its grid an exported bias may be (float32 rounding of affine joint scales)."""
 
@@ -48,10 +43,8 @@ def clip_grid(clip_min: float, clip_max: float, bitwidth: int, scales: str) -> A
     unsigned, zero point 0) or affine."""
     if scales == AFFINE_SCALES:
         return affine_grid(clip_min, clip_max, bitwidth)
-    if clip_min < 0:
-        half = 2 ** (bitwidth - 1)
-        return AffineGrid(clip_max / half, 0, -half, half - 1)
-    return AffineGrid(clip_max / 2**bitwidth, 0, 0, 2**bitwidth - 1)
+    step, low, high = clip_step(clip_min, clip_max, bitwidth)
+    return AffineGrid(step, 0, low, high)
 
 
 @dataclass
@@ -74,10 +67,10 @@ class _Rewrite:
             if node.op_type == "Clip":
                 self._clip(node)
                 continue
-            if node.op_type in _WEIGHT_OPS:
+            if node.op_type in rules.QDQ_WEIGHT_OPS:
                 self._weights(node)
             self.nodes.append(node)
-            if node.op_type in GRID_KEEPING_OPS:
+            if node.op_type in rules.QDQ_GRID_KEEPING_OPS:
                 self._keep_grid(node)
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
@@ -120,7 +113,7 @@ class _Rewrite:
             return
         output = node.output[0]
         readers = self.index.readers(output)
-        if node.op_type not in QDQ_AFTER_OPS or (
+        if node.op_type not in rules.QDQ_AFTER_OPS or (
             readers and all(r.op_type == "Clip" for r in readers)
         ):
             self.grids[output] = grid
@@ -181,13 +174,8 @@ def _weight_axis(node: onnx.NodeProto) -> int:
 
 
 def _power_of_two_scale(weight: np.ndarray, bitwidth: int) -> float:
-    """2^(b-1) / ceil2(max|w|), halved when a weight would land on +2^(b-1) (the power-of-two
-    maximum case, where the QAT grid was the next coarser one)."""
-    half = 2 ** (bitwidth - 1)
-    scale = half / ceil2(float(np.abs(weight).max(initial=0.0)))
-    if np.any(weight.astype(np.float64) * scale >= half):
-        scale /= 2
-    return scale
+    """The per-tensor scale TIDL keeps for these weights (grid.import_weight_scale)."""
+    return import_weight_scale(torch.tensor(weight), bitwidth)
 
 
 def _weight_integers(
@@ -238,7 +226,7 @@ def to_qdq(proto: onnx.ModelProto, bitwidth: int, scales: str) -> onnx.ModelProt
     _Rewrite(qdq, bitwidth, scales).run()
     for opset in qdq.opset_import:
         if opset.domain in DEFAULT_DOMAINS:
-            opset.version = max(opset.version, QDQ_MIN_OPSET)
+            opset.version = max(opset.version, rules.QDQ_MIN_OPSET)
     used = {name for node in qdq.graph.node for name in node.input}
     kept = [init for init in qdq.graph.initializer if init.name in used]
     del qdq.graph.initializer[:]

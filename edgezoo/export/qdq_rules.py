@@ -14,10 +14,11 @@ activations.
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
-from edgezoo.export.qdq import QDQ_MIN_OPSET
 from edgezoo.export.report import GraphViolation
 from edgezoo.onnxgraph.indexed import IndexedGraph
+from edgezoo.quantization.grid import power_of_two_mask
 from edgezoo.targets import TARGETS
 from edgezoo.tidl import rules
 
@@ -42,7 +43,6 @@ _NEEDS_QDQ = frozenset(
 """Layers that read dequantized inputs and whose outputs are quantized again."""
 _SYMMETRIC_ONLY = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "ArgMax"})
 _PASS_THROUGH = frozenset({"Flatten", "Reshape"})
-_WEIGHT_OPS = frozenset({"Conv", "Gemm"})
 _FUSING_OPS = frozenset({"Conv", "Gemm", "Add"})
 """Layers TIDL merges with the activation that follows them (the Q/DQ pair comes after it, as
 in QDQ graphs from torch.ao, TI's v2 QAT, Brevitas and NNCF)."""
@@ -57,12 +57,13 @@ def is_qdq_graph(proto) -> bool:
 
 def check_qdq_graph(graph: IndexedGraph) -> Iterator[GraphViolation]:
     """Every QDQ rule violation of a graph."""
-    if graph.opset is not None and graph.opset < QDQ_MIN_OPSET:
+    if graph.opset is not None and graph.opset < rules.QDQ_MIN_OPSET:
         yield GraphViolation(
             "qdq-opset",
             "<graph>",
-            f"opset {graph.opset}: per-axis DequantizeLinear needs opset {QDQ_MIN_OPSET}; export "
-            f"with opset {QDQ_MIN_OPSET} or later",
+            f"opset {graph.opset}: per-axis DequantizeLinear needs opset "
+            f"{rules.QDQ_MIN_OPSET}; export "
+            f"with opset {rules.QDQ_MIN_OPSET} or later",
         )
     for index, node in enumerate(graph.nodes):
         name = graph.names[index]
@@ -146,12 +147,12 @@ def _check_scale(graph: IndexedGraph, node, name: str, scale: np.ndarray, consta
     target = rules.graph_properties(graph.proto).get(rules.TARGET_PROP)
     device = TARGETS.get(target or "")
     if device is not None and not device.asymmetric and not constant_input:
-        mantissa, _ = np.frexp(values)
-        if np.any(mantissa != 0.5):
+        off_grid = ~power_of_two_mask(torch.tensor(values)).numpy()
+        if np.any(off_grid):
             yield GraphViolation(
                 "qdq-power-of-two",
                 name,
-                f"{node.op_type} scale {values[mantissa != 0.5][0]!r} on a {target} graph: "
+                f"{node.op_type} scale {values[off_grid][0]!r} on a {target} graph: "
                 "TDA4VM requantizes with shifts, so activation scales must be powers of two",
             )
     if node.op_type == "DequantizeLinear" and not constant_input:
@@ -188,7 +189,7 @@ def _dequantized(graph: IndexedGraph, tensor: str) -> bool:
 
 
 def _check_inputs_dequantized(graph: IndexedGraph, node, name: str) -> Iterator[GraphViolation]:
-    inputs = node.input[:1] if node.op_type in _WEIGHT_OPS | {"Resize"} else node.input
+    inputs = node.input[:1] if node.op_type in rules.QDQ_WEIGHT_OPS | {"Resize"} else node.input
     for position, tensor in enumerate(inputs):
         if tensor and not _dequantized(graph, tensor):
             yield GraphViolation(
@@ -197,7 +198,7 @@ def _check_inputs_dequantized(graph: IndexedGraph, node, name: str) -> Iterator[
                 f"input {position} ({tensor!r}) of {node.op_type} is not dequantized: TIDL "
                 "needs a Q/DQ pair before every supported layer",
             )
-    if node.op_type in _WEIGHT_OPS:
+    if node.op_type in rules.QDQ_WEIGHT_OPS:
         for tensor in node.input[1:]:
             if tensor and graph.producers.get(tensor) != "DequantizeLinear":
                 yield GraphViolation(
@@ -229,7 +230,7 @@ def _check_output_quantized(graph: IndexedGraph, node, name: str) -> Iterator[Gr
     activation = _fused_activation(graph, node)
     output = (activation or node).output[0]
     readers = graph.reader_ops(output)
-    if not readers and node.op_type in _WEIGHT_OPS:
+    if not readers and node.op_type in rules.QDQ_WEIGHT_OPS:
         return  # a final Conv/Gemm may hand TIDL its float output
     if not readers or any(op != "QuantizeLinear" for op in readers):
         yield GraphViolation(

@@ -71,6 +71,35 @@ def is_power_of_two_range(clip_min: float, clip_max: float) -> bool:
     return ceil2(clip_max) == clip_max and clip_min in (0.0, -clip_max)
 
 
+def power_of_two_exponent(scale: float) -> int | None:
+    """k where scale == 2^k exactly (None when scale is not a positive power of two)."""
+    mantissa, exponent = math.frexp(float(scale))
+    return exponent - 1 if mantissa == 0.5 else None
+
+
+def power_of_two_mask(values: Tensor) -> Tensor:
+    """Which entries are exact powers of two (positive or negative)."""
+    return torch.frexp(values)[0].abs() == 0.5
+
+
+def clip_step(clip_min: float, clip_max: float, bitwidth: int) -> tuple[float, int, int]:
+    """(value per integer step, lowest integer, highest integer) of a clip range's grid: the
+    host-float form of activation_grid, as a QuantizeLinear or the simulator reads it."""
+    scale, low, high = _host_grid(float(clip_min), float(clip_max), bitwidth)
+    return 1.0 / scale, int(low), int(high)
+
+
+def import_weight_scale(weight: Tensor, bitwidth: int = 8) -> float:
+    """The per-tensor scale TIDL keeps on import for weights already on a QAT grid: 2^(b-1) /
+    ceil2(max|w|), halved when a weight would land on +2^(b-1) (the power-of-two maximum case,
+    where the QAT grid was the next coarser one; keep_scale_on_import)."""
+    half = 2 ** (bitwidth - 1)
+    scale = float(weight_scale(weight, bitwidth))
+    if bool((weight.double() * scale >= half).any()):
+        scale /= 2
+    return scale
+
+
 def check_bitwidth(bitwidth: int) -> int:
     """Return bitwidth if it is an int in [2, 16], else raise QuantizationConfigError."""
     if isinstance(bitwidth, bool) or not isinstance(bitwidth, int):

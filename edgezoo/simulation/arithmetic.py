@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from edgezoo.errors import SimulationError
 from edgezoo.quantization.exact import exact_conv2d
 from edgezoo.quantization.grid import (
     BIAS_JOINT,
     fake_quantize_activation,
     fake_quantize_bias,
     imported_bias_integers,
+    power_of_two_exponent,
     rounding_divide,
     scaled_round,
     weight_integers,
@@ -65,9 +67,11 @@ class PoolSpec:
 
 
 def _exponent(scale: Tensor) -> int:
-    """log2 of a power-of-two scale, exactly."""
-    mantissa, exponent = math.frexp(float(scale))
-    return exponent - 1 if mantissa == 0.5 else exponent
+    """log2 of a weight scale (a power of two by construction: weight_scale's)."""
+    exponent = power_of_two_exponent(float(scale))
+    if exponent is None:
+        raise SimulationError(f"weight scale {float(scale)!r} is not a power of two")
+    return exponent
 
 
 def bias_bits(weight_bits: int, value: IntegerValue | FloatValue) -> int:

@@ -6,14 +6,12 @@ activation range's grid (it came out of a Clip, or out of an op that keeps its i
 a Conv, Gemm, Add or Concat output is an accumulator until a Clip requantizes it.
 """
 
-import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from edgezoo.errors import SimulationError
-from edgezoo.quantization.grid import activation_grid
+from edgezoo.quantization.grid import clip_step, power_of_two_exponent
 
 
 @dataclass(frozen=True)
@@ -31,15 +29,14 @@ class Grid:
     @classmethod
     def of_clip(cls, clip_min: float, clip_max: float, bitwidth: int) -> "Grid":
         """The grid of Clip(clip_min, clip_max) at `bitwidth` (its max must be a power of two)."""
-        bounds = torch.tensor([clip_min, clip_max], dtype=torch.float64)
-        scale, low, high = (float(v) for v in activation_grid(bounds[0], bounds[1], bitwidth))
-        mantissa, exponent = math.frexp(scale)
-        if mantissa != 0.5:
+        step, low, high = clip_step(clip_min, clip_max, bitwidth)
+        exponent = power_of_two_exponent(step)
+        if exponent is None:
             raise SimulationError(
                 f"Clip({clip_min:g}, {clip_max:g}) has no power-of-two grid: TIDL's Clip "
                 "ranges are (0, 2^k) or (-2^k, 2^k); export the QAT model with edgezoo.export_onnx"
             )
-        return cls(exponent - 1, int(low), int(high), clip_min, clip_max, bitwidth)
+        return cls(-exponent, low, high, clip_min, clip_max, bitwidth)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,10 @@ __all__ = [
     "LINT_TIDL_RULES",
     "MAX_STRIDE2_KERNEL",
     "PRECISION_CHANGING_OPS",
+    "QDQ_AFTER_OPS",
+    "QDQ_GRID_KEEPING_OPS",
+    "QDQ_MIN_OPSET",
+    "QDQ_WEIGHT_OPS",
     "QUANTIZED_WEIGHT_OPS",
     "RANGE_CONSUMERS",
     "RANGE_PRODUCERS",
@@ -152,6 +156,16 @@ width, so a Clip after one cannot change it."""
 
 QUANTIZED_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm"})
 """Ops whose weights TIDL re-quantizes per tensor with a power-of-two scale."""
+
+QDQ_MIN_OPSET = 13
+"""QDQ graphs need opset 13 (per-axis DequantizeLinear for per-channel weights)."""
+QDQ_AFTER_OPS: frozenset[str] = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Resize"})
+"""Ops whose output keeps its input's grid and that TIDL's QDQ import needs a Q/DQ pair after."""
+QDQ_GRID_KEEPING_OPS: frozenset[str] = QDQ_AFTER_OPS | {"Flatten", "Reshape"}
+"""Ops whose output lies on their input's grid (Flatten and Reshape need no Q/DQ: TIDL passes
+the zero point through)."""
+QDQ_WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "Gemm"})
+"""Ops whose weights a QDQ graph holds as integer initializers behind a DequantizeLinear."""
 
 WEIGHT_BITS_PROP = "edgezoo.weight_bits"
 ACTIVATION_BITS_PROP = "edgezoo.activation_bits"
