@@ -10,7 +10,7 @@ from edgezoo.export.report import GraphViolation
 from edgezoo.export.verify_context import CheckedGraph
 from edgezoo.onnxgraph.indexed import DEFAULT_DOMAINS
 from edgezoo.onnxgraph.tools import node_attributes
-from edgezoo.quantization.grid import ceil2, is_power_of_two_range
+from edgezoo.quantization.grid import is_power_of_two_range
 from edgezoo.tidl import rules
 
 __all__ = ["check_nodes"]
@@ -173,8 +173,7 @@ def _check_resize_scales(
         len(values) == 4
         and values[0] == values[1] == 1.0
         and values[2] == values[3]
-        and values[2] >= 1.0
-        and ceil2(values[2]) == values[2]
+        and rules.is_resize_scale(values[2])
     )
     if not legal:
         yield GraphViolation(

@@ -5,16 +5,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgezoo.errors import InputShapeError, TIDLRuleError
-
-TIDL_RESIZE_MODES = ("nearest", "bilinear")
+from edgezoo.tidl.rules import RESIZE_TORCH_MODES, is_resize_scale
 
 
 def validate_resize(scale_factor: object, mode: str, align_corners: bool | None = False) -> int:
     """Return the scale factor as an int, or raise if TIDL's Resize rules forbid the request."""
-    if mode not in TIDL_RESIZE_MODES:
+    if mode not in RESIZE_TORCH_MODES:
         raise TIDLRuleError(
             f"resize mode {mode!r} is not supported: TIDL's Resize accepts only "
-            f"{' and '.join(TIDL_RESIZE_MODES)} (ONNX nearest / linear)"
+            f"{' and '.join(RESIZE_TORCH_MODES)} (ONNX nearest / linear)"
         )
     if align_corners:
         raise TIDLRuleError(
@@ -26,14 +25,13 @@ def validate_resize(scale_factor: object, mode: str, align_corners: bool | None 
             f"scale_factor must be one number (equal for H and W, as TIDL requires), "
             f"got {scale_factor!r}"
         )
-    scale = int(scale_factor)
-    if scale != scale_factor or scale < 1 or scale & (scale - 1):
+    if not is_resize_scale(scale_factor):
         raise TIDLRuleError(
             f"scale_factor {scale_factor!r} is not supported: TIDL's Resize needs an integer "
             f"power-of-two scale >= 1 (1, 2, 4, 8, ...); resize with a size input is not "
             f"supported either"
         )
-    return scale
+    return int(scale_factor)
 
 
 def resize_with(x: Tensor, scale_factor: int, mode: str = "bilinear") -> Tensor:

@@ -20,6 +20,7 @@ from edgezoo.onnxgraph.indexed import IndexedGraph
 from edgezoo.onnxgraph.tools import node_attributes, order_problem
 from edgezoo.simulation.arithmetic import ConvSpec, PoolSpec
 from edgezoo.simulation.values import Grid, Value
+from edgezoo.tidl import rules
 
 __all__ = ["ASSUMED_OPS", "GraphProgram", "GraphRun"]
 
@@ -368,14 +369,12 @@ def _resize_mode_and_scale(
     scales = constants.get(scales_name)
     square = scales is not None and scales.numel() == 4 and float(scales[2]) == float(scales[3])
     factor = float(scales[-1]) if square else 0.0
-    legal_coordinates = (
-        coordinates in ("half_pixel", "pytorch_half_pixel") if mode == "linear" else True
-    )
-    if scales is None or factor < 1 or factor != int(factor) or int(factor) & (int(factor) - 1):
+    legal_coordinates = coordinates in rules.HALF_PIXEL_MODES if mode == "linear" else True
+    if scales is None or not rules.is_resize_scale(factor):
         raise SimulationError(
             f"node {name} (Resize) needs constant power-of-two scales, equal for H and W"
         )
-    if mode not in ("nearest", "linear") or not legal_coordinates:
+    if mode not in rules.RESIZE_MODES or not legal_coordinates:
         raise SimulationError(
             f"node {name} (Resize {mode}, {coordinates}) is not a TIDL resize: nearest, or "
             "linear with half_pixel coordinates"

@@ -49,6 +49,7 @@ __all__ = [
     "RESIZE_COORDINATE_MODES",
     "RESIZE_MODES",
     "RESIZE_RULE",
+    "RESIZE_TORCH_MODES",
     "ROUNDING_PROP",
     "TARGET_PROP",
     "TIDL_DEPTHWISE_KERNEL_STRIDE",
@@ -59,6 +60,7 @@ __all__ = [
     "graph_bits",
     "graph_properties",
     "input_normalisation",
+    "is_resize_scale",
 ]
 
 TIDL_SUPPORTED_OPS: frozenset[str] = frozenset(
@@ -112,6 +114,8 @@ MAX_STRIDE2_KERNEL = 7
 """TIDL does not run stride-2 convolutions with kernels larger than 7."""
 
 RESIZE_MODES: frozenset[str] = frozenset({"nearest", "linear"})
+RESIZE_TORCH_MODES: dict[str, str] = {"nearest": "nearest", "bilinear": "linear"}
+"""PyTorch's interpolate modes TIDL runs, and the ONNX Resize mode each exports as."""
 RESIZE_COORDINATE_MODES: frozenset[str] = frozenset(
     {"half_pixel", "pytorch_half_pixel", "asymmetric"}
 )
@@ -188,6 +192,13 @@ HALF_PIXEL_MODES: frozenset[str] = frozenset({"half_pixel", "pytorch_half_pixel"
 
 UNTRAINED_RANGES_PROP = "edgezoo.untrained_ranges"
 """Model property an export writes when its QAT ranges never saw data (their number)."""
+
+
+def is_resize_scale(factor: object) -> bool:
+    """Whether TIDL's Resize takes this scale factor: an integer power of two >= 1."""
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor >= 1:
+        return False
+    return factor == int(factor) and int(factor) & (int(factor) - 1) == 0
 
 
 def graph_properties(proto) -> dict[str, str]:
