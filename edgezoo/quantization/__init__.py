@@ -42,7 +42,7 @@ from edgezoo.quantization.learned_range import learned_range_parameters
 from edgezoo.quantization.modes import WRAPPER_MODES
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import QuantizedLayer
-from edgezoo.quantization.planner import (
+from edgezoo.quantization.quantized_model import (
     GraphQuantization,
     activation_ranges,
     graph_quantization,

@@ -22,7 +22,7 @@ from edgezoo.quantization.batch_norm import (
 from edgezoo.quantization.clip import Clip
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import InputGridLayer, QuantizedLayer
-from edgezoo.quantization.planner import is_quantized
+from edgezoo.quantization.quantized_model import is_quantized
 from edgezoo.quantization.weight_layers import (
     QuantConv2d,
     QuantLinear,

@@ -12,7 +12,7 @@ from torch import nn
 from edgezoo.errors import QuantizationConfigError, QuantizationModeError
 from edgezoo.quantization.batch_norm import QuantBatchNormMixin
 from edgezoo.quantization.pact2 import PACT2
-from edgezoo.quantization.planner import activation_ranges, quant_batch_norms
+from edgezoo.quantization.quantized_model import activation_ranges, quant_batch_norms
 from edgezoo.quantization.weight_layers import QuantWeightMixin
 
 

@@ -20,7 +20,6 @@ name). No hook runs in the training path.
 """
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,18 +28,17 @@ from torch import Tensor, nn
 from edgezoo.conversion.plain_layers import plain_base
 from edgezoo.errors import ModuleOnlyViolationError, QuantizationConfigError
 from edgezoo.layers import AddBlock, CatBlock, MulBlock, ResizeWith
-from edgezoo.quantization.affine import AFFINE_SCALES, POWER_OF_TWO_SCALES
+from edgezoo.quantization.affine import AFFINE_SCALES
 from edgezoo.quantization.batch_norm import (
     FOLDABLE_BATCH_NORMS,
     QUANT_BATCH_NORMS,
-    QuantBatchNormMixin,
 )
 from edgezoo.quantization.config import QuantizationConfig
 from edgezoo.quantization.graph import LeafGraph, LeafNode, trace_leaf_graph
-from edgezoo.quantization.grid import BIAS_JOINT
 from edgezoo.quantization.layer_spec import resolve_layer_bits
 from edgezoo.quantization.pact2 import PACT2
 from edgezoo.quantization.parameter_free import InputGridLayer, QuantizedLayer, makes_new_values
+from edgezoo.quantization.quantized_model import refuse_quantized
 from edgezoo.quantization.weight_layers import (
     QuantConv2d,
     QuantLinear,
@@ -78,13 +76,6 @@ _PASSTHROUGH_TYPES = (
     nn.Upsample,
 )
 _POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
-_QUANTIZATION_TYPES = (
-    PACT2,
-    QuantWeightMixin,
-    QuantBatchNormMixin,
-    QuantizedLayer,
-    InputGridLayer,
-)
 
 
 def is_global_pool(module: nn.Module) -> bool:
@@ -110,11 +101,6 @@ def layer_kind(module: nn.Module) -> str:
     if isinstance(module, _POOL_TYPES):
         return POOL
     return OTHER
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """True when the model already holds edgezoo quantization modules."""
-    return any(isinstance(m, _QUANTIZATION_TYPES) for m in model.modules())
 
 
 class _Planner:
@@ -338,15 +324,6 @@ def _is_later_sibling(model: nn.Module, first: str, second: str) -> bool:
     return children.index(first_child) < children.index(second_child)
 
 
-def refuse_quantized(model: nn.Module) -> None:
-    """Raise QuantizationConfigError when the model is already quantized."""
-    if is_quantized(model):
-        raise QuantizationConfigError(
-            f"{type(model).__name__} is already quantized (it holds PACT2, QuantConv2d, ...): "
-            "wrap the float model, or load a QAT checkpoint into a freshly wrapped one"
-        )
-
-
 def _validate(model: nn.Module, graph: LeafGraph) -> None:
     if not graph.nodes:
         raise QuantizationConfigError(
@@ -406,77 +383,3 @@ def insert_quantization(
             "; ".join(left_float),
         )
     return model
-
-
-def quant_batch_norms(model: nn.Module) -> list[QuantBatchNormMixin]:
-    """The QAT BatchNorms of a quantized model (folded ones included)."""
-    return [m for m in model.modules() if isinstance(m, QuantBatchNormMixin)]
-
-
-def activation_ranges(model: nn.Module) -> list[PACT2]:
-    """Every PACT2 of a quantized model, once each."""
-    return [m for m in model.modules() if isinstance(m, PACT2)]
-
-
-@dataclass(frozen=True)
-class GraphQuantization:
-    """How a quantized model's deployed graph is quantized (recorded in its export).
-
-    bitwidth_weights / bitwidth_activations: the narrowest widths (the graph's base widths;
-    the export records the wider layers of a mixed-precision model per tensor).
-    widest_bitwidth: the widest weight or activation width of any layer. per_channel_weights:
-    some non-depthwise layer has per-channel weight scales. affine: the ranges are affine
-    (float scales, zero points). target: the device its config names. bias_rule: how the
-    device holds the biases (grid.BIAS_RULES).
-    """
-
-    bitwidth_weights: int
-    bitwidth_activations: int
-    activation_rounding: str
-    widest_bitwidth: int = 8
-    exact_eval: bool = False
-    per_channel_weights: bool = False
-    affine: bool = False
-    target: str | None = None
-    bias_rule: str = BIAS_JOINT
-
-    @property
-    def activation_scales(self) -> str:
-        return AFFINE_SCALES if self.affine else POWER_OF_TWO_SCALES
-
-
-def graph_quantization(model: nn.Module) -> GraphQuantization:
-    """The bit widths, rounding, scheme and eval precision a quantized model computes with (a
-    wrapper evaluates in float64 when its config says so; its bare .module always in float32)."""
-    config = getattr(model, "config", None)
-    wrapper = isinstance(config, QuantizationConfig)
-    model = model.module if wrapper else model
-    ranges = activation_ranges(model)
-    units = [m for m in model.modules() if isinstance(m, QuantWeightMixin)]
-    if not ranges:
-        raise QuantizationConfigError(f"{type(model).__name__} holds no activation ranges")
-    per_channel = any(
-        u.per_channel and not (isinstance(u, nn.Conv2d) and is_depthwise(u)) for u in units
-    )
-    weight_widths = [u.bitwidth for u in units] or [8]
-    activation_widths = [p.bitwidth for p in ranges]
-    return GraphQuantization(
-        bitwidth_weights=min(weight_widths),
-        bitwidth_activations=min(activation_widths),
-        activation_rounding=ranges[0].rounding_mode,
-        widest_bitwidth=max(*weight_widths, *activation_widths),
-        exact_eval=wrapper and config.evaluates_exactly,
-        per_channel_weights=per_channel,
-        affine=any(p.scales == AFFINE_SCALES for p in ranges),
-        target=config.target if wrapper else None,
-        bias_rule=units[0].bias_rule if units else BIAS_JOINT,
-    )
-
-
-def named_activation_ranges(model: nn.Module) -> dict[str, PACT2]:
-    """Every PACT2 under the name of the module that owns it (not of one that reads its grid)."""
-    named: dict[int, tuple[str, PACT2]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, PACT2) and ".input_grid" not in f".{name}":
-            named.setdefault(id(module), (name, module))
-    return dict(named.values())

@@ -24,7 +24,7 @@ from edgezoo.quantization.graph import iter_tensors
 from edgezoo.quantization.grid import weight_scale
 from edgezoo.quantization.observe import observing_pre_range_outputs, weight_units
 from edgezoo.quantization.pact2 import PACT2
-from edgezoo.quantization.planner import activation_ranges, is_quantized
+from edgezoo.quantization.quantized_model import activation_ranges, is_quantized
 from edgezoo.quantization.weight_layers import QuantWeightMixin
 
 

@@ -33,7 +33,8 @@ from edgezoo.quantization.freeze import QATSchedule
 from edgezoo.quantization.freeze import freeze_bn as _freeze_bn
 from edgezoo.quantization.freeze import freeze_quant_range as _freeze_quant_range
 from edgezoo.quantization.modes import CALIBRATE, TEST, TRAIN, wrapper_mode
-from edgezoo.quantization.planner import insert_quantization, refuse_quantized
+from edgezoo.quantization.planner import insert_quantization
+from edgezoo.quantization.quantized_model import refuse_quantized
 
 logger = logging.getLogger(__name__)
 
