@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from edgezoo.data import TaskData
+from edgezoo.engine import FitResult, TrainConfig, fit
 from edgezoo.engine.recipes import default_weight_decay
 from edgezoo.engine.run_dir import LAST, check_run_dir, clear_run_dir
 from edgezoo.engine.setup import build_model, cached_pretrained
-from edgezoo.engine.trainer import FitResult, TrainConfig, fit
 from edgezoo.errors import RunExistsError
 from edgezoo.fileio import atomic_path, write_json_atomic
 from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN

@@ -347,8 +347,7 @@ def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 def _resumed_config(args: argparse.Namespace, name: str):
     """The saved settings of the run in --out; refuse options that differ from them."""
-    from edgezoo.engine import load_run_config
-    from edgezoo.engine.trainer import resume_differences
+    from edgezoo.engine import load_run_config, resume_differences
 
     weights = [
         f"{option} {value if value is not True else ''}".strip()

@@ -1,6 +1,8 @@
 """Optimizers (SGD, AdamW) and per-epoch learning-rate schedules (cosine, step)."""
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
@@ -8,6 +10,10 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
 
 from edgezoo.errors import UsageError
 from edgezoo.quantization.learned_range import learned_range_parameters
+from edgezoo.quantization.modes import CALIBRATE
+
+if TYPE_CHECKING:
+    from edgezoo.engine.config import TrainConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -74,3 +80,45 @@ def build_scheduler(
     if name == "constant":
         return LambdaLR(optimizer, lambda epoch: 1.0)
     raise UsageError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class Optimization:
+    """The optimizer and learning-rate schedule of a run (None for calibration)."""
+
+    optimizer: Optimizer | None = None
+    scheduler: LRScheduler | None = None
+
+    @classmethod
+    def build(cls, model: nn.Module, config: "TrainConfig") -> "Optimization":
+        if config.mode == CALIBRATE:
+            return cls()
+        optimizer = build_optimizer(
+            model,
+            config.optimizer,
+            config.lr,
+            config.weight_decay,
+            config.momentum,
+            range_lr=config.range_lr,
+        )
+        scheduler = build_scheduler(
+            optimizer,
+            config.schedule,
+            config.epochs,
+            config.warmup_epochs,
+            config.step_size,
+            config.gamma,
+        )
+        return cls(optimizer, scheduler)
+
+    def state(self) -> dict[str, Any]:
+        """The optimizer and scheduler states for a checkpoint."""
+        return {
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+        }
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])

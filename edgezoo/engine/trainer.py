@@ -5,7 +5,6 @@ optimizer (QAT's wrapper quantizes inside its forward and follows the epoch free
 calibration runs the calibration wrapper's forward without gradients.
 """
 
-import dataclasses
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from edgezoo.distillation import DistillationLoss
 from edgezoo.engine.checkpoint import save_checkpoint
+from edgezoo.engine.config import TrainConfig
 from edgezoo.engine.distributed import (
     DistContext,
     all_reduce_sum,
@@ -33,75 +33,19 @@ from edgezoo.engine.distributed import (
     setup_distributed,
 )
 from edgezoo.engine.history import write_history
-from edgezoo.engine.optim import build_optimizer, build_scheduler
-from edgezoo.engine.recipes import DEFAULT_RANGE_LR
+from edgezoo.engine.optim import Optimization
+from edgezoo.engine.resume import check_resumable
 from edgezoo.engine.rng import capture_rng_state, restore_rng_state, seed_epoch
 from edgezoo.engine.run_dir import BEST, LAST, remove_stale_run_partials
-from edgezoo.errors import DataError, ResumeMismatchError, TrainingDivergedError, UsageError
+from edgezoo.errors import DataError, TrainingDivergedError, UsageError
 from edgezoo.hub import read_checkpoint
-from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, RUN_MODES
-from edgezoo.tasks import CLASSIFICATION, get_task
+from edgezoo.quantization.modes import CALIBRATE, QAT_RUN
+from edgezoo.tasks import get_task
 from edgezoo.weights import load_weights
 
 logger = logging.getLogger(__name__)
 
-MODES = RUN_MODES
 CHECKPOINT_FORMAT = "edgezoo-run-1"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a run's result; saved in every checkpoint so resume repeats it."""
-
-    task: str = CLASSIFICATION
-    mode: str = FLOAT_RUN
-    num_classes: int = 10
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    step_size: int | None = None
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    ignore_index: int | None = 255
-    max_batches: int | None = None
-    num_workers: int = 0
-    seed: int = 0
-    device: str | None = None
-    # QAT's freeze epochs (counted from 0); None: TI's rule (epochs//2 - 1 and epochs//2 + 1).
-    bn_freeze_epoch: int | None = None
-    range_freeze_epoch: int | None = None
-    # Distillation from a float teacher (fit(teacher=...)): see edgezoo.DistillationLoss.
-    distill: bool = False
-    distill_temperature: float = 2.0
-    distill_weight: float = 0.5
-    labels: bool = True
-    # The learning rate of learned ranges' log2 thresholds (QuantizationConfig.learn_ranges).
-    range_lr: float = DEFAULT_RANGE_LR
-    # Free-form description of the run (model name, data, input size), kept with checkpoints.
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
-        get_task(self.task)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UsageError("epochs and batch_size must be at least 1")
-        if not self.labels and not self.distill:
-            raise UsageError(
-                "training without labels needs a teacher to learn from: set distill=True "
-                "(--distill) and give the float model as teacher"
-            )
-        if self.distill and self.mode == CALIBRATE:
-            raise UsageError("calibration has no loss to distil into: distil in QAT (--qat)")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON- and torch.load(weights_only)-safe)."""
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -286,104 +230,6 @@ def _start_epoch(model: nn.Module, epoch: int, config: TrainConfig) -> dict[str,
     return {}
 
 
-FIXED_ON_RESUME: tuple[str, ...] = (
-    "task",
-    "mode",
-    "num_classes",
-    "batch_size",
-    "lr",
-    "seed",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "warmup_epochs",
-    "step_size",
-    "gamma",
-    "label_smoothing",
-    "max_batches",
-    "bn_freeze_epoch",
-    "range_freeze_epoch",
-    "distill",
-    "labels",
-    "distill_temperature",
-    "distill_weight",
-    "range_lr",
-    "model",
-    "data",
-    "input_size",
-    "validation_split",
-    "quantization",
-)
-"""What a resumed run keeps from its start: TrainConfig fields, then metadata keys (the same
-rule for fit(resume=True) and `edgezoo train --resume`; epochs may change, extending it)."""
-
-
-def resume_differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple]:
-    """The fixed settings whose value in `given` (fields and metadata together, only those
-    present) differs from the saved run's: key -> (saved, given)."""
-    saved = {**saved, **saved.get("metadata", {})}
-    return {
-        key: (saved.get(key), given[key])
-        for key in FIXED_ON_RESUME
-        if key in given and saved.get(key) != given[key]
-    }
-
-
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    given = {**config.to_dict(), **config.metadata}
-    given = {key: value for key, value in given.items() if key != "metadata"}
-    differ = resume_differences(saved, given)
-    if differ:
-        listed = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
-        raise ResumeMismatchError(
-            f"cannot resume {path}: the run was started with other settings ({listed}); "
-            "resume with the same settings or start a new run in another directory"
-        )
-
-
-@dataclass
-class _Optimization:
-    """The optimizer and learning-rate schedule of a run (None for calibration)."""
-
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-
-    @classmethod
-    def build(cls, model: nn.Module, config: TrainConfig) -> "_Optimization":
-        if config.mode == CALIBRATE:
-            return cls()
-        optimizer = build_optimizer(
-            model,
-            config.optimizer,
-            config.lr,
-            config.weight_decay,
-            config.momentum,
-            range_lr=config.range_lr,
-        )
-        scheduler = build_scheduler(
-            optimizer,
-            config.schedule,
-            config.epochs,
-            config.warmup_epochs,
-            config.step_size,
-            config.gamma,
-        )
-        return cls(optimizer, scheduler)
-
-    def state(self) -> dict[str, Any]:
-        """The optimizer and scheduler states for a checkpoint."""
-        return {
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-        }
-
-    def load(self, checkpoint: dict[str, Any]) -> None:
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-
-
 @dataclass
 class _Progress:
     """Where a run stands: the epochs done, their records and the best one."""
@@ -394,11 +240,11 @@ class _Progress:
 
 
 def _resume(
-    out_dir: Path, owner: nn.Module, optimization: _Optimization, config: TrainConfig
+    out_dir: Path, owner: nn.Module, optimization: Optimization, config: TrainConfig
 ) -> _Progress:
     """Load out_dir/last.pth into the model, optimizer and RNGs; return the run's progress."""
     checkpoint = read_checkpoint(out_dir / LAST)
-    _check_resumable(checkpoint["config"], config, out_dir / LAST)
+    check_resumable(checkpoint["config"], config, out_dir / LAST)
     load_weights(owner, checkpoint["model"], strict=True)
     optimization.load(checkpoint)
     restore_rng_state(checkpoint["rng"])
@@ -408,7 +254,7 @@ def _resume(
 
 def _checkpoint_state(
     owner: nn.Module,
-    optimization: _Optimization,
+    optimization: Optimization,
     progress: _Progress,
     config: TrainConfig,
     ctx: DistContext,
@@ -439,7 +285,7 @@ class _Run:
     val_set: Dataset
     config: TrainConfig
     ctx: DistContext
-    optimization: _Optimization
+    optimization: Optimization
     out_dir: Path | None
     progress_bars: bool
     criterion: Criterion
@@ -515,7 +361,7 @@ def _prepare_run(
     if teacher is not None:
         teacher.to(ctx.device)
     owner = weights_module(model, config.mode)
-    optimization = _Optimization.build(model, config)
+    optimization = Optimization.build(model, config)
     step_module = model
     if ctx.distributed and optimization.optimizer is not None:
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
@@ -606,9 +452,3 @@ def _describe(record: dict[str, Any], config: TrainConfig) -> str:
         if key != "epoch" and isinstance(value, float):
             parts.append(f"{key} {value:.4g}")
     return ", ".join(parts)
-
-
-def load_run_config(out_dir: str | os.PathLike) -> TrainConfig:
-    """The settings a run in out_dir was started with (from its last.pth)."""
-    saved = read_checkpoint(Path(out_dir) / LAST)["config"]
-    return TrainConfig(**saved)
