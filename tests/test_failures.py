@@ -320,7 +320,7 @@ def test_a_stuck_rank_fails_the_job_in_seconds_not_half_an_hour():
 
 
 def test_the_library_and_the_cli_resume_under_one_rule(tmp_path):
-    from edgezoo.cli.train import _OPTIONS
+    from edgezoo.cli.run_resume import _OPTIONS
     from edgezoo.engine import FIXED_ON_RESUME
 
     assert set(_OPTIONS) <= set(FIXED_ON_RESUME)
@@ -333,11 +333,11 @@ def test_the_library_and_the_cli_resume_under_one_rule(tmp_path):
 
 
 def test_a_scheme_that_differs_on_resume_is_named_option_by_option():
-    from edgezoo.cli.train import _described_difference
+    from edgezoo.cli.run_resume import described_difference
 
     saved = {"target": "am67a", "asymmetric_activations": True, "bias_rule": None}
     given = {"target": "am67a", "asymmetric_activations": False, "bias_rule": "joint"}
-    assert _described_difference("quantization", saved, given) == [
+    assert described_difference("quantization", saved, given) == [
         "--asymmetric-activations not given (the run was started with it)",
         "--bias-rule joint (the run uses the default)",
     ]

@@ -15,6 +15,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "simulate",
     "train",
+    "evaluate",
     "mixed_precision",
     "demo",
 )

@@ -1,5 +1,5 @@
-"""`edgezoo train | calibrate | evaluate`: fine-tune, PTQ-calibrate, QAT and evaluate from the
-shell, on one process or under torchrun."""
+"""`edgezoo train | calibrate`: fine-tune, PTQ-calibrate and QAT from the shell, on one process
+or under torchrun."""
 
 import argparse
 import logging
@@ -8,54 +8,29 @@ from pathlib import Path
 from typing import Any
 
 from edgezoo.cli.arguments import (
-    DATA_HELP,
-    add_quantization_scheme,
-    add_weights_source,
-    input_size,
     non_negative_float,
     non_negative_int,
-    output_dir,
     positive_float,
-    positive_int,
     quantization_config,
-    seed,
 )
+from edgezoo.cli.run_arguments import (
+    add_run_arguments,
+    or_default,
+    print_metrics,
+    run_input_size,
+    task_data,
+    weights_source,
+)
+from edgezoo.cli.run_resume import resumed_config, run_recipe, run_scheme
 from edgezoo.engine.run_dir import HELD_OUT, TEST_METRICS
 from edgezoo.errors import ResumeMismatchError, RunExistsError, UsageError
-from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN, TEST
+from edgezoo.quantization.modes import CALIBRATE, FLOAT_RUN, QAT_RUN
 
 logger = logging.getLogger(__name__)
 
-# The option that sets each setting a resumed run keeps (edgezoo.engine.FIXED_ON_RESUME).
-_OPTIONS = {
-    "model": "--model",
-    "data": "--data",
-    "input_size": "--input-size",
-    "mode": "--qat",
-    "num_classes": "--num-classes",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "seed": "--seed",
-    "optimizer": "--optimizer",
-    "schedule": "--schedule",
-    "weight_decay": "--weight-decay",
-    "warmup_epochs": "--warmup-epochs",
-    "max_batches": "--max-batches",
-    "validation_split": "--validation-split",
-    "quantization": "--target / --per-channel-weights / --asymmetric-activations / "
-    "--activation-rounding / --bias-rule / --learn-ranges / --layer-bits",
-    "distill": "--distill",
-    "labels": "--no-labels",
-    "distill_temperature": "--distill-temperature",
-    "distill_weight": "--distill-weight",
-    "range_lr": "--range-lr",
-    "bn_freeze_epoch": "--freeze-bn-epoch",
-    "range_freeze_epoch": "--freeze-ranges-epoch",
-}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the train, calibrate and evaluate subcommands."""
+    """Add the train and calibrate subcommands."""
     _register_train(subparsers)
     calibrate = subparsers.add_parser(
         CALIBRATE,
@@ -67,9 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "ranges included) and metrics to --out."
         ),
     )
-    _add_run_arguments(calibrate, epochs=1)
+    add_run_arguments(calibrate, epochs=1)
     calibrate.set_defaults(func=run_train, mode=CALIBRATE, qat=False)
-    _register_evaluate(subparsers)
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +56,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
             "metrics.csv / metrics.json to --out. Runs under torchrun unchanged."
         ),
     )
-    _add_run_arguments(train, epochs=10)
+    add_run_arguments(train, epochs=10)
     train.add_argument(
         "--qat", action="store_true", help="quantization-aware training (QuantTrainModule)"
     )
@@ -144,109 +118,6 @@ def _add_qat_recipe_arguments(train: argparse.ArgumentParser) -> None:
     )
 
 
-def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    evaluate = subparsers.add_parser(
-        "evaluate",
-        help="evaluate a float, calibrated or QAT checkpoint",
-        description=(
-            "Evaluate on the validation split: top-1 / top-5 / loss (classification) or mIoU / "
-            "pixel accuracy / loss (segmentation). A checkpoint with ranges (QAT or calibrated) "
-            "is evaluated quantized; one without ranges cannot be (use it in float)."
-        ),
-    )
-    _add_common_arguments(evaluate)
-    evaluate.add_argument(
-        "--qat",
-        action="store_true",
-        help="evaluate quantized (implied by a QAT or calibrated checkpoint)",
-    )
-    evaluate.add_argument("--out", type=output_dir, help="also write the metrics to OUT/eval.json")
-    evaluate.add_argument(
-        "--overwrite", action="store_true", help="replace an eval.json already in --out"
-    )
-    evaluate.add_argument("--onnx", type=Path, help="the exported QAT graph of this model")
-    evaluate.add_argument(
-        "--simulate",
-        action="store_true",
-        help="with --onnx: also evaluate the graph in TIDL's integer arithmetic "
-        "(edgezoo.simulate_tidl), beside the PyTorch model",
-    )
-    evaluate.set_defaults(func=run_evaluate)
-
-
-def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name or alias (`edgezoo list`)")
-    parser.add_argument("--data", help=f"{DATA_HELP} (default embedded)")
-    parser.add_argument(
-        "--num-classes", type=positive_int, help="classes (needed for segmentation folders only)"
-    )
-    add_weights_source(parser, backbone=True)
-    parser.add_argument(
-        "--input-size",
-        type=input_size,
-        help="input height = width (default: 32 for Fashion-MNIST, 64 for composite, else "
-        "the model's default)",
-    )
-    parser.add_argument("--batch-size", type=positive_int, help="per process (default 64)")
-    parser.add_argument(
-        "--max-batches",
-        type=positive_int,
-        help="cap batches per epoch and per evaluation (quick runs)",
-    )
-    parser.add_argument(
-        "--num-workers", type=non_negative_int, default=0, help="DataLoader workers"
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: CUDA when present")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_quantization_scheme(parser)
-
-
-def _add_run_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
-    _add_common_arguments(parser)
-    parser.add_argument("--out", type=output_dir, required=True, help="run folder")
-    parser.add_argument("--epochs", type=positive_int, help=f"default {epochs}")
-    parser.add_argument(
-        "--lr", type=positive_float, help="learning rate (default: by mode and optimizer)"
-    )
-    parser.add_argument("--seed", type=seed, help="default 0")
-    parser.add_argument(
-        "--validation-split",
-        type=non_negative_int,
-        metavar="N",
-        help="hold N training items out (a fixed seeded choice, recorded in OUT/held_out.json) "
-        "and validate on them every epoch; the test set is evaluated once, at the end "
-        "(OUT/test_metrics.json). Default 0: validate on the test set",
-    )
-    state = parser.add_mutually_exclusive_group()
-    state.add_argument(
-        "--resume", action="store_true", help="continue the run in --out with its saved settings"
-    )
-    state.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    parser.set_defaults(default_epochs=epochs)
-
-
-def _run_input_size(args: argparse.Namespace, task: str, data: str) -> int:
-    from edgezoo.data import DATA_NAMES, is_fashion_mnist_dir
-    from edgezoo.registry import default_input_size
-    from edgezoo.tasks import get_task
-
-    if args.input_size:
-        return args.input_size
-    if data in DATA_NAMES or is_fashion_mnist_dir(data):
-        return get_task(task).builtin_input_size
-    return default_input_size(args.model)[1]
-
-
-def _print_metrics(title: str, metrics: dict[str, float]) -> None:
-    print(title)
-    for key, value in metrics.items():
-        print(f"  {key:>10}: {value:.4f}")
-
-
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
 def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int):
     """The TrainConfig of a new run from the command line and the mode's defaults."""
     from edgezoo.engine import TrainConfig
@@ -258,136 +129,37 @@ def _new_config(args: argparse.Namespace, name: str, data: Any, input_size: int)
     from edgezoo.engine.setup import model_task
 
     mode = args.mode or (QAT_RUN if args.qat else FLOAT_RUN)
-    optimizer = _or(getattr(args, "optimizer", None), "adamw")
+    optimizer = or_default(getattr(args, "optimizer", None), "adamw")
     return TrainConfig(
         task=model_task(name),
         mode=mode,
         num_classes=data.num_classes,
         ignore_index=data.ignore_index,
-        epochs=_or(args.epochs, args.default_epochs),
-        batch_size=_or(args.batch_size, 64),
-        lr=_or(args.lr, default_lr(mode, optimizer)),
+        epochs=or_default(args.epochs, args.default_epochs),
+        batch_size=or_default(args.batch_size, 64),
+        lr=or_default(args.lr, default_lr(mode, optimizer)),
         optimizer=optimizer,
-        weight_decay=_or(
+        weight_decay=or_default(
             getattr(args, "weight_decay", None), default_weight_decay(optimizer, mode)
         ),
-        schedule=_or(getattr(args, "schedule", None), "cosine"),
-        warmup_epochs=_or(getattr(args, "warmup_epochs", None), default_warmup(mode)),
+        schedule=or_default(getattr(args, "schedule", None), "cosine"),
+        warmup_epochs=or_default(getattr(args, "warmup_epochs", None), default_warmup(mode)),
         max_batches=args.max_batches,
         num_workers=args.num_workers,
-        seed=_or(args.seed, 0),
+        seed=or_default(args.seed, 0),
         device=args.device,
-        **_recipe(args),
+        **run_recipe(args),
         metadata={
             "model": name,
-            "data": _or(args.data, "embedded"),
+            "data": or_default(args.data, "embedded"),
             "input_size": input_size,
             "validation_split": args.validation_split or 0,
             "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "pretrained": args.pretrained,
             "pretrained_backbone": args.pretrained_backbone,
-            "quantization": _scheme(args),
+            "quantization": run_scheme(args),
         },
     )
-
-
-def _recipe(args: argparse.Namespace) -> dict[str, Any]:
-    """The QAT recipe options a command line sets (freeze epochs, distillation)."""
-    recipe = {
-        "bn_freeze_epoch": getattr(args, "freeze_bn_epoch", None),
-        "range_freeze_epoch": getattr(args, "freeze_ranges_epoch", None),
-        "distill_temperature": getattr(args, "distill_temperature", None),
-        "distill_weight": getattr(args, "distill_weight", None),
-        "range_lr": getattr(args, "range_lr", None),
-    }
-    if getattr(args, "distill", False):
-        recipe["distill"] = True
-    if getattr(args, "no_labels", False):
-        recipe["labels"] = False
-    return {key: value for key, value in recipe.items() if value is not None}
-
-
-def _scheme(args: argparse.Namespace) -> dict[str, Any]:
-    """The quantization scheme options of a command line, as run metadata."""
-    return {
-        "target": args.target,
-        "per_channel_weights": args.per_channel_weights,
-        "asymmetric_activations": args.asymmetric_activations,
-        "activation_rounding": args.activation_rounding,
-        "bias_rule": args.bias_rule,
-        "learn_ranges": getattr(args, "learn_ranges", False),
-        "layer_bits": getattr(args, "layer_bits", None),
-    }
-
-
-def _given_on_resume(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """The fixed settings this command line sets explicitly, by TrainConfig field or metadata."""
-    given = {
-        "model": name,
-        "data": args.data,
-        "input_size": args.input_size,
-        "num_classes": args.num_classes,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "optimizer": getattr(args, "optimizer", None),
-        "schedule": getattr(args, "schedule", None),
-        "weight_decay": getattr(args, "weight_decay", None),
-        "warmup_epochs": getattr(args, "warmup_epochs", None),
-        "max_batches": args.max_batches,
-        "validation_split": args.validation_split,
-    }
-    if getattr(args, "qat", False):
-        given["mode"] = QAT_RUN
-    if any(v for v in _scheme(args).values()):
-        given["quantization"] = _scheme(args)
-    given.update(_recipe(args))
-    return {key: value for key, value in given.items() if value is not None}
-
-
-def _resumed_config(args: argparse.Namespace, name: str):
-    """The saved settings of the run in --out; refuse options that differ from them."""
-    from edgezoo.engine import load_run_config, resume_differences
-
-    weights = [
-        f"{option} {value if value is not True else ''}".strip()
-        for option, value in (
-            ("--checkpoint", getattr(args, "checkpoint", None)),
-            ("--pretrained", getattr(args, "pretrained", None)),
-            ("--pretrained-backbone", getattr(args, "pretrained_backbone", None)),
-        )
-        if value
-    ]
-    if weights:
-        raise ResumeMismatchError(
-            f"--resume continues from the weights saved in {args.out}, so {', '.join(weights)} "
-            "would be ignored: drop it to resume, or start a new run from those weights with "
-            "--overwrite or another --out"
-        )
-    config = load_run_config(args.out)
-    differences = resume_differences(config.to_dict(), _given_on_resume(args, name))
-    differ = [
-        text
-        for key, (saved, value) in differences.items()
-        for text in _described_difference(key, saved, value)
-    ]
-    if differ:
-        raise ResumeMismatchError(
-            f"--resume continues {args.out} with the settings it was started with, and these "
-            f"options differ: {'; '.join(differ)}. Drop them, or start a new run with "
-            "--overwrite or another --out"
-        )
-    if args.epochs is not None and args.epochs != config.epochs:
-        logger.warning(
-            "resuming %s with --epochs %d instead of %d: the learning-rate schedule and the QAT "
-            "freeze epochs follow the new length from here on",
-            args.out,
-            args.epochs,
-            config.epochs,
-        )
-        config.epochs = args.epochs
-    config.num_workers, config.device = args.num_workers, args.device
-    return config
 
 
 _QAT_ONLY = {
@@ -401,37 +173,6 @@ _QAT_ONLY = {
     "range_lr": "--range-lr",
     "layer_bits": "--layer-bits",
 }
-
-
-_SCHEME_FLAGS = {
-    "target": "--target",
-    "per_channel_weights": "--per-channel-weights",
-    "asymmetric_activations": "--asymmetric-activations",
-    "activation_rounding": "--activation-rounding",
-    "bias_rule": "--bias-rule",
-    "learn_ranges": "--learn-ranges",
-    "layer_bits": "--layer-bits",
-}
-
-
-def _described_difference(key: str, saved: Any, value: Any) -> list[str]:
-    """One setting that differs on resume, in the command line's words (a quantization scheme
-    option by option)."""
-    if not (isinstance(saved, dict) and isinstance(value, dict)):
-        return [f"{_OPTIONS[key]} {value} (the run uses {saved})"]
-    texts = []
-    for field in sorted(set(saved) | set(value)):
-        before, now = saved.get(field), value.get(field)
-        if before == now:
-            continue
-        flag = _SCHEME_FLAGS.get(field, field)
-        if isinstance(before, bool) or isinstance(now, bool):
-            used = "the run was started with it" if before else "the run was started without it"
-            texts.append(f"{flag} {'given' if now else 'not given'} ({used})")
-        else:
-            used = "the default" if before is None else before
-            texts.append(f"{flag} {'its default' if now is None else now} (the run uses {used})")
-    return texts
 
 
 def _refuse_idle_options(args: argparse.Namespace) -> None:
@@ -516,9 +257,9 @@ def _train(args: argparse.Namespace, ctx: Any, name: str) -> int:
 
     _prepare_out(args, ctx)
     if args.resume:
-        config = _resumed_config(args, name)
+        config = resumed_config(args, name)
         meta = config.metadata
-        data = _task_data(
+        data = task_data(
             name,
             config.task,
             meta["data"],
@@ -528,19 +269,19 @@ def _train(args: argparse.Namespace, ctx: Any, name: str) -> int:
         )
     else:
         task = model_task(name)
-        data_name = _or(args.data, "embedded")
-        input_size = _run_input_size(args, task, data_name)
-        data = _task_data(
+        data_name = or_default(args.data, "embedded")
+        input_size = run_input_size(args, task, data_name)
+        data = task_data(
             name, task, data_name, input_size, args.num_classes, args.validation_split or 0
         )
         config = _new_config(args, name, data, input_size)
         if ctx.is_main and data.held_out:
             _write_held_out(args.out, data)
     logger.info("data: %s", data.description)
-    weights = {} if args.resume else _weights(args)
+    weights = {} if args.resume else weights_source(args)
     input_size = config.metadata["input_size"]
     # Seeded before building, so a run from random initialisation repeats exactly.
-    scheme = argparse.Namespace(**config.metadata.get("quantization") or _scheme(args))
+    scheme = argparse.Namespace(**config.metadata.get("quantization") or run_scheme(args))
     model = build_model(
         name,
         config.num_classes,
@@ -564,32 +305,8 @@ def _train(args: argparse.Namespace, ctx: Any, name: str) -> int:
     if ctx.is_main:
         _print_result(name, config.mode, result)
         if test is not None:
-            _print_metrics(f"test set (the final figure, {TEST_METRICS})", test)
+            print_metrics(f"test set (the final figure, {TEST_METRICS})", test)
     return 0
-
-
-def _task_data(
-    name: str,
-    task: str,
-    data: str,
-    input_size: int,
-    num_classes: int | None,
-    validation_split: int = 0,
-):
-    """The train/val(/test) data of a run, normalised as the model's weights expect."""
-    from edgezoo.registry import preprocessing
-    from edgezoo.tasks import build_task_data
-
-    mean, std = preprocessing(name)
-    return build_task_data(
-        data,
-        task,
-        input_size,
-        mean,
-        std,
-        num_classes=num_classes,
-        validation_split=validation_split,
-    )
 
 
 def _write_held_out(out: Path, data: Any) -> None:
@@ -650,110 +367,12 @@ def _same_teacher(meta: dict[str, Any]) -> None:
         )
 
 
-def _weights(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "pretrained": args.pretrained,
-        "pretrained_backbone": args.pretrained_backbone,
-        "checkpoint": args.checkpoint,
-    }
-
-
 def _print_result(name: str, mode: str, result: Any) -> None:
     final = result.final
-    _print_metrics(f"{name} {mode}, epoch {final['epoch']} (last.pth)", _val(final))
+    print_metrics(f"{name} {mode}, epoch {final['epoch']} (last.pth)", _val(final))
     if result.best is not None and result.best is not final:
-        _print_metrics(f"best: epoch {result.best['epoch']} (best.pth)", _val(result.best))
+        print_metrics(f"best: epoch {result.best['epoch']} (best.pth)", _val(result.best))
 
 
 def _val(record: dict[str, Any]) -> dict[str, float]:
     return {k.removeprefix("val_"): v for k, v in record.items() if k.startswith("val_")}
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate one model on the validation split and print (and optionally save) its metrics."""
-    from edgezoo.engine import TrainConfig, evaluate, setup_distributed
-    from edgezoo.engine.setup import build_model, is_quantized_state, model_task
-    from edgezoo.fileio import write_json_atomic
-    from edgezoo.registry import resolve_name
-    from edgezoo.weights import read_state_dict
-
-    name = resolve_name(args.model)
-    task = model_task(name)
-    if args.onnx is not None and not args.simulate:
-        raise UsageError("--onnx is read by --simulate: add --simulate, or drop --onnx")
-    if args.out is not None and (args.out / "eval.json").exists() and not args.overwrite:
-        raise RunExistsError(
-            f"{args.out / 'eval.json'} already exists; pass --overwrite to replace it or choose "
-            "another --out"
-        )
-    ctx = setup_distributed(args.device)
-    data_name = _or(args.data, "embedded")
-    input_size = _run_input_size(args, task, data_name)
-    data = _task_data(name, task, data_name, input_size, args.num_classes)
-    if args.simulate:
-        _check_graph_model(args.onnx, name)
-    quantized = args.qat
-    if args.checkpoint is not None and not quantized:
-        quantized = is_quantized_state(name, read_state_dict(args.checkpoint), data.num_classes)
-    model = build_model(
-        name,
-        data.num_classes,
-        input_size,
-        mode=TEST if quantized else FLOAT_RUN,
-        config=quantization_config(args),
-        **_weights(args),
-    )
-    config = TrainConfig(
-        task=task,
-        num_classes=data.num_classes,
-        ignore_index=data.ignore_index,
-        batch_size=_or(args.batch_size, 64),
-        max_batches=args.max_batches,
-        num_workers=args.num_workers,
-        device=args.device,
-    )
-    metrics = evaluate(model, data.val, config, ctx, progress=not args.no_progress)
-    if not ctx.is_main:
-        return 0
-    kind = "quantized" if quantized else "float"
-    _print_metrics(f"{name} ({kind}) on {data.description}", metrics)
-    record = {"model": name, "quantized": quantized, "data": data.description, **metrics}
-    if args.simulate:
-        record["integer_simulation"] = _simulated(args, data, config)
-        _print_metrics(f"{args.onnx} in TIDL's integer arithmetic", record["integer_simulation"])
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out / "eval.json", record)
-    return 0
-
-
-def _check_graph_model(path: Path | None, model: str) -> None:
-    """Refuse a missing --onnx, or an edgezoo export of another model than the one evaluated."""
-    from edgezoo.cli.simulate import check_runnable_graph
-    from edgezoo.onnxgraph import load_onnx
-
-    if path is None:
-        raise UsageError("--simulate evaluates the exported graph: pass --onnx FILE.onnx too")
-    proto = load_onnx(path)
-    check_runnable_graph(proto, path)
-    if proto.producer_name == "edgezoo" and proto.graph.name not in ("", model):
-        raise UsageError(
-            f"{path} is an export of {proto.graph.name}, not of {model}: pass the graph "
-            f"exported from this {model} checkpoint"
-        )
-
-
-def _simulated(args: argparse.Namespace, data: Any, config: Any) -> dict[str, float]:
-    """The --onnx graph's metrics in TIDL's integer arithmetic."""
-    from edgezoo.engine import simulated_metrics
-
-    return simulated_metrics(
-        args.onnx,
-        data.val,
-        config.task,
-        config.num_classes,
-        batch_size=config.batch_size,
-        max_batches=config.max_batches,
-        ignore_index=config.ignore_index,
-        progress=not args.no_progress,
-    )
