@@ -9,7 +9,8 @@ import torch.multiprocessing as mp
 from conftest import is_power_of_two
 
 from edgezoo.errors import QuantizationConfigError
-from edgezoo.quantization.pact2 import PACT2, _bin_counts, trimmed_range
+from edgezoo.quantization.pact2 import PACT2
+from edgezoo.quantization.range_statistics import bin_counts, trimmed_range
 from edgezoo.quantization.range_sync import is_distributed
 
 GAUSSIAN_TAIL_QUANTILE = 3.719  # P(X > 3.719) = 0.01 % for X ~ N(0, 1)
@@ -52,8 +53,8 @@ def test_bin_counts_paths_agree():
     torch.manual_seed(0)
     sample = torch.randn(10000) * 3
     low, high = sample.min().item(), sample.max().item()
-    by_bincount = _bin_counts(sample, low, high, 256, use_bincount=True)
-    by_histc = _bin_counts(sample, low, high, 256, use_bincount=False)
+    by_bincount = bin_counts(sample, low, high, 256, use_bincount=True)
+    by_histc = bin_counts(sample, low, high, 256, use_bincount=False)
     assert by_bincount.dtype == by_histc.dtype == torch.int64
     assert torch.equal(by_bincount, by_histc)
     assert by_bincount.sum() == 10000 and by_bincount[0] >= 1 and by_bincount[-1] >= 1

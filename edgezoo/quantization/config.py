@@ -17,7 +17,7 @@ from edgezoo.quantization.grid import (
     check_bitwidth,
 )
 from edgezoo.quantization.layer_spec import LayerRule, layer_rules
-from edgezoo.quantization.pact2 import check_range_shrink, check_update_gap
+from edgezoo.quantization.range_statistics import check_range_shrink, check_update_gap
 from edgezoo.targets import CLIP_FORMAT, QDQ_FORMAT, check_scheme, resolve_target
 
 
