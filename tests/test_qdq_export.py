@@ -247,6 +247,15 @@ def test_the_cli_exports_qdq_for_a_device_and_verify_runs_it_in_int8(tmp_path, c
     assert "unknown target device" in capsys.readouterr().err
 
 
+def test_the_documented_affine_flow_trains_and_exports_with_the_same_flags(tmp_path):
+    run, scheme = tmp_path / "qat", ["--target", "am67a", "--per-channel-weights"]
+    scheme += ["--asymmetric-activations"]
+    quick = ["--model", "mobilenetv2", "--batch-size", "8", "--max-batches", "2", "--no-progress"]
+    assert main(["train", *quick, "--qat", "--epochs", "1", *scheme, "--out", str(run)]) == 0
+    export = ["export", "mobilenetv2", "--qat", "--checkpoint", str(run / "last.pth"), *scheme]
+    assert main([*export, "--input-size", "32", "32", "-o", str(tmp_path / "out")]) == 0
+
+
 class _Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()
