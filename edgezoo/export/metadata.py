@@ -18,7 +18,7 @@ from edgezoo.tidl import rules
 from edgezoo.tidl.tensor_bits import TensorBits
 from edgezoo.version import __version__
 
-__all__ = ["input_spec", "record_normalisation", "stamp", "stamp_widths"]
+__all__ = ["input_spec", "record_normalisation", "stamp"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,11 @@ def stamp(
     untrained: int,
     settings: GraphQuantization | None,
     plan: ExportPlan,
+    widths: TensorBits | None = None,
 ) -> None:
     """Record what wrote the graph, for which device, how it is meant to be imported and
-    quantized, and how many of its ranges are untrained."""
+    quantized (its widths per tensor: `widths`, given with `settings`), and how many of its
+    ranges are untrained."""
     proto.producer_name = "edgezoo"
     proto.producer_version = __version__
     proto.graph.name = name
@@ -41,21 +43,13 @@ def stamp(
         kind = "qat-qdq" if plan.export_format == QDQ_FORMAT else "qat-clip-ranges"
     props = {"edgezoo.quantization": kind, rules.TARGET_PROP: plan.target.name}
     if settings is not None:
-        props[rules.WEIGHT_BITS_PROP] = str(settings.bitwidth_weights)
-        props[rules.ACTIVATION_BITS_PROP] = str(settings.bitwidth_activations)
+        props.update(widths.properties())
         props[rules.ROUNDING_PROP] = settings.activation_rounding
         props[rules.EVAL_PRECISION_PROP] = "float64" if settings.exact_eval else "float32"
         props[rules.ACTIVATION_SCALES_PROP] = settings.activation_scales
         props[rules.BIAS_RULE_PROP] = settings.bias_rule
     if untrained:
         props[rules.UNTRAINED_RANGES_PROP] = str(untrained)
-    onnx.helper.set_model_props(proto, props)
-
-
-def stamp_widths(proto: onnx.ModelProto, widths: TensorBits) -> None:
-    """Record the graph's per-tensor bit widths (TensorBits' entries) beside the others."""
-    props = {**rules.graph_properties(proto), **widths.properties()}
-    del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
 
 

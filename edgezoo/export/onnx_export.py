@@ -37,7 +37,7 @@ from edgezoo.export.graph_passes import (
 )
 from edgezoo.export.layer_widths import record_widths, tidl_16bit_names, traced_widths
 from edgezoo.export.memory import check_export_memory
-from edgezoo.export.metadata import input_spec, record_normalisation, stamp, stamp_widths
+from edgezoo.export.metadata import input_spec, record_normalisation, stamp
 from edgezoo.export.outputs import output_tensors, traceable_outputs
 from edgezoo.export.plan import ExportPlan, export_plan
 from edgezoo.export.qdq import to_qdq
@@ -110,29 +110,37 @@ def export_onnx(
     untrained = _untrained_ranges(model, allow_uncalibrated) if wrapped else []
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
-    check_export_memory(model, example)
     traced = _reference_and_graph(model, example, plan.opset, wrapped)
-    names, reference, qat_out, proto = traced.names, traced.reference, traced.qat, traced.proto
-    _check_outputs(names, argmax, write_configs, plan)
+    _check_outputs(traced.names, argmax, write_configs, plan)
     proto, aligned, parity, widths = _graph_for_plan(
         traced, example, simplify, argmax, settings, plan, quantized
     )
-    spec = input_spec(example, reference[0], info, task, preprocessing, argmax)
-    stamp(proto, model_name or type(model).__name__, quantized, len(untrained), settings, plan)
-    if widths is not None:
-        stamp_widths(proto, widths)
+    spec = input_spec(example, traced.reference[0], info, task, preprocessing, argmax)
+    name = model_name or type(model).__name__
+    stamp(proto, name, quantized, len(untrained), settings, plan, widths)
     record_normalisation(proto, spec)
     verification = verify_onnx(
         proto, quantized, wrapped and _quantizes_input(model), allow_uncalibrated
     )
     measured = (tuple(example.shape), parity, parity_tolerance, tuple(aligned), plan.target.name)
-    report = dataclasses.replace(_report(proto, path, verification, *measured), output_names=names)
-    if qat_out is not None:
-        report = with_device_figures(report, proto, argmax, example, qat_out, model)
+    report = _report(proto, path, verification, *measured, traced.names)
+    if traced.qat is not None:
+        report = with_device_figures(report, proto, argmax, example, traced.qat, model)
     _write(proto, report, strict)
-    names_16bit = tidl_16bit_names(proto, widths) if widths is not None else ((), ())
-    compilation = plan.compilation(quantized, settings, names_16bit) if write_configs else None
+    compilation = _compilation(plan, quantized, settings, proto, widths) if write_configs else None
     return _with_configs(report, spec, quantized, compilation)
+
+
+def _compilation(
+    plan: ExportPlan,
+    quantized: bool,
+    settings: GraphQuantization | None,
+    proto: onnx.ModelProto,
+    widths: TensorBits | None,
+) -> TIDLCompilation:
+    """The TIDL compile settings of the written graph (its 16-bit layers by TIDL's names)."""
+    names_16bit = tidl_16bit_names(proto, widths) if widths is not None else ((), ())
+    return plan.compilation(quantized, settings, names_16bit)
 
 
 def _with_configs(
@@ -214,6 +222,7 @@ def _report(
     parity_tolerance: float,
     aligned_weights: tuple[str, ...],
     target: str,
+    output_names: tuple[str, ...],
 ) -> ExportReport:
     """What the export measured and verified of the graph it is about to write."""
     return ExportReport(
@@ -228,6 +237,7 @@ def _report(
         clip_count=count_ops(proto, "Clip"),
         aligned_weights=aligned_weights,
         target=target,
+        output_names=output_names,
     )
 
 
@@ -307,7 +317,9 @@ class _Traced(NamedTuple):
 
 
 def _reference_and_graph(model: nn.Module, example: Tensor, opset: int, wrapped: bool) -> _Traced:
-    """Trace the model's deployed form to ONNX (modes restored)."""
+    """Trace the model's deployed form to ONNX (modes restored), once its memory is known to
+    fit."""
+    check_export_memory(model, example)
     quantized = None
     with kept_modes(model):
         model.eval()
