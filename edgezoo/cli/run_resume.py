@@ -11,6 +11,17 @@ from edgezoo.quantization.modes import QAT_RUN
 
 logger = logging.getLogger(__name__)
 
+_SCHEME_FLAGS = {
+    "target": "--target",
+    "per_channel_weights": "--per-channel-weights",
+    "asymmetric_activations": "--asymmetric-activations",
+    "activation_rounding": "--activation-rounding",
+    "bias_rule": "--bias-rule",
+    "learn_ranges": "--learn-ranges",
+    "layer_bits": "--layer-bits",
+}
+
+
 # The option that sets each setting a resumed run keeps (edgezoo.engine.FIXED_ON_RESUME).
 _OPTIONS = {
     "model": "--model",
@@ -27,8 +38,7 @@ _OPTIONS = {
     "warmup_epochs": "--warmup-epochs",
     "max_batches": "--max-batches",
     "validation_split": "--validation-split",
-    "quantization": "--target / --per-channel-weights / --asymmetric-activations / "
-    "--activation-rounding / --bias-rule / --learn-ranges / --layer-bits",
+    "quantization": " / ".join(_SCHEME_FLAGS.values()),
     "distill": "--distill",
     "labels": "--no-labels",
     "distill_temperature": "--distill-temperature",
@@ -36,17 +46,6 @@ _OPTIONS = {
     "range_lr": "--range-lr",
     "bn_freeze_epoch": "--freeze-bn-epoch",
     "range_freeze_epoch": "--freeze-ranges-epoch",
-}
-
-
-_SCHEME_FLAGS = {
-    "target": "--target",
-    "per_channel_weights": "--per-channel-weights",
-    "asymmetric_activations": "--asymmetric-activations",
-    "activation_rounding": "--activation-rounding",
-    "bias_rule": "--bias-rule",
-    "learn_ranges": "--learn-ranges",
-    "layer_bits": "--layer-bits",
 }
 
 

@@ -10,7 +10,7 @@ import math
 from edgezoo.errors import MemoryBudgetError
 from edgezoo.onnxgraph.indexed import IndexedGraph
 
-__all__ = ["available_memory", "check_simulation_memory", "simulation_bytes"]
+__all__ = ["available_memory", "check_simulation_memory", "values_per_image"]
 
 _BYTES_PER_VALUE = 8
 _USABLE_SHARE = 0.8
@@ -29,28 +29,25 @@ def available_memory() -> int | None:
     return None
 
 
-def simulation_bytes(graph: IndexedGraph, batch: int, recorded: bool, arithmetics: int) -> int:
-    """Estimated peak bytes of simulating `batch` images: every node output per image when
-    `recorded`, else the three largest (input, output, an accumulator), per arithmetic (the
-    graph's shapes are inferred once and cached)."""
+def values_per_image(graph: IndexedGraph, recorded: bool) -> int:
+    """Values one image keeps alive: every node output when `recorded`, else the three largest
+    (input, output, an accumulator). Computed once per graph by its simulator."""
     sizes = []
     for node in graph.nodes:
         for name in node.output:
             shape = graph.shapes.get(name)
             if shape:
                 sizes.append(math.prod(shape[1:]) if len(shape) > 1 else 1)
-    per_image = sum(sizes) if recorded else sum(sorted(sizes)[-3:])
-    return per_image * batch * _BYTES_PER_VALUE * arithmetics
+    return sum(sizes) if recorded else sum(sorted(sizes)[-3:])
 
 
-def check_simulation_memory(
-    graph: IndexedGraph, batch: int, recorded: bool = False, arithmetics: int = 1
-) -> None:
-    """Raise MemoryBudgetError, naming the figures, when the estimate exceeds what is free."""
+def check_simulation_memory(per_image: int, batch: int, arithmetics: int = 1) -> None:
+    """Raise MemoryBudgetError, naming the figures, when `batch` images of `per_image` values
+    (values_per_image) in `arithmetics` arithmetics exceed what is free."""
     free = available_memory()
     if free is None:
         return
-    needed = simulation_bytes(graph, batch, recorded, arithmetics)
+    needed = per_image * batch * _BYTES_PER_VALUE * arithmetics
     if needed > free * _USABLE_SHARE:
         raise MemoryBudgetError(
             f"simulating a batch of {batch} would need about {needed / 2**30:.1f} GiB, and "

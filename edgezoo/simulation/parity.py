@@ -10,7 +10,7 @@ import onnx
 from torch import Tensor
 
 from edgezoo.onnxgraph import load_onnx
-from edgezoo.simulation.memory import check_simulation_memory
+from edgezoo.simulation.memory import check_simulation_memory, values_per_image
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.simulate import device_arithmetic, qat_arithmetic
 from edgezoo.simulation.values import FloatValue, IntegerValue
@@ -82,8 +82,9 @@ def parity_report(
     program = GraphProgram(proto)
     report = ParityReport()
     layers: dict[str, LayerParity] = {}
+    per_image = values_per_image(program.graph, recorded=True)
     for batch in batches:
-        check_simulation_memory(program.graph, len(batch), recorded=True, arithmetics=2)
+        check_simulation_memory(per_image, len(batch), arithmetics=2)
         integer_run = program.run(batch, device, record=True)
         float_run = program.run(batch, qat, record=True)
         for name, (op, value) in integer_run.nodes.items():

@@ -18,7 +18,7 @@ from edgezoo.quantization.grid import (
     check_bitwidth,
 )
 from edgezoo.simulation.arithmetic import FloatArithmetic, IntegerArithmetic
-from edgezoo.simulation.memory import check_simulation_memory
+from edgezoo.simulation.memory import check_simulation_memory, values_per_image
 from edgezoo.simulation.runner import GraphProgram
 from edgezoo.simulation.values import IntegerValue
 from edgezoo.tidl.rules import (
@@ -121,11 +121,13 @@ class TIDLSimulator:
         proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
         self.program = GraphProgram(proto)
         self.arithmetic = device_arithmetic(proto, bitwidth)
+        graph = self.program.graph
+        self._values = {kept: values_per_image(graph, kept) for kept in (False, True)}
 
     def __call__(
         self, inputs: Tensor | np.ndarray, return_integers: bool = False
     ) -> list[np.ndarray] | list[SimulatedTensor]:
-        check_simulation_memory(self.program.graph, len(inputs))
+        check_simulation_memory(self._values[False], len(inputs))
         outputs = self.program.run(inputs, self.arithmetic).outputs
         if return_integers:
             return [_integers(value) for value in outputs]
@@ -135,7 +137,7 @@ class TIDLSimulator:
         """Every tensor the device holds on an activation grid (each Clip's output, and ops
         that keep their input's grid), by ONNX tensor name: what TIDL's fixed-point layer
         traces record, to compare with them (docs/integer_simulation.md)."""
-        check_simulation_memory(self.program.graph, len(inputs), recorded=True)
+        check_simulation_memory(self._values[True], len(inputs))
         run = self.program.run(inputs, self.arithmetic, record=True)
         return {
             output: _integers(value)
