@@ -87,6 +87,8 @@ def _validate_model(problems: list[str], name: str, entry: Any, models: dict) ->
         "pretrained_backbone",
         "preprocessing",
         "unused_checkpoint_prefixes",
+        "head_weight",
+        "head_priors",
     }
     _check_keys(problems, where, entry, required | {"weights"}, optional)
     if entry.get("task") not in task_names():
@@ -97,7 +99,9 @@ def _validate_model(problems: list[str], name: str, entry: Any, models: dict) ->
     size = entry.get("input_size")
     if not (isinstance(size, list) and len(size) == 3 and all(map(_is_positive_int, size))):
         problems.append(f"{where}.input_size must be [C, H, W] of positive integers")
-    for key in ("head", "torchvision_name", "description"):
+    if "head_priors" in entry and not _is_positive_int(entry["head_priors"]):
+        problems.append(f"{where}.head_priors must be a positive integer")
+    for key in ("head", "head_weight", "torchvision_name", "description"):
         if key in entry and not (isinstance(entry[key], str) and entry[key]):
             problems.append(f"{where}.{key} must be a non-empty string")
     weights = entry.get("weights")

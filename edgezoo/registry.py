@@ -90,7 +90,7 @@ def get_model(
     num_classes: int | None = None,
     qat: bool | str = False,
     *,
-    pretrained_backbone: bool | str = False,
+    pretrained_backbone: bool | str | os.PathLike = False,
     weights_url: str | None = None,
     progress: bool = True,
     example_input: torch.Tensor | None = None,
@@ -103,11 +103,12 @@ def get_model(
 
     pretrained: True (the manifest's default tag), a tag ("IMAGENET1K_V2"), or a path / file://
     URL of a float or QAT checkpoint. num_classes: default the checkpoint's; another value loads
-    all but the head. pretrained_backbone (segmentation): True or a tag loads ImageNet weights
-    into model.backbone. qat: False (float), True/"train", "calibrate" or "test": the wrapper
-    wrap_model builds with `config`, traced with example_input (default: a random batch at the
-    model's input size). weights_url: a mirror (default $EDGEZOO_WEIGHTS_URL). features_only:
-    the backbone's feature maps at `out_indices` (FeatureMaps). kwargs go to the builder.
+    all but the head. pretrained_backbone (segmentation, detection): True or a tag loads ImageNet
+    weights into model.backbone, a path a checkpoint of the backbone's classifier. qat: False
+    (float), True/"train", "calibrate" or "test": the wrapper wrap_model builds with `config`,
+    traced with example_input (default: a random batch at the model's input size). weights_url:
+    a mirror (default $EDGEZOO_WEIGHTS_URL). features_only: the backbone's feature maps at
+    `out_indices` (FeatureMaps). kwargs go to the builder.
     """
     if features_only:
         options = {"pretrained": pretrained, "pretrained_backbone": pretrained_backbone, **kwargs}
@@ -124,9 +125,7 @@ def get_model(
         state_dict, origin = _pretrained_state_dict(
             canonical, entry, pretrained, weights_url, progress
         )
-        num_classes = (
-            _head_classes(state_dict, entry["head"]) if num_classes is None else num_classes
-        )
+        num_classes = _head_classes(state_dict, entry) if num_classes is None else num_classes
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = BUILDERS[canonical](**kwargs)
@@ -265,16 +264,19 @@ def _tag(pretrained: bool | str, entry: Mapping[str, Any]) -> str:
 
 def checkpoint_classes(name: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:
     """The number of classes a checkpoint of model `name` was trained for, if it has a head."""
-    return _head_classes(state_dict, _entry(resolve_name(name))["head"])
+    return _head_classes(state_dict, _entry(resolve_name(name)))
 
 
-def _head_classes(state_dict: Mapping[str, torch.Tensor], head: str) -> int | None:
-    """The number of classes the checkpoint's head produces, if it has one."""
+def _head_classes(state_dict: Mapping[str, torch.Tensor], entry: Mapping[str, Any]) -> int | None:
+    """The number of classes the checkpoint's head produces, if it has one (a detector's class
+    head: head_priors x (classes + 1) channels)."""
+    wanted = entry.get("head_weight", f"{entry['head']}.weight")
     for key, tensor in state_dict.items():
         while key.startswith("module."):
             key = key.removeprefix("module.")
-        if key == f"{head}.weight":
-            return tensor.shape[0]
+        if key == wanted:
+            priors = entry.get("head_priors")
+            return tensor.shape[0] if priors is None else tensor.shape[0] // priors - 1
     return None
 
 
@@ -282,11 +284,12 @@ def _load_backbone(
     model: nn.Module,
     canonical: str,
     entry: Mapping[str, Any],
-    pretrained_backbone: bool | str,
+    pretrained_backbone: bool | str | os.PathLike,
     weights_url: str | None,
     progress: bool,
 ) -> None:
-    """Load ImageNet classifier weights into model.backbone; only classifier-only keys are left."""
+    """Load ImageNet classifier weights (a tag) or a classifier checkpoint (a path) into
+    model.backbone; only classifier-only keys are left out."""
     spec = entry.get("pretrained_backbone")
     if spec is None:
         raise UsageError(
@@ -294,14 +297,18 @@ def _load_backbone(
             f"{', '.join(n for n in list_models() if 'pretrained_backbone' in _entry(n))}"
         )
     backbone_entry = _entry(spec["model"])
-    tag = spec["weights"] if pretrained_backbone is True else str(pretrained_backbone).upper()
-    if tag not in backbone_entry["weights"]:
-        raise UnknownModelError(
-            f"unknown backbone weights {pretrained_backbone!r} for {canonical}; tags of "
-            f"{spec['model']}: {', '.join(backbone_entry['weights'])}"
-        )
-    record = backbone_entry["weights"][tag]
-    path = hub.fetch_weights(record, base_url=weights_url, progress=progress)
+    if isinstance(pretrained_backbone, str | os.PathLike) and _looks_like_path(pretrained_backbone):
+        path, tag = pretrained_backbone, os.fspath(pretrained_backbone)
+    else:
+        tag = spec["weights"] if pretrained_backbone is True else str(pretrained_backbone).upper()
+        if tag not in backbone_entry["weights"]:
+            raise UnknownModelError(
+                f"unknown backbone weights {pretrained_backbone!r} for {canonical}; tags of "
+                f"{spec['model']}: {', '.join(backbone_entry['weights'])}, or a path to a "
+                f"{spec['model']} checkpoint"
+            )
+        record = backbone_entry["weights"][tag]
+        path = hub.fetch_weights(record, base_url=weights_url, progress=progress)
     backbone = model.get_submodule("backbone")
     # The backbone declares which classifier-only keys of the checkpoint it leaves out.
     unused = getattr(backbone, "unused_checkpoint_prefixes", (f"{backbone_entry['head']}.",))

@@ -66,6 +66,31 @@ CLASSIFIERS = [
 # torchvision's segmentation models, converted; their ImageNet backbone is torchvision's too.
 TORCHVISION_BACKBONES = {"resnet50": "IMAGENET1K_V1", "resnet101": "IMAGENET1K_V1"}
 
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """An edgezoo detector with published ImageNet weights for its backbone only; its class
+    heads (head_weight's output channels = head_priors x (classes + 1)) give its classes."""
+
+    name: str
+    backbone: str
+    backbone_weights: str
+    head: str
+    head_weight: str
+    description: str
+
+
+DETECTORS = [
+    DetectorSpec(
+        "ssdlite_mobilenetv2_lite",
+        "mobilenetv2",
+        "IMAGENET1K_V1",
+        "class_heads",
+        "class_heads.0.1.weight",
+        "SSDLite (TIDL-friendly lite variant) on MobileNetV2; no published full weights",
+    ),
+]
+
 # torchvision's own segmentation models start from the IMAGENET1K_V1 backbones; we follow them.
 SEGMENTERS = [
     SegmenterSpec(
@@ -168,6 +193,35 @@ def _segmenter_entry(spec: SegmenterSpec) -> dict:
     }
 
 
+def _detector_entry(spec: DetectorSpec) -> dict:
+    from edgezoo.models import BUILDERS
+    from edgezoo.models.ssdlite import DEFAULT_DETECTION_INPUT_SIZE
+
+    input_size = [3, *DEFAULT_DETECTION_INPUT_SIZE]
+    model = BUILDERS[spec.name]()
+    priors = model.meta_arch.boxes.priors_per_level[0]
+    return {
+        "task": "detection",
+        "description": spec.description,
+        "num_classes": model.state_dict()[spec.head_weight].shape[0] // priors - 1,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "input_size": input_size,
+        "head": spec.head,
+        "head_weight": spec.head_weight,
+        "head_priors": priors,
+        "default_weights": None,
+        "weights": {},
+        "pretrained_backbone": {"model": spec.backbone, "weights": spec.backbone_weights},
+        "preprocessing": {
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "resize": input_size[1:],
+            "crop": None,
+            "interpolation": "bilinear",
+        },
+    }
+
+
 def _torchvision_segmenter_entry(name: str, head: str) -> dict:
     """A converted torchvision segmentation model: its published weights (without the
     auxiliary head the zoo model leaves out) and its torchvision ImageNet backbone."""
@@ -198,6 +252,7 @@ def build_manifest() -> dict:
     models.update(
         {name: _torchvision_segmenter_entry(name, h) for name, h in CONVERTED_SEGMENTERS.items()}
     )
+    models.update({spec.name: _detector_entry(spec) for spec in DETECTORS})
     return {
         "format_version": FORMAT_VERSION,
         "generated_by": f"tools/make_manifest.py from torchvision {TORCHVISION_VERSION}",

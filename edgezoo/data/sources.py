@@ -17,8 +17,9 @@ from edgezoo.data.fashion_mnist import (
 from edgezoo.data.validation import VALIDATION_SEED, validation_split
 from edgezoo.errors import DataError
 
-DATA_NAMES = ("embedded", "fashion-mnist", "composite")
+DATA_NAMES = ("embedded", "fashion-mnist", "composite", "composite-detection")
 COMPOSITE_NAME = "composite"
+COMPOSITE_DETECTION_NAME = "composite-detection"
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,19 @@ class SegmentationTransform(_Normalise):
         if self.augment and torch.rand(()) < 0.5:
             x, y = x.flip(-1), y.flip(-1)
         return self._normalise(x), y
+
+
+class DetectionTransform(_Normalise):
+    """(image, (M, 5) relative-box targets) -> resized, (flipped,) normalised (3, H, W) input
+    and its targets (relative corners stay valid under resizing; a flip mirrors them)."""
+
+    def __call__(self, image: np.ndarray | Image.Image, targets: Tensor) -> tuple[Tensor, Tensor]:
+        x = resize_image(image_to_tensor(image), self.input_size)
+        if self.augment and torch.rand(()) < 0.5:
+            x, targets = x.flip(-1), targets[:, [0, 3, 2, 1, 4]] * _MIRROR + _MIRROR_SHIFT
+        return self._normalise(x), targets
+
+
+# Mirroring relative x corners: x1' = 1 - x2, x2' = 1 - x1 (columns reordered above).
+_MIRROR = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+_MIRROR_SHIFT = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])

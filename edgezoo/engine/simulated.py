@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from edgezoo.detection import graph_meta_arch
 from edgezoo.errors import UsageError
 from edgezoo.onnxgraph import load_onnx
 from edgezoo.onnxgraph.tools import without_argmax
@@ -33,14 +34,17 @@ def simulated_metrics(
     proto = without_argmax(model if isinstance(model, onnx.ModelProto) else load_onnx(model))
     _check_fits(proto, dataset, num_classes)
     simulator = TIDLSimulator(proto)
-    task = get_task(task)
+    task = get_task(task).bind_graph(proto)
+    names = [output.name for output in proto.graph.output]
     meter = task.make_meter(num_classes, ignore_index)
-    loader = DataLoader(dataset, batch_size=batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     batches = islice(loader, total)
     for images, targets in tqdm(batches, total=total, desc="simulate", disable=not progress):
-        (logits,) = simulator(images)
-        logits = torch.from_numpy(logits).float()
+        outputs = [torch.from_numpy(array).float() for array in simulator(images)]
+        logits = task.outputs(
+            outputs[0] if len(outputs) == 1 else dict(zip(names, outputs, strict=True))
+        )
         loss = task.loss(logits, targets, ignore_index, label_smoothing=0.0)
         meter.update(logits, targets, loss)
     return meter.compute()
@@ -65,7 +69,13 @@ def _check_fits(proto: onnx.ModelProto, dataset: Dataset, num_classes: int) -> N
             f"data is {expected}: export the model at this input size (--input-size), or "
             "evaluate the graph of this model"
         )
-    classes = _static_dims(proto.graph.output[0])[1:2]
+    meta = graph_meta_arch(proto)
+    if meta is not None and meta.num_classes != num_classes:
+        raise UsageError(
+            f"the detector's graph has {meta.num_classes} classes, the evaluation has "
+            f"{num_classes}: pass the graph exported from this model and checkpoint"
+        )
+    classes = _static_dims(proto.graph.output[0])[1:2] if len(proto.graph.output) == 1 else []
     if classes and classes[0] is not None and classes[0] != num_classes:
         raise UsageError(
             f"the graph outputs {classes[0]} classes, the evaluation has {num_classes}: pass "

@@ -81,19 +81,20 @@ def weights_module(model: nn.Module, mode: str) -> nn.Module:
     return model.module if mode in (QAT_RUN, CALIBRATE) else model
 
 
-def _loss(logits: Tensor, targets: Tensor, config: TrainConfig) -> Tensor:
-    return get_task(config.task).loss(logits, targets, config.ignore_index, config.label_smoothing)
-
-
 Criterion = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(inputs, logits, targets) -> the training loss."""
 
 
-def _criterion(config: TrainConfig, teacher: nn.Module | None) -> Criterion:
-    """The training loss of a run: cross entropy, or distillation from the float teacher
-    (without labels when config.labels is False)."""
+def _criterion(config: TrainConfig, teacher: nn.Module | None) -> Criterion | None:
+    """The training loss of a run when it is not the task's own (None): distillation from the
+    float teacher (without labels when config.labels is False)."""
     if not config.distill:
-        return lambda _inputs, logits, targets: _loss(logits, targets, config)
+        return None
+    if not get_task(config.task).supports_distillation:
+        raise UsageError(
+            f"distillation matches logits, which the {config.task} task's outputs are not; "
+            "train without distill (CLI: without --distill)"
+        )
     if teacher is None:
         raise UsageError(
             "distill=True needs the float model to learn from: fit(..., teacher=float_model)"
@@ -148,7 +149,7 @@ def run_epoch(
     criterion: the training loss (default: cross entropy); metrics always use the labels.
     """
     model.train(train)
-    task = get_task(config.task)
+    task = get_task(config.task).bind(model)
     meter = task.make_meter(config.num_classes, config.ignore_index, device)
     total = len(loader) if config.max_batches is None else min(len(loader), config.max_batches)
     grad = optimizer is not None
@@ -163,7 +164,7 @@ def run_epoch(
         with torch.set_grad_enabled(grad):
             logits = task.outputs(model(inputs))
             if criterion is None:
-                loss = _loss(logits, targets, config)
+                loss = task.loss(logits, targets, config.ignore_index, config.label_smoothing)
             else:
                 loss = criterion(inputs, logits, targets)
         if grad:
@@ -288,7 +289,7 @@ class _Run:
     optimization: Optimization
     out_dir: Path | None
     progress_bars: bool
-    criterion: Criterion
+    criterion: Criterion | None
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train (or calibrate) one epoch, validate, and return the epoch's record."""

@@ -20,6 +20,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from edgezoo.detection import find_meta_arch
 from edgezoo.errors import (
     ExportVerificationError,
     UncalibratedRangesError,
@@ -37,6 +38,7 @@ from edgezoo.export.graph_passes import (
 )
 from edgezoo.export.layer_widths import record_widths, tidl_16bit_names, traced_widths
 from edgezoo.export.memory import check_export_memory
+from edgezoo.export.meta_arch_files import meta_arch_text, record_meta_arch
 from edgezoo.export.metadata import input_spec, record_normalisation, stamp
 from edgezoo.export.outputs import output_tensors, traceable_outputs
 from edgezoo.export.plan import ExportPlan, export_plan
@@ -60,6 +62,7 @@ from edgezoo.registry import model_info
 from edgezoo.targets import (
     QDQ_FORMAT,
 )
+from edgezoo.tasks import DETECTION
 from edgezoo.text import preview
 from edgezoo.tidl.tensor_bits import TensorBits
 
@@ -111,16 +114,22 @@ def export_onnx(
     info = None if model_name is None else model_info(model_name)
     example = _example_input(model, example_input, input_size, info)
     traced = _reference_and_graph(model, example, plan.opset, wrapped)
-    _check_outputs(traced.names, argmax, write_configs, plan)
+    detector = find_meta_arch(model)
+    _check_outputs(traced.names, argmax, write_configs and detector is None, plan)
     proto, aligned, parity, widths = _graph_for_plan(
         traced, example, simplify, argmax, settings, plan, quantized
     )
+    task = DETECTION if detector is not None and task is None else task
     spec = input_spec(example, traced.reference[0], info, task, preprocessing, argmax)
     name = model_name or type(model).__name__
     stamp(proto, name, quantized, len(untrained), settings, plan, widths)
     record_normalisation(proto, spec)
+    meta_text = None
+    if detector is not None:
+        record_meta_arch(proto, detector)
+        meta_text = meta_arch_text(detector, example, traced.names, traced.reference)
     verification = verify_onnx(
-        proto, quantized, wrapped and _quantizes_input(model), allow_uncalibrated
+        proto, quantized, wrapped and _quantizes_input(model), allow_uncalibrated, meta_text
     )
     measured = (tuple(example.shape), parity, parity_tolerance, tuple(aligned), plan.target.name)
     report = _report(proto, path, verification, *measured, traced.names)
@@ -128,7 +137,9 @@ def export_onnx(
         report = with_device_figures(report, proto, argmax, example, traced.qat, model)
     _write(proto, report, strict)
     compilation = _compilation(plan, quantized, settings, proto, widths) if write_configs else None
-    return _with_configs(report, spec, quantized, compilation)
+    if compilation is not None and detector is not None:
+        compilation = dataclasses.replace(compilation, meta_arch_type=detector.meta_arch_type)
+    return _with_configs(report, spec, quantized, compilation, meta_text)
 
 
 def _compilation(
@@ -144,11 +155,15 @@ def _compilation(
 
 
 def _with_configs(
-    report: ExportReport, spec, quantized: bool, compilation: TIDLCompilation | None
+    report: ExportReport,
+    spec,
+    quantized: bool,
+    compilation: TIDLCompilation | None,
+    meta_arch: str | None,
 ) -> ExportReport:
     """The report of a written graph, with the TIDL files written beside it (unless None)."""
     if compilation is not None:
-        files = write_tidl_configs(report.path, spec, quantized, compilation)
+        files = write_tidl_configs(report.path, spec, quantized, compilation, meta_arch)
         report = dataclasses.replace(report, config_files=files)
     logger.info("exported %s", report)
     return report
@@ -168,8 +183,9 @@ def _model_kind(model: nn.Module) -> tuple[bool, GraphQuantization | None, bool]
 def _check_outputs(
     names: tuple[str, ...], argmax: bool, write_configs: bool, plan: "ExportPlan"
 ) -> None:
-    """Refuse what only a one-output graph has: TIDL's classification/segmentation files, a
-    final ArgMax, the QDQ agreement check."""
+    """Refuse what only a one-output graph has: TIDL's classification/segmentation files
+    (write_configs: a detector's files describe its heads), a final ArgMax, the QDQ agreement
+    check."""
     if len(names) == 1:
         return
     if argmax:

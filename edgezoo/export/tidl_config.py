@@ -6,6 +6,8 @@
 - `<stem>_tidl_import.txt` (TDA4VM): the TIDL import tool's `key = value` configuration.
 - `<stem>_param.json`: a model configuration in the style of TI's edgeai-modelzoo (task_type,
   target_device, preprocess, session, postprocess).
+- `<stem>_meta_arch.prototxt` (detectors): the meta-architecture TIDL adds after the heads
+  (prior boxes or anchors, box decoding, NMS), named by object_detection:meta_layers_names_list.
 
 A QAT Clip graph carries its ranges and grid weights, so TIDL is told not to calibrate
 (accuracy_level 0 / calibrationOption 64); a QDQ graph carries its scales and zero points
@@ -19,11 +21,12 @@ import json
 import os
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgezoo.errors import UsageError
+from edgezoo.export.meta_arch_files import META_ARCH_SUFFIX
 from edgezoo.fileio import atomic_path
 from edgezoo.targets import (
     CLIP_FORMAT,
@@ -120,7 +123,8 @@ class TIDLCompilation:
     tensor_bits: the graph's bit width (8 or 16; QDQ graphs are 8-bit). affine: the graph has
     per-channel weights or affine (zero-point) activations (quantization_scale_type 4).
     features_16bit / params_16bit: the layers (TIDL's names: output tensors) whose outputs /
-    weights a mixed-precision graph holds in 16 bits.
+    weights a mixed-precision graph holds in 16 bits. meta_arch_type / meta_arch_file: a
+    detector's TIDL meta-architecture and its prototxt's file name (beside the graph).
     """
 
     target: TargetDevice = field(default_factory=resolve_target)
@@ -130,6 +134,8 @@ class TIDLCompilation:
     affine: bool = False
     features_16bit: tuple[str, ...] = ()
     params_16bit: tuple[str, ...] = ()
+    meta_arch_type: int | None = None
+    meta_arch_file: str | None = None
 
     @property
     def scale_type(self) -> int:
@@ -168,6 +174,13 @@ OPTION_MEANINGS = {
     "advanced_options:params_16bit_names_list": (
         "layers (output tensor names) whose weights and biases TIDL holds in 16 bits"
     ),
+    "object_detection:meta_arch_type": (
+        "the detector's meta-architecture (3: ONNX SSD, 6: YOLOX/v5/v7), whose box decoding "
+        "and NMS TIDL runs after the graph"
+    ),
+    "object_detection:meta_layers_names_list": (
+        "the prototxt describing the head outputs, prior boxes and detection output"
+    ),
 }
 """What each compile option edgezoo writes means (edgeai-tidl-tools, examples/osrt_python)."""
 
@@ -202,6 +215,9 @@ def compile_options(
         options["advanced_options:output_feature_16bit_names_list"] = names
     if compilation.params_16bit:
         options["advanced_options:params_16bit_names_list"] = ", ".join(compilation.params_16bit)
+    if compilation.meta_arch_type is not None:
+        options["object_detection:meta_arch_type"] = compilation.meta_arch_type
+        options["object_detection:meta_layers_names_list"] = compilation.meta_arch_file
     return options
 
 
@@ -241,6 +257,9 @@ def import_config_text(
         entries.append(("outFeature16bitNamesList", f'"{",".join(compilation.features_16bit)}"'))
     if compilation.params_16bit:
         entries.append(("params16bitNamesList", f'"{",".join(compilation.params_16bit)}"'))
+    if compilation.meta_arch_type is not None:
+        entries.append(("metaArchType", compilation.meta_arch_type))
+        entries.append(("metaLayersNamesList", f'"{compilation.meta_arch_file}"'))
     width = max(len(key) for key, _ in entries)
     lines = [
         f"# TIDL import configuration written by edgezoo {__version__} for {onnx_name}",
@@ -296,18 +315,24 @@ def write_tidl_configs(
     spec: TIDLInputSpec,
     quantized: bool = True,
     compilation: TIDLCompilation | None = None,
+    meta_arch: str | None = None,
 ) -> dict[str, Path]:
     """Write the TIDL files beside `onnx_path` (compilation: the device and the graph's format,
-    default TDA4VM with `quantized`); return them by role. The import-tool file is written for
-    TDA4VM, whose TIDL-RT import tool edgezoo's keys describe."""
+    default TDA4VM with `quantized`; meta_arch: a detector's prototxt text, which the options
+    then name); return them by role. The import-tool file is written for TDA4VM, whose TIDL-RT
+    import tool edgezoo's keys describe."""
     compilation = compilation or TIDLCompilation(quantized=quantized)
     onnx_path = Path(onnx_path)
     stem, name = onnx_path.stem, onnx_path.name
+    texts: dict[str, str] = {}
+    paths: dict[str, Path] = {}
+    if meta_arch is not None:
+        paths["meta_arch"] = onnx_path.with_name(stem + META_ARCH_SUFFIX)
+        texts["meta_arch"] = meta_arch
+        compilation = replace(compilation, meta_arch_file=paths["meta_arch"].name)
     options = compile_options(compilation, artifacts_folder=f"{stem}_tidl_artifacts")
-    paths = {
-        "compile_options": onnx_path.with_name(f"{stem}_tidl_compile_options.json"),
-        "model_config": onnx_path.with_name(f"{stem}_param.json"),
-    }
+    paths["compile_options"] = onnx_path.with_name(f"{stem}_tidl_compile_options.json")
+    paths["model_config"] = onnx_path.with_name(f"{stem}_param.json")
     compile_file = {
         "target_device": compilation.target.name,
         "soc": compilation.target.soc,
@@ -316,7 +341,7 @@ def write_tidl_configs(
         "provider_options": options,
         "option_meanings": {key: OPTION_MEANINGS[key] for key in options},
     }
-    texts = {"compile_options": json.dumps(compile_file, indent=2) + "\n"}
+    texts["compile_options"] = json.dumps(compile_file, indent=2) + "\n"
     if compilation.target.name == DEFAULT_TARGET and compilation.export_format == CLIP_FORMAT:
         paths["import_config"] = onnx_path.with_name(f"{stem}_tidl_import.txt")
         texts["import_config"] = import_config_text(name, spec, compilation)
@@ -332,7 +357,7 @@ def tidl_config_paths(onnx_path: str | os.PathLike) -> list[Path]:
     """Every file write_tidl_configs may write beside onnx_path (to check before writing)."""
     onnx_path = Path(onnx_path)
     stem = onnx_path.stem
-    suffixes = ("_tidl_compile_options.json", "_param.json", "_tidl_import.txt")
+    suffixes = ("_tidl_compile_options.json", "_param.json", "_tidl_import.txt", META_ARCH_SUFFIX)
     return [onnx_path.with_name(stem + suffix) for suffix in suffixes]
 
 

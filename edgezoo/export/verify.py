@@ -17,6 +17,7 @@ from edgezoo.export.qdq_rules import check_qdq_graph, is_qdq_graph
 from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.verify_context import CheckedGraph
 from edgezoo.export.verify_graph import check_graph, metadata_problems
+from edgezoo.export.verify_meta_arch import check_meta_arch
 from edgezoo.export.verify_ops import check_nodes
 from edgezoo.export.verify_ranges import check_calibrated, check_input_clipped, check_ranges
 from edgezoo.export.verify_widths import check_widths
@@ -54,6 +55,7 @@ def verify_onnx(
     quantized: bool = True,
     input_clipped: bool | None = None,
     allow_uncalibrated: bool = False,
+    meta_arch: str | None = None,
 ) -> VerifyReport:
     """Check a graph (path or ModelProto) against TIDL's rules and report every violation.
 
@@ -62,6 +64,8 @@ def verify_onnx(
     input_clipped: require a Clip between the graph input and the first Conv (default: equal to
     quantized; pass False for a QAT model trained with quantize_input=False).
     allow_uncalibrated: do not report the untrained ranges an export recorded in the graph.
+    meta_arch: a detector's meta-architecture prototxt text, checked against the graph (a
+    detector edgezoo exported is reported without one).
     """
     if isinstance(model, onnx.ModelProto):
         proto, source = model, model.graph.name or "<ModelProto>"
@@ -76,6 +80,7 @@ def verify_onnx(
         metadata_problems=problems,
         widths=TensorBits() if problems else TensorBits.of_graph(proto),
         qdq=is_qdq_graph(proto),
+        meta_arch=meta_arch,
     )
     return VerifyReport(
         source=source,
@@ -95,6 +100,7 @@ def _violations(checked: CheckedGraph) -> Iterator[GraphViolation]:
         return
     yield from check_graph(checked)
     yield from check_nodes(checked)
+    yield from check_meta_arch(checked.graph, checked.meta_arch)
     if checked.qdq:
         yield from check_qdq_graph(checked.graph)
     elif checked.quantized:

@@ -24,3 +24,5 @@ class CheckedGraph:
     """The per-tensor bit widths the export recorded (8 bits when unreadable)."""
     qdq: bool
     """The graph holds QuantizeLinear / DequantizeLinear nodes."""
+    meta_arch: str | None = None
+    """A detector's meta-architecture prototxt (the text TIDL will read), if given."""

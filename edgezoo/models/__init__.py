@@ -35,6 +35,7 @@ from edgezoo.models.resnet import (
     wide_resnet50_2,
     wide_resnet101_2,
 )
+from edgezoo.models.ssdlite import SSDLite, ssdlite_mobilenetv2_lite
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
@@ -50,6 +51,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": mobilenetv2,
     "deeplabv3plus_mobilenetv2": deeplabv3plus_mobilenetv2,
     "deeplabv3plus_resnet50": deeplabv3plus_resnet50,
+    "ssdlite_mobilenetv2_lite": ssdlite_mobilenetv2_lite,
     **{name: converted_builder(name) for name in CONVERTED},
 }
 """Canonical model name -> builder(num_classes=..., **kwargs); the registry adds aliases."""
@@ -68,6 +70,7 @@ __all__ = [
     "InvertedResidual",
     "MobileNetV2",
     "ResNet",
+    "SSDLite",
     "SeparableASPP",
     "deeplabv3plus_mobilenetv2",
     "deeplabv3plus_resnet50",
@@ -83,6 +86,7 @@ __all__ = [
     "resnext50_32x4d",
     "resnext101_32x8d",
     "resnext101_64x4d",
+    "ssdlite_mobilenetv2_lite",
     "wide_resnet50_2",
     "wide_resnet101_2",
 ]

@@ -10,8 +10,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from edgezoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from edgezoo.detection import graph_meta_arch
 from edgezoo.errors import SimulationError, UnknownModelError
-from edgezoo.tasks import task_of_graph
+from edgezoo.tasks import DETECTION, task_of_graph
 
 MAX_IMAGE_ELEMENTS = 3 * 4096 * 4096
 """Largest image (values per input) the simulation allocates batches for."""
@@ -37,7 +38,10 @@ def graph_input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
 
 
 def graph_task(proto: onnx.ModelProto) -> str:
-    """The task of a bare graph: by its final ArgMax or its output's rank (tasks.task_of_graph)."""
+    """The task of a bare graph: detection where it records a meta-architecture, else by its
+    final ArgMax or its output's rank (tasks.task_of_graph)."""
+    if graph_meta_arch(proto) is not None:
+        return DETECTION
     argmax = bool(proto.graph.node) and proto.graph.node[-1].op_type == "ArgMax"
     return task_of_graph(len(proto.graph.output[0].type.tensor_type.shape.dim), argmax).name
 
@@ -62,9 +66,11 @@ def graph_batches(
         for _ in range(batches):
             yield torch.randn(batch_size, channels, height, width, generator=generator)
         return
-    from edgezoo.tasks import build_task_data
+    from edgezoo.tasks import build_task_data, get_task
 
     mean, std = graph_normalisation(proto)
-    dataset = build_task_data(data, graph_task(proto), height, mean, std).val
-    for images, _ in islice(DataLoader(dataset, batch_size=batch_size), batches):
+    task = get_task(graph_task(proto))
+    dataset = build_task_data(data, task, height, mean, std).val
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
+    for images, _ in islice(loader, batches):
         yield images

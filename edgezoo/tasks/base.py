@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import onnx
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from edgezoo.data.sources import TaskData
 from edgezoo.data.transforms import Size
@@ -75,6 +76,17 @@ class Task:
     demo: ClassVar[DemoDefaults]
     collate_fn: ClassVar[Callable[[list[Any]], Any] | None] = None
     """How a DataLoader batches this task's items (None: torch's default collation)."""
+    supports_distillation: ClassVar[bool] = True
+    """Whether edgezoo's logit distillation (edgezoo.distillation) applies to its outputs."""
+
+    def bind(self, model: nn.Module) -> "Task":
+        """This task for `model` (a task whose loss or metrics depend on the model, as
+        detection's prior boxes do, returns a copy that holds what it needs)."""
+        return self
+
+    def bind_graph(self, proto: "onnx.ModelProto") -> "Task":
+        """This task for an exported graph (what `bind` is for a model)."""
+        return self
 
     def make_meter(
         self, num_classes: int, ignore_index: int | None, device: torch.device | str = "cpu"

@@ -9,6 +9,7 @@ from torch import Tensor
 from edgezoo.data.fashion_mnist import FASHION_MNIST_CLASSES, ItemClassification
 from edgezoo.data.folders import image_folder
 from edgezoo.data.sources import (
+    COMPOSITE_DETECTION_NAME,
     COMPOSITE_NAME,
     TaskData,
     check_num_classes,
@@ -102,8 +103,11 @@ class Classification(Task):
     ) -> TaskData:
         """Fashion-MNIST items (a data name or idx folder), or class-per-folder images."""
         name = os.fspath(data)
-        if name == COMPOSITE_NAME:
-            raise DataError("'composite' is a segmentation set; use it with a segmentation model")
+        if name in (COMPOSITE_NAME, COMPOSITE_DETECTION_NAME):
+            raise DataError(
+                f"{name!r} is a set of composite scenes; use it with a segmentation or detection "
+                "model, or train a classifier on 'embedded' or 'fashion-mnist'"
+            )
         items = fashion_mnist_items(name)
         if items is None:
             return _image_folder_data(name, input_size, mean, std, num_classes, augment)

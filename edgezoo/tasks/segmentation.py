@@ -13,7 +13,13 @@ from edgezoo.data.composite import (
 )
 from edgezoo.data.fashion_mnist import ItemArrays
 from edgezoo.data.folders import IGNORE_INDEX, SegmentationFolder
-from edgezoo.data.sources import TaskData, check_num_classes, fashion_mnist_items, split_folders
+from edgezoo.data.sources import (
+    COMPOSITE_DETECTION_NAME,
+    TaskData,
+    check_num_classes,
+    fashion_mnist_items,
+    split_folders,
+)
 from edgezoo.data.transforms import SegmentationTransform, Size
 from edgezoo.errors import DataError
 from edgezoo.tasks.base import DemoDefaults, Reduce, Task, no_reduce
@@ -116,6 +122,11 @@ class Segmentation(Task):
     ) -> TaskData:
         """COMPOSITE scenes of Fashion-MNIST items (a data name or idx folder), or users'
         images/ + masks/ folders."""
+        if os.fspath(data) == COMPOSITE_DETECTION_NAME:
+            raise DataError(
+                "'composite-detection' is a detection set; segmentation's composite scenes are "
+                "'composite' (or 'embedded' / 'fashion-mnist')"
+            )
         items = fashion_mnist_items(os.fspath(data))
         if items is None:
             return _folder_data(data, input_size, mean, std, num_classes, augment)
