@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_JSON = "results.json"
 PLOT_PNG = "accuracy.png"
+EXAMPLES_PNG = "examples.png"
 STAGES = (FLOAT_RUN, CALIBRATE, QAT_RUN)
 """The demo's stages are the engine's run modes (PTQ is the calibrate run)."""
 
@@ -79,6 +80,7 @@ class DemoResult:
     results_path: Path
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    examples_path: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -116,6 +118,7 @@ class DemoResult:
             f"  verification: {self.verification_summary}",
             f"  TIDL files:   {', '.join(self.tidl_files.values()) or 'none'}",
             f"  plot:         {self.plot_path}",
+            *([f"  examples:     {self.examples_path}"] if self.examples_path else []),
             f"  results:      {self.results_path}",
             f"  wall time:    {self.wall_seconds:.0f} s ({verdict})",
         ]
@@ -139,6 +142,7 @@ class DemoResult:
             "verification": self.verification_summary,
             "tidl_files": self.tidl_files,
             "plot": str(self.plot_path),
+            "examples": None if self.examples_path is None else str(self.examples_path),
             "stage_seconds": self.stage_seconds,
             "wall_seconds": self.wall_seconds,
         }
@@ -178,7 +182,8 @@ def _check_out_dir(out_dir: Path, overwrite: bool, model: str) -> None:
     from edgezoo.export.tidl_config import tidl_config_paths
 
     onnx_path = out_dir / f"{model}_qat.onnx"
-    files = [out_dir / RESULTS_JSON, out_dir / PLOT_PNG, onnx_path, *tidl_config_paths(onnx_path)]
+    files = [out_dir / name for name in (RESULTS_JSON, PLOT_PNG, EXAMPLES_PNG)]
+    files += [onnx_path, *tidl_config_paths(onnx_path)]
     present = [path.name for path in files if path.exists()]
     if present and not overwrite:
         raise RunExistsError(
@@ -336,6 +341,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     metric = get_task(options.task).primary_metric
     plot_path = out_dir / PLOT_PNG
     write_plot(plot_path, results, metric, plan.name, options.task)
+    examples = out_dir / EXAMPLES_PNG
+    task = get_task(options.task)
+    pictured = task.example_picture(qat, plan.data.val, plan.data.classes, (mean, std), examples)
     result = DemoResult(
         task=options.task,
         model=plan.name,
@@ -349,6 +357,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         plot_path=plot_path,
         results_path=out_dir / RESULTS_JSON,
         stage_seconds=seconds,
+        examples_path=examples if pictured else None,
         **export,
     )
     result.wall_seconds = time.perf_counter() - started
@@ -384,7 +393,8 @@ def _export(
         f"{report.clip_count} Clip ranges, opset {report.opset}; onnxruntime vs PyTorch max rel "
         f"diff {report.parity_max_rel_diff:.2g} ({parity})"
     )
-    verification = verify_onnx(path)
+    meta_arch = report.config_files.get("meta_arch")
+    verification = verify_onnx(path, meta_arch=meta_arch.read_text() if meta_arch else None)
     if verification.ok:
         verification_summary = "OK, no TIDL rule violations"
     else:

@@ -295,3 +295,34 @@ def test_the_prototxt_parses_with_tis_own_schema(exported_detector, tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) == 6
+
+
+def test_edgezoo_verify_reads_the_prototxt_beside_the_graph(exported_detector, tmp_path, capsys):
+    from edgezoo.cli import main
+
+    _, _, path, _ = exported_detector
+    assert main(["verify", str(path)]) == 0
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copy(path, lonely)
+    assert main(["verify", str(lonely)]) == 1
+    assert "meta-arch" in capsys.readouterr().out
+    prototxt = path.with_name(path.stem + "_meta_arch.prototxt")
+    assert main(["verify", str(lonely), "--meta-arch", str(prototxt)]) == 0
+
+
+def test_a_detector_with_16_bit_heads_exports_them_for_tidl(tmp_path, one_thread):
+    from edgezoo.quantization import QuantizationConfig
+
+    torch.manual_seed(0)
+    config = QuantizationConfig(layer_bits={"box_heads.*": 16, "class_heads.*": 16})
+    model = edgezoo.get_model("ssdlite_mobilenetv2_lite", num_classes=2)
+    qat = edgezoo.wrap_model(model, "train", torch.rand(1, 3, SIZE, SIZE), config=config)
+    for _ in range(2):
+        qat(torch.randn(2, 3, SIZE, SIZE))
+    report = export_onnx(qat, tmp_path / "ssd16.onnx", input_size=(SIZE, SIZE))
+    assert report.ok and report.integer_max_steps == 0
+    options = json.loads(report.config_files["compile_options"].read_text())["provider_options"]
+    features = options["advanced_options:output_feature_16bit_names_list"].split(", ")
+    params = options["advanced_options:params_16bit_names_list"].split(", ")
+    assert set(report.output_names) <= set(params)  # the heads' last convs
+    assert len(features) == 12 and all("_heads." in name for name in features)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 DATA_HELP = (
     "'embedded' (the Fashion-MNIST subset shipped with edgezoo), 'fashion-mnist' (the full set "
-    "at /usr/share/datasets/fashion-mnist), 'composite' (COMPOSITE segmentation scenes of "
-    "Fashion-MNIST items), or a directory: Fashion-MNIST idx files, or train/ and val/ "
-    "sub-folders (classification: one folder per class; segmentation: images/ + masks/)"
+    "at /usr/share/datasets/fashion-mnist), 'composite' / 'composite-detection' (COMPOSITE "
+    "segmentation / detection scenes of Fashion-MNIST items), or a directory: Fashion-MNIST idx "
+    "files, or train/ and val/ sub-folders (classification: one folder per class; "
+    "segmentation: images/ + masks/; detection: images/ + annotations.json in COCO format)"
 )
 
 
@@ -106,8 +107,9 @@ def add_weights_source(parser: argparse.ArgumentParser, *, backbone: bool) -> No
             nargs="?",
             const=True,
             default=False,
-            metavar="TAG",
-            help="ImageNet weights for a segmentation model's backbone",
+            metavar="TAG_OR_PATH",
+            help="ImageNet weights (a tag) or a classifier checkpoint (a path) for a "
+            "segmentation or detection model's backbone",
         )
     weights.add_argument(
         "--checkpoint",

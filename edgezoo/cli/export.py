@@ -113,6 +113,13 @@ def _register_verify(subparsers: argparse._SubParsersAction) -> None:
         help="the QAT model was trained with quantize_input=False",
     )
     verify.add_argument(
+        "--meta-arch",
+        type=Path,
+        metavar="PROTOTXT",
+        help="a detector's meta-architecture prototxt to check against the graph (default: "
+        "<stem>_meta_arch.prototxt beside it, when there)",
+    )
+    verify.add_argument(
         "--allow-uncalibrated",
         action="store_true",
         help="do not report ranges the export recorded as untrained (graph tests only)",
@@ -213,6 +220,21 @@ def _refuse_to_replace(paths: list[Path], overwrite: bool) -> None:
         )
 
 
+def _meta_arch_text(onnx_path: Path, given: Path | None) -> str | None:
+    """The prototxt named by --meta-arch, else the one an export wrote beside the graph."""
+    from edgezoo.export.meta_arch_files import META_ARCH_SUFFIX
+
+    path = given or onnx_path.with_name(onnx_path.stem + META_ARCH_SUFFIX)
+    if given is None and not path.is_file():
+        return None
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise UsageError(
+            f"cannot read --meta-arch {path} ({err}); pass a readable prototxt"
+        ) from err
+
+
 def run_verify(args: argparse.Namespace) -> int:
     """Print the verification report of one file (and, for a QDQ graph, how onnxruntime's
     int8 kernels agree with the graph's QDQ semantics); 0 when clean, 1 with violations."""
@@ -224,6 +246,7 @@ def run_verify(args: argparse.Namespace) -> int:
         quantized=not args.float,
         input_clipped=not (args.float or args.no_input_clip),
         allow_uncalibrated=args.allow_uncalibrated,
+        meta_arch=_meta_arch_text(Path(args.path), args.meta_arch),
     )
     print(report)
     if report.ok and "QuantizeLinear" in report.node_counts:

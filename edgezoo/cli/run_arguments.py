@@ -27,8 +27,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-size",
         type=input_size,
-        help="input height = width (default: 32 for Fashion-MNIST, 64 for composite, else "
-        "the model's default)",
+        help="input height = width (default: 32 for Fashion-MNIST, 64 for composite, 128 for "
+        "composite-detection, else the model's default)",
     )
     parser.add_argument("--batch-size", type=positive_int, help="per process (default 64)")
     parser.add_argument(

@@ -26,17 +26,19 @@ _WIDTH_OPS = frozenset({"Clip", *rules.QUANTIZED_WEIGHT_OPS})
 
 def module_of_node(root: nn.Module, node_name: str) -> nn.Module | None:
     """The module whose forward wrote the node `node_name` (None when the scopes do not lead
-    to one)."""
+    to one). A scope is the child's name with its container's in front, or, for an item of a
+    ModuleList called directly ("heads.1"), a dotted path below the current module."""
     scopes = node_name.strip("/").split("/")[:-1]
     module, previous = root, ""
     for scope in scopes:
-        children = dict(module.named_children())
-        child = children.get(scope)
-        if child is None and previous and scope.startswith(previous + "."):
-            child = children.get(scope[len(previous) + 1 :])
-        if child is None:
+        path = (
+            scope[len(previous) + 1 :] if previous and scope.startswith(previous + ".") else scope
+        )
+        try:
+            module = module.get_submodule(path)
+        except AttributeError:
             return None
-        module, previous = child, scope
+        previous = scope
     return module
 
 

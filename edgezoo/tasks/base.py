@@ -122,6 +122,18 @@ class Task:
         """This task's train and validation sets from a data name or directory."""
         raise NotImplementedError
 
+    def example_picture(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        classes: Sequence[str],
+        normalisation: tuple[Sequence[float], Sequence[float]],
+        path: "os.PathLike[str]",
+    ) -> bool:
+        """Save a picture of the model's results on the first items of `dataset` where the
+        task has one to show (True), else write nothing (False)."""
+        return False
+
     def model_config_postprocess(self, argmax: bool) -> dict[str, object]:
         """What edgeai-modelzoo's model configuration says runs after the graph."""
         return {}

@@ -8,6 +8,8 @@ detector, not to the task.
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -34,11 +36,14 @@ from edgezoo.detection import (
     meta_arch_of,
     objects_of,
 )
+from edgezoo.detection.pictures import draw_detections
 from edgezoo.errors import UsageError
+from edgezoo.module_state import kept_modes
 from edgezoo.tasks.base import DemoDefaults, Reduce, Task, no_reduce
 from edgezoo.tidl.options import POST_PROC_DETECTION
 
 DETECTION = "detection"
+EXAMPLE_SCENES = 4
 COMPOSITE_CANVAS = 128
 
 
@@ -189,6 +194,24 @@ class Detection(Task):
                 f"{len(scenes[1])} val scenes"
             ),
         )
+
+    def example_picture(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        classes: Sequence[str],
+        normalisation: tuple[Sequence[float], Sequence[float]],
+        path: "os.PathLike[str]",
+    ) -> bool:
+        """The first EXAMPLE_SCENES scenes with the model's boxes."""
+        images = torch.stack([dataset[i][0] for i in range(min(EXAMPLE_SCENES, len(dataset)))])
+        device = next(model.parameters()).device
+        with torch.no_grad(), kept_modes(model):
+            model.eval()
+            found = meta_arch_of(model).decode(model(images.to(device)))
+        found = [Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in found]
+        draw_detections(images, found, classes, *normalisation, Path(path))
+        return True
 
     def model_config_postprocess(self, argmax: bool) -> dict[str, object]:
         # edgeai-benchmark's reading of an mmdet-style SSD's TIDL output (boxes in pixels).
