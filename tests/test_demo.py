@@ -62,3 +62,25 @@ def test_segmentation_demo_on_composite_scenes(tmp_path):
     assert verify_onnx(result.onnx_path).ok
     assert result.plot_path.read_bytes().startswith(PNG_MAGIC)
     assert json.loads(result.results_path.read_text())["task"] == "segmentation"
+
+
+def test_detection_demo_draws_its_boxes(tmp_path):
+    result = run_demo(
+        DemoOptions(
+            task="detection",
+            out_dir=tmp_path,
+            float_epochs=1,
+            qat_epochs=1,
+            max_batches=1,
+            batch_size=4,
+            input_size=64,
+            progress=False,
+        )
+    )
+    assert result.ok and result.metric == "map"
+    table = result.table()
+    assert "ssdlite_mobilenetv2_lite" in table and "COMPOSITE" in table and "mAP" in table
+    prototxt = result.tidl_files["meta_arch"]
+    assert Path(prototxt).is_file() and "verification: OK" in table
+    assert result.examples_path.read_bytes().startswith(PNG_MAGIC)
+    assert json.loads(result.results_path.read_text())["examples"] == str(result.examples_path)

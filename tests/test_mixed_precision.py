@@ -229,6 +229,26 @@ class TwoConvs(nn.Module):
         return self.head(self.relu2(self.spread(self.relu1(self.plain(x)))))
 
 
+class TwoHeads(TwoConvs):
+    """TwoConvs with a second head: its output is a dict of two tensors, as a detector's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        features = self.relu2(self.spread(self.relu1(self.plain(x))))
+        return {"first": self.head(features), "second": self.other(features)}
+
+
+def test_selection_ranks_the_layers_of_a_model_with_several_outputs():
+    torch.manual_seed(0)
+    data = [torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    choice = edgezoo.select_16bit_layers(TwoHeads(), data, budget=1.0, progress=False)
+    assert max(choice.gains_db, key=choice.gains_db.get) == "spread"
+    assert set(choice.gains_db) == {"plain", "spread", "head", "other"}
+
+
 def test_selection_measures_each_layer_and_keeps_to_the_budget():
     torch.manual_seed(0)
     model = TwoConvs()

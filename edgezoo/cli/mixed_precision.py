@@ -80,7 +80,13 @@ def run_mixed_precision(args: argparse.Namespace) -> int:
     task = get_task(model_info(name)["task"])
     data = build_task_data(args.data, task, height, augment=False, num_classes=args.num_classes)
     generator = torch.Generator().manual_seed(0)
-    loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, generator=generator)
+    loader = DataLoader(
+        data.train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=task.collate_fn,
+    )
     choice = select_16bit_layers(
         model,
         loader,

@@ -154,13 +154,17 @@ def _calibrated_sqnr(
 
 
 def _tensor(output: Any) -> Tensor:
-    """A model's one output tensor; several outputs are refused (one SQNR ranks the layers)."""
-    if not isinstance(output, Tensor):
+    """A model's output as one (N, values) tensor: its one tensor, or its several (a
+    detector's heads, a dict or tuple of tensors) side by side, so one SQNR covers them all."""
+    if isinstance(output, Tensor):
+        return output
+    parts = list(output.values()) if isinstance(output, dict) else output
+    if not isinstance(parts, list | tuple) or not all(isinstance(p, Tensor) for p in parts):
         raise UsageError(
-            "select_16bit_layers measures the SQNR of one output tensor; this model returns "
-            f"{type(output).__name__}: wrap it to return the tensor to rank layers by"
+            "select_16bit_layers measures the SQNR of the model's output tensors; this model "
+            f"returns {type(output).__name__}: wrap it to return a tensor or a dict of tensors"
         )
-    return output
+    return torch.cat([part.flatten(1) for part in parts], dim=1)
 
 
 def _images(batch: Any) -> Tensor:
