@@ -393,8 +393,7 @@ def _export(
         f"{report.clip_count} Clip ranges, opset {report.opset}; onnxruntime vs PyTorch max rel "
         f"diff {report.parity_max_rel_diff:.2g} ({parity})"
     )
-    meta_arch = report.config_files.get("meta_arch")
-    verification = verify_onnx(path, meta_arch=meta_arch.read_text() if meta_arch else None)
+    verification = verify_onnx(path)
     if verification.ok:
         verification_summary = "OK, no TIDL rule violations"
     else:

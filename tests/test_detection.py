@@ -199,10 +199,13 @@ def test_a_detector_exports_its_meta_architecture_for_tidl(exported_detector):
     assert verify_onnx(path, meta_arch=files["meta_arch"].read_text()).ok
 
 
-def test_verify_names_what_a_wrong_prototxt_gets_wrong(exported_detector):
+def test_verify_names_what_a_wrong_prototxt_gets_wrong(exported_detector, tmp_path):
     _, report, path, _ = exported_detector
     text = report.config_files["meta_arch"].read_text()
-    assert any(v.rule == "meta-arch" for v in verify_onnx(path).violations)
+    assert verify_onnx(path).ok  # the prototxt beside it is read
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copy(path, lonely)
+    assert any(v.rule == "meta-arch" for v in verify_onnx(lonely).violations)
     broken = {
         "cls_9": text.replace('class_input: "cls_1"', 'class_input: "cls_9"'),
         "step": text.replace("step: 16.0", "step: 8.0", 1),

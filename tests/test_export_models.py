@@ -59,6 +59,10 @@ def segmentation(name: str) -> bool:
     return name.startswith("deeplab")
 
 
+def classification(name: str) -> bool:
+    return not segmentation(name) and not name.startswith("ssdlite")
+
+
 def input_size(name: str) -> tuple[int, int]:
     return LARGE_SIZE if name in LARGE else SIZE
 
@@ -111,7 +115,7 @@ def test_model_exports_a_clean_tidl_graph(exported, name, qat, opset):
     assert ops <= TIDL_SUPPORTED_OPS
     assert not ops & (LEFTOVERS | {"BatchNormalization", "ReduceMean"})
     assert ("Resize" in ops) == segmentation(name)
-    assert ("GlobalAveragePool" in ops) != segmentation(name)
+    assert ("GlobalAveragePool" in ops) == classification(name)
     # One Clip per QAT range (PACT2); a float graph keeps only its ReLU6 clamps.
     expected_clips = (
         len(activation_ranges(model))
@@ -128,11 +132,13 @@ def test_model_exports_a_clean_tidl_graph(exported, name, qat, opset):
         assert {node.op_type for node in proto.graph.node} == ops
         assert verify_onnx(report.path, quantized=qat).ok
     folder_files = {p.name for p in report.path.parent.glob(f"{report.path.stem}*")}
+    detector = {f"{report.path.stem}_meta_arch.prototxt"} if name.startswith("ssdlite") else set()
     assert folder_files == {
         report.path.name,
         f"{report.path.stem}_tidl_compile_options.json",
         f"{report.path.stem}_tidl_import.txt",
         f"{report.path.stem}_param.json",
+        *detector,
     }  # one self-contained ONNX file (no external data) and the TIDL configs
 
 

@@ -93,9 +93,9 @@ def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_with_advice(capsys, tmp_path, monkeypatch):
-    from edgezoo.engine import trainer
+    from edgezoo.tasks import Classification
 
-    monkeypatch.setattr(trainer, "_loss", lambda logits, targets, config: logits.sum() * np.nan)
+    monkeypatch.setattr(Classification, "loss", lambda self, logits, *_: logits.sum() * np.nan)
     status, err = run_cli(["train", *QUICK, "--out", str(tmp_path / "run")], capsys)
     assert status == 2 and "the loss became nan at step 0: lower the learning rate" in err
     assert len(err.strip().splitlines()) == 1

@@ -220,19 +220,15 @@ def _refuse_to_replace(paths: list[Path], overwrite: bool) -> None:
         )
 
 
-def _meta_arch_text(onnx_path: Path, given: Path | None) -> str | None:
-    """The prototxt named by --meta-arch, else the one an export wrote beside the graph."""
-    from edgezoo.export.meta_arch_files import META_ARCH_SUFFIX
-
-    path = given or onnx_path.with_name(onnx_path.stem + META_ARCH_SUFFIX)
-    if given is None and not path.is_file():
+def _meta_arch_text(given: Path | None) -> str | None:
+    """The prototxt --meta-arch names (None: verify_onnx reads the one beside the graph)."""
+    if given is None:
         return None
     try:
-        return path.read_text()
+        return given.read_text()
     except OSError as err:
-        raise UsageError(
-            f"cannot read --meta-arch {path} ({err}); pass a readable prototxt"
-        ) from err
+        message = f"cannot read --meta-arch {given} ({err}); pass a readable prototxt"
+        raise UsageError(message) from err
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -246,7 +242,7 @@ def run_verify(args: argparse.Namespace) -> int:
         quantized=not args.float,
         input_clipped=not (args.float or args.no_input_clip),
         allow_uncalibrated=args.allow_uncalibrated,
-        meta_arch=_meta_arch_text(Path(args.path), args.meta_arch),
+        meta_arch=_meta_arch_text(args.meta_arch),
     )
     print(report)
     if report.ok and "QuantizeLinear" in report.node_counts:

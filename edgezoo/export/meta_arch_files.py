@@ -3,6 +3,7 @@ reads beside it (object_detection:meta_layers_names_list), built from the traced
 map sizes and the input size."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 from torch import Tensor
@@ -15,7 +16,7 @@ from edgezoo.detection import (
 )
 from edgezoo.tidl.rules import graph_properties
 
-__all__ = ["META_ARCH_SUFFIX", "meta_arch_text", "record_meta_arch"]
+__all__ = ["META_ARCH_SUFFIX", "meta_arch_text", "prototxt_beside", "record_meta_arch"]
 
 META_ARCH_SUFFIX = "_meta_arch.prototxt"
 """The prototxt's name beside the graph: <stem>_meta_arch.prototxt."""
@@ -28,6 +29,12 @@ def meta_arch_text(
     outputs = dict(zip(names, reference, strict=True))
     in_size = (int(example.shape[-2]), int(example.shape[-1]))
     return to_prototxt(meta.meta_arch(in_size, meta.grid_sizes(outputs)))
+
+
+def prototxt_beside(onnx_path: Path) -> str | None:
+    """The text of the <stem>_meta_arch.prototxt an export wrote beside a graph, if there."""
+    path = onnx_path.with_name(onnx_path.stem + META_ARCH_SUFFIX)
+    return path.read_text() if path.is_file() else None
 
 
 def record_meta_arch(proto: onnx.ModelProto, meta: MetaArch) -> None:

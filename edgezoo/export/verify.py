@@ -10,9 +10,11 @@ power-of-two grid; a float graph is left to TIDL's calibration.
 import os
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import onnx
 
+from edgezoo.export.meta_arch_files import prototxt_beside
 from edgezoo.export.qdq_rules import check_qdq_graph, is_qdq_graph
 from edgezoo.export.report import GraphViolation, VerifyReport
 from edgezoo.export.verify_context import CheckedGraph
@@ -64,13 +66,15 @@ def verify_onnx(
     input_clipped: require a Clip between the graph input and the first Conv (default: equal to
     quantized; pass False for a QAT model trained with quantize_input=False).
     allow_uncalibrated: do not report the untrained ranges an export recorded in the graph.
-    meta_arch: a detector's meta-architecture prototxt text, checked against the graph (a
-    detector edgezoo exported is reported without one).
+    meta_arch: a detector's meta-architecture prototxt text, checked against the graph
+    (default for a path: the <stem>_meta_arch.prototxt beside it, when there; a detector
+    edgezoo exported is reported without one).
     """
     if isinstance(model, onnx.ModelProto):
         proto, source = model, model.graph.name or "<ModelProto>"
     else:
         proto, source = load_onnx(model), str(model)
+        meta_arch = meta_arch if meta_arch is not None else prototxt_beside(Path(model))
     problems = tuple(metadata_problems(proto))
     checked = CheckedGraph(
         graph=IndexedGraph(proto),
