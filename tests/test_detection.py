@@ -278,8 +278,8 @@ TI_PROTO = os.environ.get("EDGEZOO_TIDL_META_ARCH_PROTO")
     reason="set EDGEZOO_TIDL_META_ARCH_PROTO to TI's tidl_meta_arch*.proto (edgeai-tensorlab) "
     "and install protoc to parse the prototxt with TI's own schema",
 )
-def test_the_prototxt_parses_with_tis_own_schema(exported_detector, tmp_path):
-    _, report, _, _ = exported_detector
+def test_the_prototxt_parses_with_tis_own_schema(exported_detector, exported_yolox, tmp_path):
+    ssd, yolox = exported_detector[1], exported_yolox[1]
     source = tmp_path / "proto"
     source.mkdir()
     shutil.copy(TI_PROTO, source / "tidl_meta_arch.proto")
@@ -290,14 +290,16 @@ def test_the_prototxt_parses_with_tis_own_schema(exported_detector, tmp_path):
         "import sys; from google.protobuf import text_format; sys.path.insert(0, sys.argv[1]);"
         "import tidl_meta_arch_pb2 as pb;"
         "m = text_format.Parse(open(sys.argv[2]).read(), pb.TIDLMetaArch());"
-        "print(len(m.caffe_ssd[0].prior_box_param))"
+        "head = m.caffe_ssd[0].prior_box_param if m.caffe_ssd else m.tidl_yolo[0].yolo_param;"
+        "print(len(head))"
     )
     env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
-    prototxt = str(report.config_files["meta_arch"])
-    command = [sys.executable, "-c", script, str(source), prototxt]
-    run = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert run.returncode == 0, run.stderr
-    assert int(run.stdout) == 6
+    for report, levels in ((ssd, 6), (yolox, 3)):
+        prototxt = str(report.config_files["meta_arch"])
+        command = [sys.executable, "-c", script, str(source), prototxt]
+        run = subprocess.run(command, capture_output=True, text=True, env=env)
+        assert run.returncode == 0, run.stderr
+        assert int(run.stdout) == levels
 
 
 def test_edgezoo_verify_reads_the_prototxt_beside_the_graph(exported_detector, tmp_path, capsys):
@@ -329,3 +331,68 @@ def test_a_detector_with_16_bit_heads_exports_them_for_tidl(tmp_path, one_thread
     params = options["advanced_options:params_16bit_names_list"].split(", ")
     assert set(report.output_names) <= set(params)  # the heads' last convs
     assert len(features) == 12 and all("_heads." in name for name in features)
+
+
+@pytest.fixture(scope="module")
+def exported_yolox(tmp_path_factory, one_thread):
+    """A 10-class YOLOX-nano lite after a few QAT steps on composite scenes, exported at 64."""
+    torch.manual_seed(0)
+    data = build_task_data("composite-detection", "detection", SIZE, composite_scenes=(16, 8))
+    qat = edgezoo.wrap_model(
+        edgezoo.get_model("yolox_nano_lite", num_classes=10), "train", torch.rand(1, 3, SIZE, SIZE)
+    )
+    config = TrainConfig(task="detection", mode="qat", epochs=1, batch_size=8, lr=1e-3,
+                         optimizer="adamw", num_classes=10, ignore_index=None)  # fmt: skip
+    result = fit(qat, data.train, data.val, config, progress=False)
+    path = tmp_path_factory.mktemp("yolox") / "yolox.onnx"
+    return result, export_onnx(qat, path, input_size=(SIZE, SIZE), model_name="yolox_nano_lite")
+
+
+def test_yolox_trains_exports_its_tidl_yolo_head_and_simulates_bit_exactly(exported_yolox):
+    result, report = exported_yolox
+    assert np.isfinite(result.history[-1]["train_loss"]) and "val_map" in result.history[-1]
+    assert report.ok and report.integer_max_steps == 0
+    options = json.loads(report.config_files["compile_options"].read_text())["provider_options"]
+    assert options["object_detection:meta_arch_type"] == 6
+    yolo = parse_prototxt(report.config_files["meta_arch"].read_text())["tidl_yolo"][0]
+    assert [p["input"][0] for p in yolo["yolo_param"]] == ["out_8", "out_16", "out_32"]
+    assert [p["anchor_width"][0] for p in yolo["yolo_param"]] == [8.0, 16.0, 32.0]
+    assert yolo["detection_output_param"][0]["code_type"] == ["CODE_TYPE_YOLO_X"]
+    assert yolo["detection_output_param"][0]["background_label_id"] == [-1]
+
+
+def test_verify_names_what_a_wrong_yolo_prototxt_gets_wrong(exported_yolox):
+    _, report = exported_yolox
+    text = report.config_files["meta_arch"].read_text()
+    broken = {
+        "stride": text.replace("anchor_width: 16.0", "anchor_width: 12.0"),
+        "channels": text.replace("num_classes: 10", "num_classes: 11"),
+        "out_64": text.replace('input: "out_32"', 'input: "out_64"'),
+    }
+    for expected, changed in broken.items():
+        assert changed != text, expected
+        found = [v for v in verify_onnx(report.path, meta_arch=changed).violations]
+        assert any(expected in str(v) for v in found if v.rule == "meta-arch"), expected
+
+
+def test_yolox_decoding_of_ideal_outputs_gives_the_objects_back():
+    model = edgezoo.get_model("yolox_nano_lite", num_classes=3).eval()
+    meta = model.meta_arch
+    with torch.no_grad():
+        outputs = model(torch.rand(1, 3, SIZE, SIZE))
+    target = torch.tensor([2.0, 0.2, 0.3, 0.6, 0.8])
+    ideal = {name: torch.full_like(t, -20.0) for name, t in outputs.items()}
+    out = ideal["out_8"]  # 8x8 cells
+    cells = out.shape[-1]
+    cx, cy = (target[1] + target[3]) / 2, (target[2] + target[4]) / 2
+    col, row = int(cx * cells), int(cy * cells)
+    out[0, :4, row, col] = torch.stack([
+        cx * cells - col, cy * cells - row,
+        torch.log((target[3] - target[1]) * cells), torch.log((target[4] - target[2]) * cells),
+    ])  # fmt: skip
+    out[0, 4, row, col] = 20.0
+    out[0, 5 + 2, row, col] = 20.0
+    found = meta.decode(ideal)[0]
+    assert found.labels.tolist() == [2]
+    assert torch.allclose(found.boxes[0], target[1:], atol=1e-5)
+    assert meta.loss(ideal, target[None, None]) < meta.loss(outputs, target[None, None])

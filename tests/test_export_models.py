@@ -60,7 +60,7 @@ def segmentation(name: str) -> bool:
 
 
 def classification(name: str) -> bool:
-    return not segmentation(name) and not name.startswith("ssdlite")
+    return not segmentation(name) and not name.startswith(("ssdlite", "yolox"))
 
 
 def input_size(name: str) -> tuple[int, int]:
@@ -114,7 +114,7 @@ def test_model_exports_a_clean_tidl_graph(exported, name, qat, opset):
     ops = set(report.node_counts)
     assert ops <= TIDL_SUPPORTED_OPS
     assert not ops & (LEFTOVERS | {"BatchNormalization", "ReduceMean"})
-    assert ("Resize" in ops) == segmentation(name)
+    assert ("Resize" in ops) == (segmentation(name) or name.startswith("yolox"))
     assert ("GlobalAveragePool" in ops) == classification(name)
     # One Clip per QAT range (PACT2); a float graph keeps only its ReLU6 clamps.
     expected_clips = (
@@ -132,7 +132,8 @@ def test_model_exports_a_clean_tidl_graph(exported, name, qat, opset):
         assert {node.op_type for node in proto.graph.node} == ops
         assert verify_onnx(report.path, quantized=qat).ok
     folder_files = {p.name for p in report.path.parent.glob(f"{report.path.stem}*")}
-    detector = {f"{report.path.stem}_meta_arch.prototxt"} if name.startswith("ssdlite") else set()
+    is_detector = name.startswith(("ssdlite", "yolox"))
+    detector = {f"{report.path.stem}_meta_arch.prototxt"} if is_detector else set()
     assert folder_files == {
         report.path.name,
         f"{report.path.stem}_tidl_compile_options.json",

@@ -100,8 +100,10 @@ def test_entry_matches_edgezoo_builder(name):
     assert checkpoint_classes(name, model.state_dict()) == entry["num_classes"]
     assert checkpoint_classes(name, _meta_model(name, num_classes=3).state_dict()) == 3
     if entry["task"] in ("segmentation", "detection"):
-        backbone = entry["pretrained_backbone"]
-        assert backbone["weights"] in MODELS[backbone["model"]]["weights"]
+        # YOLOX's CSPDarknet has no torchvision weights: nothing to name.
+        backbone = entry.get("pretrained_backbone", {"model": "resnet18", "weights": "none"})
+        if name != "yolox_nano_lite":
+            assert backbone["weights"] in MODELS[backbone["model"]]["weights"]
         if "torchvision_name" not in entry:  # edgezoo's DeepLabV3+ and detectors: own sizes
             stride = getattr(model, "output_stride", 32)
             assert all(side % stride == 0 for side in entry["input_size"][1:])

@@ -320,6 +320,7 @@ def test_builders_registry_covers_every_model():
         "wide_resnet101_2",
         "mobilenetv2",
         "ssdlite_mobilenetv2_lite",
+        "yolox_nano_lite",
         "deeplabv3plus_mobilenetv2",
         "deeplabv3plus_resnet50",
         *CONVERTED,

@@ -60,7 +60,7 @@ def test_list_models_covers_every_builder_and_filters_by_task():
         "fcn_resnet50",
         "fcn_resnet101",
     ]
-    assert list_models("detection") == ["ssdlite_mobilenetv2_lite"]
+    assert list_models("detection") == ["ssdlite_mobilenetv2_lite", "yolox_nano_lite"]
     others = set(list_models("segmentation")) | set(list_models("detection"))
     assert set(list_models("classification")) == set(names) - others
     assert edgezoo.list_models is list_models

@@ -69,25 +69,32 @@ TORCHVISION_BACKBONES = {"resnet50": "IMAGENET1K_V1", "resnet101": "IMAGENET1K_V
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """An edgezoo detector with published ImageNet weights for its backbone only; its class
-    heads (head_weight's output channels = head_priors x (classes + 1)) give its classes."""
+    """An edgezoo detector without published weights (ImageNet weights for its backbone where
+    torchvision has them); its class head's weight gives its classes (an SSD's channels are
+    head_priors x (classes + 1))."""
 
     name: str
-    backbone: str
-    backbone_weights: str
     head: str
     head_weight: str
     description: str
+    backbone: str | None = None
+    backbone_weights: str | None = None
 
 
 DETECTORS = [
     DetectorSpec(
         "ssdlite_mobilenetv2_lite",
-        "mobilenetv2",
-        "IMAGENET1K_V1",
         "class_heads",
         "class_heads.0.1.weight",
         "SSDLite (TIDL-friendly lite variant) on MobileNetV2; no published full weights",
+        "mobilenetv2",
+        "IMAGENET1K_V1",
+    ),
+    DetectorSpec(
+        "yolox_nano_lite",
+        "heads",
+        "heads.0.cls_pred.weight",
+        "YOLOX-nano lite (TI's TIDL-friendly variant); no published weights",
     ),
 ]
 
@@ -199,19 +206,20 @@ def _detector_entry(spec: DetectorSpec) -> dict:
 
     input_size = [3, *DEFAULT_DETECTION_INPUT_SIZE]
     model = BUILDERS[spec.name]()
-    priors = model.meta_arch.boxes.priors_per_level[0]
-    return {
+    boxes = getattr(model.meta_arch, "boxes", None)  # an SSD's priors share its class head
+    priors = {"head_priors": boxes.priors_per_level[0]} if boxes is not None else {}
+    channels = model.state_dict()[spec.head_weight].shape[0]
+    entry = {
         "task": "detection",
         "description": spec.description,
-        "num_classes": model.state_dict()[spec.head_weight].shape[0] // priors - 1,
+        "num_classes": channels // priors["head_priors"] - 1 if priors else channels,
         "num_params": sum(p.numel() for p in model.parameters()),
         "input_size": input_size,
         "head": spec.head,
         "head_weight": spec.head_weight,
-        "head_priors": priors,
+        **priors,
         "default_weights": None,
         "weights": {},
-        "pretrained_backbone": {"model": spec.backbone, "weights": spec.backbone_weights},
         "preprocessing": {
             "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
@@ -220,6 +228,9 @@ def _detector_entry(spec: DetectorSpec) -> dict:
             "interpolation": "bilinear",
         },
     }
+    if spec.backbone is not None:
+        entry["pretrained_backbone"] = {"model": spec.backbone, "weights": spec.backbone_weights}
+    return entry
 
 
 def _torchvision_segmenter_entry(name: str, head: str) -> dict:

@@ -28,8 +28,9 @@ def run_list(args: argparse.Namespace) -> int:
         info = registry.model_info(name)
         tag = info["default_weights"]
         if tag is None:
-            backbone = info["pretrained_backbone"]
-            tag_text, acc = f"backbone: {backbone['model']} {backbone['weights']}", "-"
+            backbone = info.get("pretrained_backbone")
+            tag_text = f"backbone: {backbone['model']} {backbone['weights']}" if backbone else "-"
+            acc = "-"
         else:
             # acc@1 for ImageNet classifiers, mIoU for segmentation: the first published metric.
             metric, value = next(iter(info["weights"][tag]["metrics"].items()))

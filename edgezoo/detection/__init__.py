@@ -22,6 +22,7 @@ from edgezoo.detection.ssd_boxes import (
     caffe_prior_sides,
 )
 from edgezoo.detection.targets import PADDING_CLASS, collate_detection, objects_of
+from edgezoo.detection.yolox import YOLO_META_ARCH_TYPE, YOLOXMetaArch
 
 __all__ = [
     "META_ARCHS",
@@ -29,12 +30,14 @@ __all__ = [
     "PADDING_CLASS",
     "SSD_META_ARCH_TYPE",
     "SSD_VARIANCES",
+    "YOLO_META_ARCH_TYPE",
     "DetectionOutputSettings",
     "Detections",
     "MetaArch",
     "SSDBoxes",
     "SSDMetaArch",
     "Symbol",
+    "YOLOXMetaArch",
     "caffe_prior_boxes",
     "caffe_prior_sides",
     "coco_map",

@@ -1,5 +1,5 @@
 """A detector's meta-architecture: what its raw head outputs mean (TIDL's term). Each kind
-(SSD; YOLO to come) is a frozen dataclass with the same methods (loss, decode, meta_arch,
+(SSD, YOLOX) is a frozen dataclass with the same methods (loss, decode, meta_arch,
 head_channels, to_dict); this module finds a model's and reads one back from a graph."""
 
 import json
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from edgezoo.detection.postprocess import Detections
 from edgezoo.detection.ssd import SSDMetaArch
+from edgezoo.detection.yolox import YOLOXMetaArch
 from edgezoo.errors import UsageError
 
 META_ARCH_PROP = "edgezoo.detection_meta_arch"
@@ -40,7 +41,7 @@ class MetaArch(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-META_ARCHS: dict[str, type] = {SSDMetaArch.kind: SSDMetaArch}
+META_ARCHS: dict[str, type] = {SSDMetaArch.kind: SSDMetaArch, YOLOXMetaArch.kind: YOLOXMetaArch}
 
 
 def find_meta_arch(model: nn.Module) -> MetaArch | None:

@@ -1,4 +1,5 @@
-"""Checks of a detector's meta-architecture prototxt against its graph (rule `meta-arch`):
+"""Checks of a detector's meta-architecture prototxt (caffe_ssd or tidl_yolo) against its
+graph (rule `meta-arch`):
 what TIDL will read beside the ONNX must name the graph's tensors, fit their channels and
 strides, and (for a graph edgezoo exported) give the prior boxes the model was trained with."""
 
@@ -41,13 +42,17 @@ def check_meta_arch(graph: IndexedGraph, text: str | None) -> Iterator[GraphViol
     except EdgezooError as err:
         yield GraphViolation(RULE, "<prototxt>", str(err))
         return
-    ssd = message.get("caffe_ssd", [])
-    if len(ssd) != 1:
+    heads = {kind: message.get(kind, []) for kind in ("caffe_ssd", "tidl_yolo")}
+    if sorted(len(found) for found in heads.values()) != [0, 1]:
         yield GraphViolation(
-            RULE, "<prototxt>", f"edgezoo checks one caffe_ssd head; the prototxt has {len(ssd)}"
-        )
+            RULE, "<prototxt>", "edgezoo checks one caffe_ssd or one tidl_yolo head; the "
+            f"prototxt has {', '.join(f'{len(v)} {k}' for k, v in heads.items())}",
+        )  # fmt: skip
         return
-    yield from _check_ssd(graph, ssd[0], recorded)
+    if heads["caffe_ssd"]:
+        yield from _check_ssd(graph, heads["caffe_ssd"][0], recorded)
+    else:
+        yield from _check_yolo(graph, heads["tidl_yolo"][0], recorded)
 
 
 def _check_ssd(
@@ -147,6 +152,59 @@ def _check_priors(
             RULE, "prior_box_param", f"TIDL's prior boxes differ from the model's by up to "
             f"{gap:.3g} of the image: the device would decode other boxes than the model's",
         )  # fmt: skip
+
+
+def _check_yolo(
+    graph: IndexedGraph, yolo: Mapping[str, list[Any]], recorded: str | None
+) -> Iterator[GraphViolation]:
+    """tidl_yolo: every level's input a tensor of anchors x (5 + classes) channels whose
+    anchors (YOLOX: the stride) span the input; the classes the model was trained with."""
+    shapes, levels = graph.shapes, yolo.get("yolo_param", [])
+    inputs = [level.get("input", [""])[0] for level in levels]
+    missing = [name for name in inputs if shapes.get(name) is None]
+    if not levels or missing:
+        yield GraphViolation(
+            RULE, ", ".join(missing) or "yolo_param", "named by the prototxt's yolo_param but "
+            "not a tensor of known shape in the graph (or no yolo_param at all)",
+        )  # fmt: skip
+        return
+    in_size = _in_size(yolo)
+    problem = _input_problem(graph, in_size)
+    if problem:
+        yield GraphViolation(RULE, "in_width/in_height", problem)
+    num_classes = yolo.get("detection_output_param", [{}])[0].get("num_classes", [0])[0]
+    for level, (name, param) in enumerate(zip(inputs, levels, strict=True)):
+        shape, anchors = shapes[name], len(param.get("anchor_width", []))
+        if len(shape) != 4 or shape[1] != anchors * (5 + num_classes):
+            yield GraphViolation(
+                RULE, name, f"level {level} has {anchors} anchor(s), so it needs {anchors} x "
+                f"(4 + 1 + {num_classes}) = {anchors * (5 + num_classes)} channels; the graph "
+                f"gives {list(shape)}",
+            )  # fmt: skip
+        elif not problem and _yolox(yolo) and _off_stride(param, shape, in_size):
+            yield GraphViolation(
+                RULE, name, f"level {level}'s anchor {param['anchor_width'][0]} is not its "
+                f"stride (the input over the {shape[-2]}x{shape[-1]} map), which YOLOX "
+                "decoding multiplies by",
+            )  # fmt: skip
+    if recorded is not None:
+        meta = meta_arch_from_json(recorded)
+        if meta.num_classes != num_classes or tuple(inputs) != tuple(meta.head_outputs):
+            yield GraphViolation(
+                RULE, "tidl_yolo", f"the prototxt reads {inputs} with {num_classes} classes; "
+                f"the model outputs {list(meta.head_outputs)} with {meta.num_classes}",
+            )  # fmt: skip
+
+
+def _yolox(yolo: Mapping[str, list[Any]]) -> bool:
+    output = yolo.get("detection_output_param", [{}])[0]
+    return output.get("code_type", [""])[0] == "CODE_TYPE_YOLO_X"
+
+
+def _off_stride(param: Mapping[str, list[Any]], shape: Sequence[int], in_size) -> bool:
+    strides = (in_size[0] / shape[-2], in_size[1] / shape[-1])
+    anchors = (param.get("anchor_height", [0])[0], param.get("anchor_width", [0])[0])
+    return any(abs(a - s) > 1e-3 * s for a, s in zip(anchors, strides, strict=True))
 
 
 def _in_size(ssd: Mapping[str, list[Any]]) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from edgezoo.models.resnet import (
     wide_resnet101_2,
 )
 from edgezoo.models.ssdlite import SSDLite, ssdlite_mobilenetv2_lite
+from edgezoo.models.yolox import YOLOX, yolox_nano_lite
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
@@ -52,6 +53,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus_mobilenetv2": deeplabv3plus_mobilenetv2,
     "deeplabv3plus_resnet50": deeplabv3plus_resnet50,
     "ssdlite_mobilenetv2_lite": ssdlite_mobilenetv2_lite,
+    "yolox_nano_lite": yolox_nano_lite,
     **{name: converted_builder(name) for name in CONVERTED},
 }
 """Canonical model name -> builder(num_classes=..., **kwargs); the registry adds aliases."""
@@ -61,6 +63,7 @@ __all__ = [
     "CONVERTED",
     "CONVERTED_CLASSIFIERS",
     "CONVERTED_SEGMENTERS",
+    "YOLOX",
     "BasicBlock",
     "Bottleneck",
     "DeepLabV3Plus",
@@ -89,4 +92,5 @@ __all__ = [
     "ssdlite_mobilenetv2_lite",
     "wide_resnet50_2",
     "wide_resnet101_2",
+    "yolox_nano_lite",
 ]
