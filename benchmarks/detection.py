@@ -1,13 +1,15 @@
-"""Detection accuracy on COMPOSITE scenes: float, PTQ and QAT SSDLite-MobileNetV2-lite, and the
-QAT export's integer simulation, with bootstrap confidence intervals over the test scenes.
+"""Detection accuracy on COMPOSITE scenes: float, PTQ and QAT SSDLite-MobileNetV2-lite and
+YOLOX-nano-lite, and each QAT export's integer simulation, with bootstrap confidence intervals
+over the test scenes.
 
 Scenes: 128x128 canvases of 1-6 real Fashion-MNIST items (24-64 px), boxes tight around each
 item (edgezoo.data.composite_detection). Training scenes use training items only, test scenes
-test items only. The backbone starts from ../shared/checkpoints' Fashion-MNIST MobileNetV2
-classifier (no ImageNet weights offline; its training items never appear in test scenes). The
-recipe is fixed in advance (nothing is chosen on the test scenes): the float model trains a
+test items only. SSDLite's backbone starts from ../shared/checkpoints' Fashion-MNIST
+MobileNetV2 classifier (no ImageNet weights offline; its training items never appear in test
+scenes); YOLOX starts from scratch (torchvision has no CSPDarknet weights). The recipe is fixed
+in advance (nothing is chosen on the test scenes): the float model trains a
 fixed number of epochs and the last epoch is kept. Results go to docs/detection.json after each
-run (a killed run resumes; the float model is kept in --work) and docs/detection.md.
+run (a killed run resumes; the float models are kept in --work/<model>) and docs/detection.md.
 
     OMP_NUM_THREADS=1 python benchmarks/detection.py
     python benchmarks/detection.py --report-only
@@ -34,13 +36,14 @@ from edgezoo.engine import TrainConfig, fit, simulated_metrics
 from edgezoo.export import export_onnx
 from edgezoo.tasks import build_task_data, get_task
 
-MODEL = "ssdlite_mobilenetv2_lite"
+MODELS = ("ssdlite_mobilenetv2_lite", "yolox_nano_lite")
 INPUT = 128
 CLASSES = 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--data", default="fashion-mnist", help="items: fashion-mnist|embedded")
     parser.add_argument(
         "--scenes",
@@ -99,10 +102,11 @@ def config(mode: str, epochs: int, lr: float, args: argparse.Namespace) -> Train
     )  # fmt: skip
 
 
-def float_model(sets: dict[str, Any], args: argparse.Namespace):
-    """The float detector: trained once here (backbone from the classifier), then reused."""
-    path = args.work / "float.pth"
-    model = edgezoo.get_model(MODEL, num_classes=CLASSES, pretrained_backbone=args.backbone)
+def float_model(name: str, sets: dict[str, Any], args: argparse.Namespace):
+    """The float detector: trained once here (SSD's backbone from the classifier), then reused."""
+    path = args.work / name / "float.pth"
+    backbone = args.backbone if name.startswith("ssdlite") else False
+    model = edgezoo.get_model(name, num_classes=CLASSES, pretrained_backbone=backbone)
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model, None
@@ -113,61 +117,61 @@ def float_model(sets: dict[str, Any], args: argparse.Namespace):
         config("float", args.float_epochs, args.float_lr, args),
         progress=not args.no_progress,
     )
-    args.work.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model, result.history
 
 
-def test_figures(model: torch.nn.Module, sets: dict[str, Any], name: str, args) -> dict[str, Any]:
-    """mAP on the test scenes; the per-image detections are kept in --work for the bootstrap."""
+def test_figures(model: torch.nn.Module, sets: dict[str, Any], run: Path) -> dict[str, Any]:
+    """mAP on the test scenes; the per-image detections are kept (run_test.pt) for the
+    bootstrap."""
     model.eval()
     meter = get_task("detection").bind(model).make_meter(CLASSES, None)
     loader = DataLoader(sets["test"], batch_size=32, collate_fn=get_task("detection").collate_fn)
     with torch.no_grad():
         for images, targets in loader:
             meter.update(model(images), targets, torch.zeros(()))
-    torch.save(
-        {"detections": meter.detections, "objects": meter.objects}, args.work / f"{name}_test.pt"
-    )
+    kept = {"detections": meter.detections, "objects": meter.objects}
+    torch.save(kept, run.with_name(f"{run.name}_test.pt"))
     figures = coco_map(meter.detections, meter.objects, CLASSES, per_class=True)
     return {"test_map": figures["map"], "test_map50": figures["map50"],
             "test_ap_per_class": [figures[f"ap_class_{c}"] for c in range(CLASSES)]}  # fmt: skip
 
 
-def measure(args: argparse.Namespace, results: Results) -> None:
-    sets = scene_sets(args)
+def measure(name: str, sets: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
+    """Float (trained here), PTQ and QAT of one detector, each saved as it finishes."""
+    work = args.work / name
     started = time.perf_counter()
-    float_net, history = float_model(sets, args)
-    if results.get(MODEL, "float") is None:
+    float_net, history = float_model(name, sets, args)
+    if results.get(name, "float") is None:
         record = {"data": sets["description"], "seconds": time.perf_counter() - started,
-                  **test_figures(float_net, sets, "float", args)}  # fmt: skip
+                  **test_figures(float_net, sets, work / "float")}  # fmt: skip
         if history is not None:
             record["training_history"] = history
-        results.put(MODEL, "float", record)
-    if results.get(MODEL, "ptq") is None:
+        results.put(name, "float", record)
+    example = torch.rand(1, 3, INPUT, INPUT)
+    if results.get(name, "ptq") is None:
         started = time.perf_counter()
-        ptq = edgezoo.wrap_model(_copy(float_net), "calibrate", torch.rand(1, 3, INPUT, INPUT))
+        ptq = edgezoo.wrap_model(_copy(name, float_net), "calibrate", example)
         calibrate = replace(config("calibrate", 1, 0.0, args), max_batches=args.ptq_batches)
         fit(ptq, sets["train"], sets["val"], calibrate, progress=not args.no_progress)
-        results.put(MODEL, "ptq", {"seconds": time.perf_counter() - started,
-                                   **test_figures(ptq, sets, "ptq", args)})  # fmt: skip
-    if results.get(MODEL, "qat") is None:
+        results.put(name, "ptq", {"seconds": time.perf_counter() - started,
+                                  **test_figures(ptq, sets, work / "ptq")})  # fmt: skip
+    if results.get(name, "qat") is None:
         started = time.perf_counter()
-        qat = edgezoo.wrap_model(_copy(float_net), "train", torch.rand(1, 3, INPUT, INPUT))
-        result = fit(
-            qat, sets["train"], sets["val"], config("qat", args.qat_epochs, args.qat_lr, args)
-        )
+        qat = edgezoo.wrap_model(_copy(name, float_net), "train", example)
+        qat_config = config("qat", args.qat_epochs, args.qat_lr, args)
+        result = fit(qat, sets["train"], sets["val"], qat_config, progress=not args.no_progress)
         record = {"seconds": time.perf_counter() - started, "training_history": result.history,
-                  **test_figures(qat, sets, "qat", args), **exported(qat, sets, args)}  # fmt: skip
-        results.put(MODEL, "qat", record)
+                  **test_figures(qat, sets, work / "qat"),
+                  **exported(name, qat, sets, args)}  # fmt: skip
+        results.put(name, "qat", record)
 
 
-def exported(
-    qat: torch.nn.Module, sets: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
+def exported(name: str, qat: torch.nn.Module, sets: dict[str, Any], args) -> dict[str, Any]:
     """The QAT export's own checks and the integer simulation's mAP on the test scenes."""
-    path = args.work / "ssdlite_qat.onnx"
-    report = export_onnx(qat, path, input_size=(INPUT, INPUT), model_name=MODEL)
+    path = args.work / name / f"{name}_qat.onnx"
+    report = export_onnx(qat, path, input_size=(INPUT, INPUT), model_name=name)
     simulated = simulated_metrics(
         path, sets["test"], "detection", CLASSES, batch_size=32, progress=not args.no_progress
     )
@@ -180,8 +184,8 @@ def exported(
     }
 
 
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    clone = edgezoo.get_model(MODEL, num_classes=CLASSES)
+def _copy(name: str, model: torch.nn.Module) -> torch.nn.Module:
+    clone = edgezoo.get_model(name, num_classes=CLASSES)
     clone.load_state_dict(model.state_dict())
     return clone
 
@@ -191,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = Results(args.out, args.work / "results.lock", describe=_describe)
     if not args.report_only:
-        measure(args, results)
+        sets = scene_sets(args)
+        for name in args.models:
+            measure(name, sets, args, results)
     from detection_report import write_report
 
     write_report(results.data, args)

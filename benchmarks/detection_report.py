@@ -1,5 +1,5 @@
 """docs/detection.md and its plot from docs/detection.json and the per-image test detections
-benchmarks/detection.py keeps in --work (paired bootstrap over the test scenes)."""
+benchmarks/detection.py keeps in --work/<model> (paired bootstrap over the test scenes)."""
 
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,6 @@ import torch
 from edgezoo.detection import coco_map
 from edgezoo.fileio import atomic_path
 
-MODEL = "ssdlite_mobilenetv2_lite"
 RUNS = ("float", "ptq", "qat")
 PAIRS = (("qat", "float"), ("qat", "ptq"), ("ptq", "float"))
 CLASSES = 10
@@ -48,22 +47,37 @@ def bootstrap(work: Path, resamples: int, seed: int = 0) -> dict[str, Any]:
 
 
 def write_report(data: dict[str, Any], args) -> None:
-    runs = data["models"].get(MODEL, {})
-    if "float" not in runs:
+    """The markdown report (every model with a float run) and the plot, beside args.out."""
+    models = {name: runs for name, runs in data["models"].items() if "float" in runs}
+    if not models:
         return
-    stats = bootstrap(args.work, args.bootstrap)
     lines = [
-        "# Detection on COMPOSITE scenes (SSDLite MobileNetV2 lite)",
+        "# Detection on COMPOSITE scenes",
         "",
         "Written by `benchmarks/detection.py`:",
         "`OMP_NUM_THREADS=1 python benchmarks/detection.py`.",
-        f"Machine: {data.get('machines', {}).get(MODEL, {})}.",
         "",
-        f"Data: {runs['float'].get('data', '')}. Scenes are COMPOSITE (real Fashion-MNIST items on "
-        "a blank canvas), not a real detection benchmark: these figures say how quantization "
-        "moves mAP, not how the model would score on COCO. The backbone starts from edgezoo's "
-        "Fashion-MNIST MobileNetV2 classifier (../shared/checkpoints; no ImageNet weights "
-        "offline). mAP by pycocotools' COCOeval; nothing was chosen on the test scenes.",
+        "Scenes are COMPOSITE (real Fashion-MNIST items on a blank canvas), not a real detection "
+        "benchmark: these figures say how quantization moves mAP, not how the models would "
+        "score on COCO. SSDLite's backbone starts from edgezoo's Fashion-MNIST MobileNetV2 "
+        "classifier (../shared/checkpoints; no ImageNet weights offline), YOLOX from scratch. "
+        "mAP by pycocotools' COCOeval; nothing was chosen on the test scenes.",
+    ]
+    for name, runs in models.items():
+        lines += ["", *model_section(name, runs, data, args)]
+    text = "\n".join(lines) + "\n"
+    with atomic_path(args.out.with_suffix(".md")) as partial:
+        partial.write_text(text)
+    plot(models, args.out.with_suffix(".png"))
+
+
+def model_section(name: str, runs: dict[str, Any], data: dict[str, Any], args) -> list[str]:
+    stats = bootstrap(args.work / name, args.bootstrap)
+    lines = [
+        f"## {name}",
+        "",
+        f"Data: {runs['float'].get('data', '')}.",
+        f"Machine: {data.get('machines', {}).get(name, {})}.",
         "",
         "| run | test mAP@[.5:.95] | test mAP@.5 | time (s) |",
         "|---|---|---|---|",
@@ -84,23 +98,16 @@ def write_report(data: dict[str, Any], args) -> None:
             f"{', '.join(qat['meta_arch_files'])}.",
         ]
     if stats:
-        lines += [
-            "",
-            f"Paired bootstrap over the {stats['images']} test scenes ({stats['resamples']} "
-            "resamples), 95 % interval of the mAP difference (points):",
-            "",
-        ]
+        lines += ["", f"Paired bootstrap over the {stats['images']} test scenes "
+                  f"({stats['resamples']} resamples), 95 % interval of the mAP difference "
+                  "(points):", ""]  # fmt: skip
         lines += [
             f"- {pair}: [{lo:+.2f}, {hi:+.2f}]" for pair, (lo, hi) in stats["intervals"].items()
         ]
-    lines += ["", *goal_lines(runs, stats)]
-    text = "\n".join(lines) + "\n"
-    with atomic_path(args.out.with_suffix(".md")) as partial:
-        partial.write_text(text)
-    plot(runs, args.out.with_suffix(".png"))
+    return [*lines, "", *goal_lines(runs)]
 
 
-def goal_lines(runs: dict[str, Any], stats: dict[str, Any]) -> list[str]:
+def goal_lines(runs: dict[str, Any]) -> list[str]:
     """The issue's goals, judged on these figures."""
     if "qat" not in runs or "ptq" not in runs:
         return ["Goals: not judged yet (QAT or PTQ not run)."]
@@ -114,12 +121,16 @@ def goal_lines(runs: dict[str, Any], stats: dict[str, Any]) -> list[str]:
     ]
 
 
-def plot(runs: dict[str, Any], path: Path) -> None:
-    names = [run for run in RUNS if run in runs]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    axes.bar(names, [runs[n]["test_map"] for n in names], color="#4477aa")
+def plot(models: dict[str, dict[str, Any]], path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(RUNS)
+    for k, run in enumerate(RUNS):
+        heights = [runs[run]["test_map"] if run in runs else 0.0 for runs in models.values()]
+        axes.bar(np.arange(len(models)) + k * width, heights, width, label=run)
+    axes.set_xticks(np.arange(len(models)) + width, list(models))
     axes.set_ylabel("test mAP@[.5:.95] (%)")
-    axes.set_title("SSDLite MobileNetV2 lite, COMPOSITE scenes")
+    axes.set_title("Detection on COMPOSITE scenes")
+    axes.legend()
     figure.tight_layout()
     with atomic_path(path) as partial:
         figure.savefig(partial, format="png", dpi=100)
