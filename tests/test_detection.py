@@ -396,3 +396,25 @@ def test_yolox_decoding_of_ideal_outputs_gives_the_objects_back():
     assert found.labels.tolist() == [2]
     assert torch.allclose(found.boxes[0], target[1:], atol=1e-5)
     assert meta.loss(ideal, target[None, None]) < meta.loss(outputs, target[None, None])
+
+
+def test_a_detector_trains_on_coco_folders(tmp_path, one_thread):
+    for split in ("train", "val"):
+        root = tmp_path / split
+        (root / "images").mkdir(parents=True)
+        images, notes = [], []
+        for i in range(2):
+            Image.new("RGB", (48, 32), (40 * i, 90, 200)).save(root / "images" / f"{i}.png")
+            images.append({"id": i, "file_name": f"{i}.png", "width": 48, "height": 32})
+            notes.append({"id": i + 1, "image_id": i, "category_id": 5, "bbox": [4, 4, 20, 16]})
+        categories = [{"id": 5, "name": "box"}, {"id": 9, "name": "tag"}]
+        (root / "annotations.json").write_text(
+            json.dumps({"images": images, "annotations": notes, "categories": categories})
+        )
+    data = build_task_data(tmp_path, "detection", SIZE)
+    assert data.num_classes == 2 and data.classes == ("box", "tag") and len(data.val) == 2
+    model = edgezoo.get_model("yolox_nano_lite", num_classes=data.num_classes)
+    config = TrainConfig(task="detection", epochs=1, batch_size=2, num_classes=2, lr=1e-3,
+                         optimizer="adamw", ignore_index=None)  # fmt: skip
+    record = fit(model, data.train, data.val, config, progress=False).history[-1]
+    assert np.isfinite(record["train_loss"]) and 0.0 <= record["val_map"] <= 100.0
