@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from edgezoo.detection import find_meta_arch
+from edgezoo.detection import MetaArch, find_meta_arch
 from edgezoo.errors import (
     ExportVerificationError,
     UncalibratedRangesError,
@@ -124,10 +124,7 @@ def export_onnx(
     name = model_name or type(model).__name__
     stamp(proto, name, quantized, len(untrained), settings, plan, widths)
     record_normalisation(proto, spec)
-    meta_text = None
-    if detector is not None:
-        record_meta_arch(proto, detector)
-        meta_text = meta_arch_text(detector, example, traced.names, traced.reference)
+    meta_text = _detector_record(proto, detector, example, traced)
     verification = verify_onnx(
         proto, quantized, wrapped and _quantizes_input(model), allow_uncalibrated, meta_text
     )
@@ -136,9 +133,9 @@ def export_onnx(
     if traced.qat is not None:
         report = with_device_figures(report, proto, argmax, example, traced.qat, model)
     _write(proto, report, strict)
-    compilation = _compilation(plan, quantized, settings, proto, widths) if write_configs else None
-    if compilation is not None and detector is not None:
-        compilation = dataclasses.replace(compilation, meta_arch_type=detector.meta_arch_type)
+    compilation = None
+    if write_configs:
+        compilation = _compilation(plan, quantized, settings, proto, widths, detector)
     return _with_configs(report, spec, quantized, compilation, meta_text)
 
 
@@ -148,10 +145,25 @@ def _compilation(
     settings: GraphQuantization | None,
     proto: onnx.ModelProto,
     widths: TensorBits | None,
+    detector: MetaArch | None,
 ) -> TIDLCompilation:
-    """The TIDL compile settings of the written graph (its 16-bit layers by TIDL's names)."""
+    """The TIDL compile settings of the written graph (its 16-bit layers by TIDL's names, a
+    detector's meta-architecture)."""
     names_16bit = tidl_16bit_names(proto, widths) if widths is not None else ((), ())
-    return plan.compilation(quantized, settings, names_16bit)
+    compilation = plan.compilation(quantized, settings, names_16bit)
+    if detector is None:
+        return compilation
+    return dataclasses.replace(compilation, meta_arch_type=detector.meta_arch_type)
+
+
+def _detector_record(
+    proto: onnx.ModelProto, detector: MetaArch | None, example: Tensor, traced: "_Traced"
+) -> str | None:
+    """A detector's meta-architecture recorded in the graph, and its prototxt text."""
+    if detector is None:
+        return None
+    record_meta_arch(proto, detector)
+    return meta_arch_text(detector, example, traced.names, traced.reference)
 
 
 def _with_configs(
