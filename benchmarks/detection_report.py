@@ -30,7 +30,8 @@ def bootstrap(work: Path, resamples: int, chosen: str | None, seed: int = 0) -> 
     """95 % intervals of the chosen QAT's and PTQ's paired mAP differences, resampling the
     test scenes."""
     pairs = [(chosen, "float"), (chosen, "ptq"), ("ptq", "float")] if chosen else []
-    kept = {run: torch.load(work / f"{run}_test.pt", weights_only=False) for run in RUNS
+    needed = {run for pair in pairs for run in pair}
+    kept = {run: torch.load(work / f"{run}_test.pt", weights_only=False) for run in needed
             if (work / f"{run}_test.pt").exists()}  # fmt: skip
     if len(kept) < 2:
         return {}

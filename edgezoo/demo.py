@@ -93,9 +93,9 @@ class DemoResult:
         unit = task.metric_label
         composite = " [COMPOSITE scenes]" if task.composite_scenes else ""
         rows = [
-            (FLOAT_RUN, "float32", self.metrics[FLOAT_RUN]),
-            ("PTQ", "int8 power-of-two, calibrated", self.metrics[CALIBRATE]),
-            ("QAT", "int8 power-of-two, fine-tuned", self.metrics[QAT_RUN]),
+            (FLOAT_RUN, FLOAT_RUN, "float32"),
+            ("PTQ", CALIBRATE, "int8 power-of-two, calibrated"),
+            ("QAT", QAT_RUN, "int8 power-of-two, fine-tuned"),
         ]
         lines = [
             f"edgezoo demo: {self.model}, {self.task}{composite}",
@@ -105,11 +105,9 @@ class DemoResult:
             "",
             f"  {'model':<6} {'numerics':<32} {unit:>10}  time (s)",
         ]
-        for label, numerics, metrics in rows:
-            seconds = self.stage_seconds.get(label.lower(), 0.0)
-            lines.append(
-                f"  {label:<6} {numerics:<32} {metrics[self.metric]:>10.2f}  {seconds:>8.0f}"
-            )
+        for label, stage, numerics in rows:
+            figure, seconds = self.metrics[stage][self.metric], self.stage_seconds.get(stage, 0.0)
+            lines.append(f"  {label:<6} {numerics:<32} {figure:>10.2f}  {seconds:>8.0f}")
         verdict = "OK" if self.ok else "FAILED"
         lines += [
             "",

@@ -79,7 +79,7 @@ def test_detection_demo_draws_its_boxes(tmp_path):
     )
     assert result.ok and result.metric == "map"
     table = result.table()
-    assert "ssdlite_mobilenetv2_lite" in table and "COMPOSITE" in table and "mAP" in table
+    assert "yolox_nano_lite" in table and "COMPOSITE" in table and "mAP" in table
     prototxt = result.tidl_files["meta_arch"]
     assert Path(prototxt).is_file() and "verification: OK" in table
     assert result.examples_path.read_bytes().startswith(PNG_MAGIC)

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "QAT, evaluate all three, export and verify the QAT ONNX with its TIDL files, and "
             "write a table, a plot and results.json. --task segmentation does the same for "
             "deeplabv3plus_mobilenetv2 on COMPOSITE scenes built from Fashion-MNIST items; "
-            "--task detection for ssdlite_mobilenetv2_lite on COMPOSITE detection scenes (mAP), "
+            "--task detection for yolox_nano_lite on COMPOSITE detection scenes (mAP), "
             "with examples.png showing its boxes."
         ),
     )
