@@ -86,7 +86,9 @@ def model_section(name: str, runs: dict[str, Any], data: dict[str, Any], args) -
     lines = [
         f"## {name}",
         "",
-        f"Data: {runs['float'].get('data', '')}.",
+        f"Data: {runs['float'].get('data', '')} (the 500 'val' scenes, of test items, are the "
+        "test scenes; the validation scenes that choose the QAT recipe are 200 more of "
+        "training items).",
         f"Machine: {data.get('machines', {}).get(name, {})}.",
         "",
         "| run | validation mAP | test mAP@[.5:.95] | test mAP@.5 | time (s) |",
