@@ -7,6 +7,7 @@ and its transpose (Caffe's `flip`). Boxes are not clipped to the image (`clip: f
 either: torchvision's clip limits width and height, Caffe's the corners, which differ.
 """
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,11 +60,10 @@ class SSDBoxes:
 
     def anchors(self, grid_sizes: Sequence[GridSize]) -> Tensor:
         """(A, 4) relative xyxy boxes of maps of these sizes, in the heads' order (level,
-        row, column, prior)."""
+        row, column, prior); computed once per design and map sizes (every training step and
+        decoding asks again), so callers must not change the tensor in place."""
         self._check_levels(grid_sizes)
-        unit_image = ImageList(torch.zeros(1, 1, 1, 1), [(1, 1)])
-        maps = [torch.zeros(1, 1, h, w) for h, w in grid_sizes]
-        return self.generator()(unit_image, maps)[0]
+        return _default_boxes(self, tuple((int(h), int(w)) for h, w in grid_sizes))
 
     def prior_box_params(
         self, in_size: GridSize, grid_sizes: Sequence[GridSize]
@@ -108,6 +108,14 @@ class SSDBoxes:
     def from_dict(cls, data: Mapping[str, Any]) -> "SSDBoxes":
         ratios = tuple(tuple(float(r) for r in level) for level in data["aspect_ratios"])
         return cls(ratios, float(data["min_ratio"]), float(data["max_ratio"]))
+
+
+@functools.lru_cache(maxsize=16)
+def _default_boxes(boxes: SSDBoxes, grid_sizes: tuple[GridSize, ...]) -> Tensor:
+    """torchvision's default boxes on a 1x1 image: relative to the image."""
+    unit_image = ImageList(torch.zeros(1, 1, 1, 1), [(1, 1)])
+    maps = [torch.zeros(1, 1, h, w) for h, w in grid_sizes]
+    return boxes.generator()(unit_image, maps)[0]
 
 
 def caffe_prior_boxes(
